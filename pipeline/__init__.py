@@ -1,0 +1,1 @@
+"""Reproducibility pipeline for 1D image tokenizers."""

@@ -1,0 +1,70 @@
+"""Command line: ``python -m pipeline <stage>`` runs one DVC stage; ``configure`` writes params.yaml.
+
+Each stage lives in ``pipeline/stages/<stage>.py`` and exposes ``run(params)``; the subcommand name is
+the stage name in ``dvc.yaml``. Parameters are validated before the stage module is even imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+from pipeline import params as params_mod
+from pipeline.errors import InputError
+from pipeline.io import write_text
+
+
+def _stage_names() -> list[str]:
+    import pipeline.stages
+
+    return sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__) if not m.name.startswith("_"))
+
+
+def _configure(args: argparse.Namespace) -> int:
+    raw = params_mod.resolve_profile(args.profile)
+    for assignment in args.set or []:
+        params_mod.set_dotted(raw, assignment)
+    validated = params_mod.validate(raw, f"conf/{args.profile}.yaml")
+    write_text(args.output, params_mod.dump(validated))
+    print(f"wrote {args.output} (profile {args.profile})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m pipeline``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    conf = sub.add_parser("configure", help="write params.yaml from a profile in conf/")
+    conf.add_argument("profile", help="profile name: a file conf/<profile>.yaml (demo, paper, micro)")
+    conf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one dotted key")
+    conf.add_argument("--output", default=params_mod.PARAMS_FILE, type=Path)
+    check = sub.add_parser("check-params", help="validate params.yaml and exit")
+    check.add_argument("--params", default=params_mod.PARAMS_FILE, type=Path)
+    for name in _stage_names():
+        p = sub.add_parser(name, help=f"run the DVC stage {name}")
+        p.add_argument("--params", default=params_mod.PARAMS_FILE, type=Path)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "configure":
+            return _configure(args)
+        params = params_mod.load(args.params)
+    except params_mod.ParamsError as err:
+        print(f"error: invalid parameters\n{err}", file=sys.stderr)
+        return 2
+    if args.command == "check-params":
+        print(f"{args.params}: valid (profile {params.profile})")
+        return 0
+    stage = importlib.import_module(f"pipeline.stages.{args.command}")
+    try:
+        return stage.run(params) or 0
+    except InputError as err:
+        print(f"error: {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

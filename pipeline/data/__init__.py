@@ -1,0 +1,1 @@
+"""Datasets: the procedural demo, ImageNet sources, processing and sharded storage."""

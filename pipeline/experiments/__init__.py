@@ -1,0 +1,1 @@
+"""Experiments: token manipulation, test-time token optimisation, ALIT analyses."""

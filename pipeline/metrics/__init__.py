@@ -1,0 +1,1 @@
+"""Metrics: FID / IS (torch-fidelity), CLIP / SigLIP scores, image statistics."""

@@ -1,0 +1,1 @@
+"""Pure PyTorch models: no DVC, MLflow or Snakemake imports here."""

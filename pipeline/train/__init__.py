@@ -1,0 +1,1 @@
+"""One training loop shared by every model, plus small per-model recipes."""
