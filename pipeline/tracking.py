@@ -124,8 +124,17 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
     """Open an MLflow run for ``stage`` logging the flattened ``params`` and the provenance tags."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        # Keep artifacts beside the database rather than in whatever folder the stage runs from.
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        try:
+            mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+        except mlflow.exceptions.MlflowException:
+            pass  # created concurrently by another stage
+    mlflow.set_experiment(name)
     with mlflow.start_run(run_name=stage, tags=run_tags(stage)) as run:
         flat = {k: ("null" if v is None else str(v))[:6000] for k, v in _flatten(params).items()}
         items = list(flat.items())

@@ -1,0 +1,113 @@
+# Snakemake rules derived from dvc.yaml: one rule per resolved DVC stage, never a second list of stages.
+#
+#   snakemake --profile profiles/local            # run locally, in parallel where the DAG allows
+#   snakemake --profile profiles/slurm            # submit every stage as a SLURM job
+#   dvc commit -f                                 # record the outputs in dvc.lock (done by onsuccess)
+#
+# The stages come from DVC's own parser (pinned DVC version: index.stages is internal API), so
+# ${...} templating, foreach and matrix are resolved exactly as `dvc repro` resolves them. The values
+# of each stage's tracked params are the rule's `params`, so Snakemake reruns what DVC would rerun.
+# Outputs without a file suffix are folders (wrapped in directory()). Per-stage cluster resources come
+# from the `resources` section of params.yaml (key: the DVC stage name, or `default`).
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import yaml
+from dvc.repo import Repo
+
+
+def _dvc_stages():
+    stages = []
+    with Repo(".") as repo:
+        for st in repo.index.stages:
+            tracked = {}
+            deps = []
+            for d in st.deps:
+                if d.__class__.__name__ == "ParamsDependency":
+                    tracked.update(d.read_params())
+                else:
+                    deps.append(d.def_path)
+            cmd = st.cmd if isinstance(st.cmd, str) else " && ".join(st.cmd)
+            stages.append(
+                {
+                    "rule": st.addressing.replace("@", "__").replace(".", "_").replace("-", "_"),
+                    "stage": st.addressing,
+                    "cmd": cmd,
+                    "deps": deps,
+                    "outs": [o.def_path for o in st.outs],
+                    "tracked": json.dumps(tracked, sort_keys=True, default=str),
+                }
+            )
+    return stages
+
+
+STAGES = _dvc_stages()
+_PARAMS = yaml.safe_load(Path("params.yaml").read_text()) or {}
+_RESOURCES = _PARAMS.get("resources") or {}
+_SNAKEMAKE_KEYS = {
+    "slurm_partition": "slurm_partition",
+    "slurm_account": "slurm_account",
+    "qos": "qos",
+    "gpu": "gpu",
+    "gpu_model": "gpu_model",
+    "cpus_per_task": "cpus_per_task",
+    "mem_mb": "mem_mb",
+    "runtime": "runtime",
+    "nodes": "nodes",
+}
+
+# One id for every job of this invocation (exported to SLURM jobs), so MLflow groups the runs.
+os.environ.setdefault("PIPELINE_INVOCATION", uuid.uuid4().hex[:12])
+
+
+def _resources(stage):
+    merged = {**(_RESOURCES.get("default") or {}), **(_RESOURCES.get(stage.split("@")[0]) or {})}
+    out = {_SNAKEMAKE_KEYS[k]: v for k, v in merged.items() if k in _SNAKEMAKE_KEYS and v not in (None, 0)}
+    return out
+
+
+def _output(path):
+    return directory(path) if Path(path).suffix == "" else path
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        [o for s in STAGES for o in s["outs"]],
+
+
+for _s in STAGES:
+
+    rule:
+        name:
+            _s["rule"]
+        input:
+            _s["deps"],
+        output:
+            [_output(o) for o in _s["outs"]],
+        params:
+            cmd=_s["cmd"],
+            stage=_s["stage"],
+            tracked=_s["tracked"],
+        log:
+            f"logs/{_s['rule']}.log",
+        threads: _resources(_s["stage"]).get("cpus_per_task", 1)
+        resources:
+            **_resources(_s["stage"]),
+        conda:
+            "envs/pipeline.yaml"
+        shell:
+            "export DVC_STAGE={params.stage:q}; ( {params.cmd} ) > {log:q} 2>&1 || (tail -n 40 {log:q}; exit 1)"
+
+
+onsuccess:
+    if not os.environ.get("PIPELINE_SKIP_DVC_COMMIT"):
+        print("Recording the outputs in dvc.lock: dvc commit -f")
+        subprocess.run(["dvc", "--wait-for-lock", "commit", "-f", "-q"], check=True)

@@ -1,0 +1,93 @@
+"""The params schema: profiles resolve, and bad values stop with the key's path, expectation and finding."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import params as P
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_committed_params_yaml_is_the_resolved_demo_profile():
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert committed == P.validate(P.resolve_profile("demo")).model_dump(mode="json")
+
+
+@pytest.mark.parametrize("profile", ["demo", "paper", "micro"])
+def test_every_profile_validates(profile):
+    params = P.validate(P.resolve_profile(profile))
+    assert params.profile == profile
+
+
+def test_paper_profile_is_imagenet_at_256():
+    params = P.validate(P.resolve_profile("paper"))
+    assert params.image_size == 256
+    assert params.prepare.source == "imagenet_folder"
+
+
+def _errors(raw):
+    with pytest.raises(P.ParamsError) as info:
+        P.validate(raw, "params.yaml")
+    return str(info.value)
+
+
+def test_unknown_key_names_its_dotted_path_and_the_allowed_keys():
+    msg = _errors({"prepare": {"demo": {"num_clases": 10}}})
+    assert "params.yaml: prepare.demo.num_clases: unknown key" in msg
+    assert "num_classes" in msg
+
+
+def test_wrong_type_says_expected_and_found():
+    msg = _errors({"prepare": {"shard_size": "many"}})
+    assert "prepare.shard_size: expected a valid integer" in msg
+    assert "found 'many' (str)" in msg
+
+
+def test_out_of_range_value():
+    msg = _errors({"image_size": 60})
+    assert "image_size: expected a multiple of 16" in msg and "found 60" in msg
+    msg = _errors({"prepare": {"demo": {"num_classes": 3}}})
+    assert "prepare.demo.num_classes: expected greater than or equal to 10, found 3 (int)" in msg
+
+
+def test_every_error_is_reported_at_once():
+    msg = _errors({"seed": -1, "prepare": {"workers": 0}})
+    assert "seed:" in msg and "prepare.workers:" in msg
+
+
+def test_cross_field_rule_names_the_key():
+    msg = _errors({"prepare": {"source": "imagenet_folder"}})
+    assert "prepare.imagenet.root" in msg
+
+
+def test_top_level_must_be_a_mapping():
+    assert "expected a mapping" in _errors(["not", "a", "mapping"])
+
+
+def test_set_dotted_overrides_and_unknown_profile(tmp_path):
+    raw = P.resolve_profile("demo")
+    P.set_dotted(raw, "prepare.demo.train_per_class=7")
+    assert P.validate(raw).prepare.demo.train_per_class == 7
+    with pytest.raises(P.ParamsError, match="no such profile"):
+        P.resolve_profile("nope")
+
+
+def test_stage_refuses_to_start_on_invalid_params(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 0\nprepare:\n  shard_sise: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "check-params", "--params", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "prepare.shard_sise: unknown key" in proc.stderr
+
+
+def test_configure_writes_a_profile_with_overrides(tmp_path):
+    out = tmp_path / "params.yaml"
+    subprocess.run([sys.executable, "-m", "pipeline", "configure", "paper", "--set", "seed=3", "--output", str(out)],
+                   cwd=ROOT, check=True, capture_output=True)
+    params = P.load(out)
+    assert params.profile == "paper" and params.seed == 3 and params.image_size == 256

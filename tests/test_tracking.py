@@ -1,0 +1,60 @@
+"""MLflow tracking: a stage run carries params, metrics, artifacts and provenance tags; runs are grouped."""
+
+import pytest
+
+from pipeline import tracking
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PIPELINE_INVOCATION", "inv-123")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("DVC_STAGE", "prepare")
+    return uri
+
+
+def test_stage_run_records_params_metrics_artifacts_and_tags(mlflow_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    artifact = tmp_path / "manifest.json"
+    artifact.write_text("{}")
+    with tracking.stage_run("prepare", {"seed": 0, "prepare": {"shard_size": 10, "root": None}}) as run:
+        run.log_metrics({"images": 12, "nested": {"psnr": 20.5}, "skip": "text"})
+        run.log_artifact(artifact)
+    client = MlflowClient(mlflow_uri)
+    data = client.get_run(run.run_id).data
+    assert data.params == {"seed": "0", "prepare.shard_size": "10", "prepare.root": "null"}
+    assert data.metrics == {"images": 12.0, "nested.psnr": 20.5}
+    assert data.tags["dvc.stage"] == "prepare"
+    assert data.tags["slurm.job_id"] == "4242"
+    assert data.tags["pipeline.invocation"] == "inv-123"
+    assert data.tags["git.commit"]
+    assert data.tags["host"]
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["manifest.json"]
+    assert list((tmp_path / "mlartifacts").rglob("manifest.json")), "artifacts are stored beside the database"
+
+
+def test_runs_of_one_invocation_share_a_tag(mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    ids = []
+    for stage in ("a", "b"):
+        with tracking.stage_run(stage, {}) as run:
+            ids.append(run.run_id)
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    found = client.search_runs([exp.experiment_id], "tags.`pipeline.invocation` = 'inv-123'")
+    assert sorted(r.info.run_id for r in found) == sorted(ids)
+
+
+def test_invocation_id_without_launcher_env_is_stable_within_a_process(monkeypatch):
+    monkeypatch.delenv("PIPELINE_INVOCATION", raising=False)
+    assert tracking.invocation_id() == tracking.invocation_id()
+
+
+def test_default_uri_is_sqlite_in_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
