@@ -1,0 +1,158 @@
+"""Image processing shared by every source: decode, convert to RGB, ADM centre crop, encode.
+
+Centre crop (ADM ``center_crop_arr`` convention, used by ADM, DiT, MAR and the ImageNet FID
+references): while the short side is at least ``2 * size``, halve both sides with a BOX filter
+(integer division); then resize with BICUBIC so that the short side is exactly ``size`` (the long side
+is ``round(long * size / short)``); then cut the central ``size x size`` window, the offset rounded
+down. (Resizing only the crop window with PIL's ``box=`` argument would be faster but is not
+pixel-identical, so the whole image is resized.)
+
+Draft mode (the speed feature): for JPEG input, libjpeg can decode at 1/2, 1/4 or 1/8 scale in the
+DCT domain. :func:`decode_rgb` asks for the largest such reduction that keeps both sides at least
+``size``, which is the same number of halvings the BOX loop above would make (up to 8x), then hands
+the result to the same loop and resize. Its pixels differ slightly from a full decode followed by BOX
+halvings (DCT-domain scaling instead of pixel averaging, sides rounded up instead of down); set
+``prepare.jpeg_draft: false`` for the exact ADM pixels. Where the short side is below ``2 * size``
+(e.g. a 500x375 photo cropped to 256) draft mode changes nothing.
+
+RGB policy: grayscale (``1``, ``L``, ``I``, ``F``), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` and palette
+images are converted with PIL's ``convert("RGB")``. Images with transparency (``RGBA``, ``LA``, ``PA``,
+palette or grayscale with a transparent colour) are composited on a white background, as a viewer
+would show them. EXIF orientation is not applied (neither ADM nor torchvision applies it).
+
+Bad input policy (the caller records every skip and repair, see :class:`Decoded` and
+:class:`SkipImage`):
+
+- zero-byte file: skipped;
+- file that cannot be read (broken link, permission, a folder): skipped;
+- data PIL cannot identify as an image: skipped;
+- truncated or corrupt JPEG: decoded again with ``ImageFile.LOAD_TRUNCATED_IMAGES`` (the missing part
+  stays grey) and kept as *repaired*; skipped if that fails too;
+- PNG (or any other format) or CMYK data in a file named ``.JPEG``: converted and kept as *repaired*.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFile
+
+
+
+class SkipImage(Exception):
+    """This input cannot be used; ``str(err)`` is the reason written to ``skipped.json``."""
+
+
+@dataclass
+class Decoded:
+    """One processed image and what had to be done to get it."""
+
+    image: np.ndarray  # (size, size, 3) uint8
+    width: int  # original size, before draft decoding
+    height: int
+    notes: list[str] = field(default_factory=list)  # conversions made, e.g. "CMYK -> RGB"
+    repaired: bool = False  # True when the input was damaged or mislabelled (listed in skipped.json)
+
+
+def to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """``img`` as an RGB image and a note of the conversion (None when it already was RGB)."""
+    if img.mode == "RGB":
+        return img, None
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB"), f"{img.mode} with alpha -> RGB on white"
+    return img.convert("RGB"), f"{img.mode} -> RGB"
+
+
+def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
+    """The central ``size x size`` crop after ADM's short-side resize, as a (size, size, C) uint8 array."""
+    while min(img.size) >= 2 * size:
+        img = img.resize((img.width // 2, img.height // 2), Image.Resampling.BOX)
+    scale = size / min(img.size)
+    full_w, full_h = round(img.width * scale), round(img.height * scale)
+    img = img.resize((full_w, full_h), Image.Resampling.BICUBIC)
+    left, top = (full_w - size) // 2, (full_h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes; :class:`SkipImage` when it is empty or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise SkipImage(f"unreadable: {type(err).__name__}: {err.strerror or err}") from None
+    if not data:
+        raise SkipImage("empty file (0 bytes)")
+    return data
+
+
+def _open(data: bytes, size: int, draft: bool) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    if draft and img.format == "JPEG":
+        img.draft("RGB", (size, size))
+    img.load()
+    return img
+
+
+def decode_rgb(data: bytes, size: int, draft: bool = True, name: str = "") -> Decoded:
+    """Decode encoded image ``data`` into the ``size x size`` RGB centre crop.
+
+    ``name`` (the file name, if any) lets a format that does not match a ``.jpeg`` / ``.jpg``
+    extension be reported as repaired.
+    """
+    if not data:
+        raise SkipImage("empty file (0 bytes)")
+    notes: list[str] = []
+    repaired = False
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt, width, height = probe.format, probe.width, probe.height
+    except Image.DecompressionBombError as err:
+        raise SkipImage(f"too large: {err}") from None
+    except Exception as err:  # PIL raises UnidentifiedImageError, and others on garbage headers
+        raise SkipImage(f"not an image: {type(err).__name__}: {err}") from None
+    try:
+        img = _open(data, size, draft)
+    except Exception as err:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            img = _open(data, size, draft)
+        except Exception as err2:
+            raise SkipImage(f"corrupt {fmt}: {type(err2).__name__}: {err2}") from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        notes.append(f"truncated {fmt} decoded as far as possible ({err})")
+        repaired = True
+    if name.lower().endswith((".jpeg", ".jpg")) and fmt != "JPEG":
+        notes.append(f"{fmt} data in a {os.path.splitext(name)[1]} file")
+        repaired = True
+    rgb, note = to_rgb(img)
+    if note:
+        notes.append(note)
+        repaired = repaired or img.mode == "CMYK"
+    return Decoded(center_crop_arr(rgb, size), width, height, notes, repaired)
+
+
+def encode(image: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+    """Encode a (H, W, 3) uint8 array as PNG (lossless, fast zlib level) or JPEG at ``quality``."""
+    buf = io.BytesIO()
+    pil = Image.fromarray(image)
+    if fmt == "png":
+        pil.save(buf, format="PNG", compress_level=1)
+    elif fmt == "jpeg":
+        pil.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    else:
+        raise ValueError(f"unknown image format {fmt!r} (expected png or jpeg)")
+    return buf.getvalue()
+
+
+def decode_stored(data: bytes) -> np.ndarray:
+    """A stored (already cropped) image back as a (H, W, 3) uint8 array."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))

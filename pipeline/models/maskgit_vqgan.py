@@ -1,0 +1,298 @@
+"""MaskGIT-VQGAN: convolutional encoder, vector quantiser and decoder (as TiTok uses it).
+
+One parametrised class covers the official MaskGIT-VQGAN (TiTok's proxy-code tokenizer and pixel
+decoder), the MAGE-style taming VQGAN that ALIT uses as its base tokenizer, and the tiny demo VQGAN.
+
+Public API
+----------
+``VQGANConfig``: ``ch`` (base channels, a multiple of 32), ``ch_mult`` (one entry per level; the
+    image is downsampled 2x after every level but the last), ``num_res_blocks``, ``z_channels``
+    (= codebook dimension), ``codebook_size``, ``commitment_cost``, ``attention`` (one self-attention
+    block in the middle of encoder and decoder; no released checkpoint has it) and ``key_style``:
+    ``"maskgit"`` (``mid.{j}``, ``up.{i}.upsample_conv``, the official MaskGIT keys) or ``"taming"``
+    (``mid.block_1`` / ``mid.attn_1`` / ``mid.block_2``, ``up.{i}.upsample.conv``, ALIT's keys).
+``MaskGITVQGAN(config)`` with submodules ``encoder``, ``decoder``, ``quantize``:
+    ``encode_continuous(images [0,1] (B,3,H,W)) -> h (B, D, H/f, W/f)``;
+    ``encode(images) -> (z_q (B, D, h, w), indices (B, h*w) int64, info)``;
+    ``decode(z_q) -> images`` and ``decode_codes(indices (B, n) or (B, h, w)) -> images``, both
+    unclamped unless ``clamp=True`` (the official ``decode(codes)`` clamps to [0, 1]);
+    ``soft_codes(h, temperature)`` -> softmax(-distance / T) over the codebook (B, h*w, K);
+    ``forward(images) -> (reconstruction, info)``; ``from_pretrained(path)`` (see ``checkpoints``).
+``VQGANEncoder`` / ``VQGANDecoder`` / ``VQGANQuantizer``: usable alone (TiTok's ``pixel_decoder`` is a
+    ``VQGANDecoder`` and its ``pixel_quantize`` a ``VQGANQuantizer``).
+
+Official quirks reproduced on purpose (needed to load released weights):
+
+* ResnetBlock with in != out channels returns ``h + nin_shortcut(h)``: the 1x1 shortcut (out -> out,
+  no bias) is applied to the block's own output and the block input is dropped.
+* 3x3 convs inside residual blocks and the encoder ``conv_in`` have no bias; GroupNorm uses 32 groups
+  and eps 1e-6; downsampling is parameter-free 2x2 average pooling; upsampling is nearest 2x + conv.
+* The quantiser uses plain (not normalised) squared distances; without ``return_loss`` it returns the
+  codebook rows exactly (no straight-through), and its loss puts ``commitment_cost`` on the codebook
+  term: ``mean((sg[e] - h)^2) + beta * mean((e - sg[h])^2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models.quantizer import codebook_usage, nearest_code
+
+
+@dataclass
+class VQGANConfig:
+    in_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 256
+    codebook_size: int = 1024
+    commitment_cost: float = 0.25
+    attention: bool = False
+    key_style: Literal["maskgit", "taming"] = "maskgit"
+    image_size: int = 256  # informative only: the modules work at any size divisible by the factor
+
+    def __post_init__(self) -> None:
+        self.ch_mult = tuple(self.ch_mult)
+        if self.key_style not in ("maskgit", "taming"):
+            raise ValueError(f"key_style must be 'maskgit' or 'taming', got {self.key_style!r}")
+        if any((self.ch * m) % 32 for m in self.ch_mult):
+            raise ValueError(f"ch * ch_mult must be multiples of 32 (GroupNorm(32)); got {self.ch}, "
+                             f"{self.ch_mult}")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ch_mult"] = list(self.ch_mult)
+        return d
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
+        self.norm2 = _norm(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        # official quirk: the shortcut maps out -> out and is applied to the residual branch
+        self.nin_shortcut = nn.Conv2d(out_ch, out_ch, 1, bias=False) if in_ch != out_ch else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        if self.nin_shortcut is not None:
+            return h + self.nin_shortcut(h)  # the block input is discarded (official behaviour)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention (taming layout: norm, q, k, v, proj_out as 1x1 convs)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.norm = _norm(ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.k = nn.Conv2d(ch, ch, 1)
+        self.v = nn.Conv2d(ch, ch, 1)
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        q, k, v = (m(y).flatten(2).transpose(1, 2).unsqueeze(1) for m in (self.q, self.k, self.v))  # (B,1,hw,C)
+        y = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(y)
+
+
+class _Mid(nn.Module):
+    """Middle blocks named as taming does (``block_1``, ``attn_1``, ``block_2``)."""
+
+    def __init__(self, ch: int, attention: bool) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock(ch, ch)
+        self.attn_1 = AttnBlock(ch) if attention else None
+        self.block_2 = ResnetBlock(ch, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block_1(x)
+        if self.attn_1 is not None:
+            x = self.attn_1(x)
+        return self.block_2(x)
+
+
+def _make_mid(cfg: VQGANConfig, ch: int) -> nn.Module:
+    if cfg.key_style == "taming":
+        return _Mid(ch, cfg.attention)
+    blocks: list[nn.Module] = [ResnetBlock(ch, ch) for _ in range(cfg.num_res_blocks)]
+    if cfg.attention:
+        blocks.insert(1, AttnBlock(ch))
+    return nn.Sequential(*blocks)  # keys mid.0, mid.1, ...
+
+
+class _Upsample(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class VQGANEncoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        mult = (1, *cfg.ch_mult)
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1, bias=False)
+        self.down = nn.ModuleList()
+        for i in range(len(cfg.ch_mult)):
+            level = nn.Module()
+            ch_in, ch_out = cfg.ch * mult[i], cfg.ch * mult[i + 1]
+            level.block = nn.ModuleList(
+                [ResnetBlock(ch_in if j == 0 else ch_out, ch_out) for j in range(cfg.num_res_blocks)])
+            self.down.append(level)
+        ch = cfg.ch * cfg.ch_mult[-1]
+        self.mid = _make_mid(cfg, ch)
+        self.norm_out = _norm(ch)
+        self.conv_out = nn.Conv2d(ch, cfg.z_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)  # (B, ch, H, W)
+        for i, level in enumerate(self.down):
+            for block in level.block:
+                h = block(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, kernel_size=2, stride=2)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, z_channels, H/f, W/f)
+
+
+class VQGANDecoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig) -> None:
+        super().__init__()
+        mult = cfg.ch_mult
+        ch = cfg.ch * mult[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, ch, 3, padding=1)
+        self.mid = _make_mid(cfg, ch)
+        self.up = nn.ModuleList()
+        for i in range(len(mult)):
+            level = nn.Module()
+            ch_in = cfg.ch * (mult[i + 1] if i + 1 < len(mult) else mult[-1])
+            ch_out = cfg.ch * mult[i]
+            level.block = nn.ModuleList(
+                [ResnetBlock(ch_in if j == 0 else ch_out, ch_out) for j in range(cfg.num_res_blocks)])
+            if i > 0:
+                if cfg.key_style == "taming":
+                    level.upsample = _Upsample(ch_out)
+                else:
+                    level.upsample_conv = nn.Conv2d(ch_out, ch_out, 3, padding=1)
+            self.up.append(level)
+        self.norm_out = _norm(cfg.ch * mult[0])
+        self.conv_out = nn.Conv2d(cfg.ch * mult[0], cfg.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))  # (B, ch*mult[-1], h, w)
+        for i in reversed(range(len(self.up))):
+            level = self.up[i]
+            for block in level.block:
+                h = block(h)
+            if i > 0:
+                if hasattr(level, "upsample"):
+                    h = level.upsample(h)
+                else:
+                    h = level.upsample_conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, h*f, w*f), not clamped
+
+
+class VQGANQuantizer(nn.Module):
+    """MaskGIT-VQGAN codebook (key ``embedding.weight``): plain squared-distance nearest neighbour."""
+
+    def __init__(self, codebook_size: int, dim: int, commitment_cost: float = 0.25) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.commitment_cost = commitment_cost
+        self.embedding = nn.Embedding(codebook_size, dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+
+    def forward(self, h: torch.Tensor, return_loss: bool = False):
+        """h (B, D, h, w) -> (z_q (B, D, h, w), indices (B, h*w), info)."""
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.float()
+            b, d, hh, ww = h.shape
+            h_flat = h.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
+            indices = nearest_code(h_flat, self.embedding.weight)
+            e = self.embedding(indices).view(b, hh, ww, d).permute(0, 3, 1, 2)  # (B, D, h, w)
+            info = dict(codebook_usage(indices, self.codebook_size))
+            if return_loss:
+                # official weighting: commitment_cost sits on the codebook term
+                info["quantizer_loss"] = (torch.mean((e.detach() - h) ** 2)
+                                          + self.commitment_cost * torch.mean((e - h.detach()) ** 2))
+                e = h + (e - h).detach()
+            return e, indices.view(b, hh * ww), info
+
+    def get_codebook_entry(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, n) codes on a square grid or (B, h, w) codes -> (B, D, h, w)."""
+        if indices.dim() == 2:
+            side = math.isqrt(indices.shape[1])
+            if side * side != indices.shape[1]:
+                raise ValueError(f"(B, n) codes need a square n, got n={indices.shape[1]}")
+            indices = indices.view(indices.shape[0], side, side)
+        return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
+
+    def soft_codes(self, h: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(-squared distance / T) over the codebook (B, h*w, K) and the argmin codes (B, h*w)."""
+        b, d = h.shape[:2]
+        h_flat = h.float().permute(0, 2, 3, 1).reshape(-1, d)
+        e = self.embedding.weight
+        dist = h_flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * h_flat @ e.t()  # (M, K)
+        soft = F.softmax(-dist / temperature, dim=-1).view(b, -1, self.codebook_size)
+        return soft, dist.argmin(dim=1).view(b, -1)
+
+
+class MaskGITVQGAN(nn.Module):
+    def __init__(self, config: VQGANConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or VQGANConfig()
+        self.encoder = VQGANEncoder(config)
+        self.decoder = VQGANDecoder(config)
+        self.quantize = VQGANQuantizer(config.codebook_size, config.z_channels, config.commitment_cost)
+
+    def encode_continuous(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)
+
+    def encode(self, images: torch.Tensor, return_loss: bool = False):
+        """images [0,1] (B, 3, H, W) -> (z_q (B, D, h, w), indices (B, h*w), info)."""
+        return self.quantize(self.encoder(images), return_loss=return_loss)
+
+    def decode(self, z_q: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+        x = self.decoder(z_q)
+        return x.clamp(0.0, 1.0) if clamp else x
+
+    def decode_codes(self, indices: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+        return self.decode(self.quantize.get_codebook_entry(indices), clamp=clamp)
+
+    def soft_codes(self, h: torch.Tensor, temperature: float = 1.0):
+        return self.quantize.soft_codes(h, temperature)
+
+    def forward(self, images: torch.Tensor):
+        z_q, indices, info = self.encode(images, return_loss=True)
+        info["min_encoding_indices"] = indices
+        return self.decode(z_q), info
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides) -> MaskGITVQGAN:
+        from pipeline.models.checkpoints import load_vqgan
+
+        return load_vqgan(path, **overrides)

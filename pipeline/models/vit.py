@@ -1,0 +1,74 @@
+"""Transformer blocks shared by TiTok and ALIT (pre-norm, open_clip-style keys).
+
+Public API
+----------
+``Attention(width, heads)``: multi-head self-attention computed with
+    ``F.scaled_dot_product_attention``; its parameters carry the names of ``nn.MultiheadAttention``
+    (``in_proj_weight`` (3W, W) packed q, k, v; ``in_proj_bias``; ``out_proj``) so official
+    checkpoints load unchanged. Input and output (B, L, W), batch first, no mask.
+``MLP(width, hidden)``: ``c_fc`` -> exact (erf) GELU -> ``c_proj``.
+``ResidualAttentionBlock(width, heads, mlp_ratio=4.0)``: ``x + attn(ln_1(x))`` then
+    ``x + mlp(ln_2(x))`` (LayerNorm eps 1e-5), as the official ``ResidualAttentionBlock``.
+``Transformer(width, depth, heads)``: an ``nn.ModuleList`` of blocks (keys ``{i}.ln_1...``) whose
+    ``forward`` applies them in order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # nn.MultiheadAttention's initialisation
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3W)
+        q, k, v = qkv.view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, L, d)
+        x = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(d)
+        return self.out_proj(x.transpose(1, 2).reshape(b, n, w))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, int(width * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.ModuleList):
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__([ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = block(x)
+        return x
