@@ -58,6 +58,8 @@ _SNAKEMAKE_KEYS = {
     "mem_mb": "mem_mb",
     "runtime": "runtime",
     "nodes": "nodes",
+    "constraint": "constraint",
+    "slurm_extra": "slurm_extra",
 }
 
 # One id for every job of this invocation (exported to SLURM jobs), so MLflow groups the runs.
@@ -66,7 +68,12 @@ os.environ.setdefault("PIPELINE_INVOCATION", uuid.uuid4().hex[:12])
 
 def _resources(stage):
     merged = {**(_RESOURCES.get("default") or {}), **(_RESOURCES.get(stage.split("@")[0]) or {})}
-    out = {_SNAKEMAKE_KEYS[k]: v for k, v in merged.items() if k in _SNAKEMAKE_KEYS and v not in (None, 0)}
+    out = {_SNAKEMAKE_KEYS[k]: v for k, v in merged.items() if k in _SNAKEMAKE_KEYS and v not in (None, 0, "")}
+    if out.get("gpu") and out.get("nodes", 1) > 1:
+        # `gpu` is per node. The plugin turns `gpu` into `--gpus=<total>`, which SLURM may spread
+        # unevenly over the nodes; `--gres` counts per node, as torchrun's --nproc_per_node does.
+        gpus, model = out.pop("gpu"), out.pop("gpu_model", None)
+        out["gres"] = f"gpu:{model}:{gpus}" if model else f"gpu:{gpus}"
     return out
 
 

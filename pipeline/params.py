@@ -55,8 +55,9 @@ class ImageNetSource(Section):
     root: str | None = None
     hf_dataset: str = "ILSVRC/imagenet-1k"
     splits: list[Literal["train", "val"]] = Field(default_factory=lambda: ["train", "val"], min_length=1)
-    class_subset: str | None = None
-    max_per_class: PositiveInt | None = None
+    class_subset: str | None = None  # text file, one wnid per line (e.g. ALIT's 100 classes)
+    max_per_class: PositiveInt | None = None  # first N inputs per class and split, in file order
+    synset_mapping: str | None = None  # LOC_synset_mapping.txt; default <root>/LOC_synset_mapping.txt
 
 
 class Prepare(Section):
@@ -69,6 +70,7 @@ class Prepare(Section):
     workers: PositiveInt = 2
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: Annotated[int, Field(ge=50, le=100)] = 95
+    jpeg_draft: bool = True  # reduced-size DCT decoding; false gives ADM's exact pixels (slower)
 
     @model_validator(mode="after")
     def _source_needs_root(self) -> Prepare:
@@ -77,8 +79,122 @@ class Prepare(Section):
         return self
 
 
+class TokenizerChoice(Section):
+    """Which TiTok an experiment reads: ours (``<paths.models>/titok``) or an official snapshot folder."""
+
+    source: Literal["trained", "official"] = "trained"
+    folder: str | None = None
+
+    @model_validator(mode="after")
+    def _official_needs_folder(self) -> TokenizerChoice:
+        if self.source == "official" and not self.folder:
+            raise ValueError("folder must name the official checkpoint's snapshot folder (config.json + "
+                             "model.safetensors) when source is official")
+        return self
+
+
+class TokenManipulation(Section):
+    """The ``token_manipulation`` stage (token-opt E1): which token positions carry which attributes."""
+
+    tokenizer: TokenizerChoice = TokenizerChoice()
+    split: Literal["train", "val"] = "val"
+    num_images: PositiveInt = 200
+    num_tokens: PositiveInt = 32  # the tokenizer's N, checked against the loaded model
+    attributes: list[str] = Field(default_factory=lambda: ["brightness", "blur", "color_index", "object_count"],
+                                  min_length=1)
+    bins: Annotated[int, Field(ge=2, le=64)] = 4
+    rank_by: Literal["f_ratio", "mutual_information"] = "f_ratio"
+    top_k: PositiveInt = 1
+    num_pairs: Annotated[int, Field(ge=2)] = 200
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
+    positions_to_edit: list[int] = Field(default_factory=list)  # shown in every edit grid beside the top ones
+    grid_pairs: PositiveInt = 4
+    batch_size: PositiveInt = 64
+
+    @model_validator(mode="after")
+    def _positions_in_range(self) -> TokenManipulation:
+        n = self.num_tokens
+        bad = [p for p in self.positions_to_edit if not 0 <= p < n]
+        if bad:
+            raise ValueError(f"positions_to_edit: {bad} out of range: expected token positions 0..{n - 1} "
+                             f"(num_tokens is {n})")
+        if len(set(self.positions_to_edit)) != len(self.positions_to_edit):
+            raise ValueError(f"positions_to_edit: repeated position in {self.positions_to_edit}")
+        if self.top_k * 2 > n:
+            raise ValueError(f"top_k: {self.top_k} leaves too few of the {n} positions to draw "
+                             f"{self.top_k} random ones from: expected at most {n // 2}")
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"attributes: repeated name in {self.attributes}")
+        return self
+
+
+class ClipWeights(Section):
+    """A pretrained open_clip model from local files (never downloaded)."""
+
+    model: str  # open_clip config name, e.g. ViT-B-32
+    tag: str | None = None  # pretrained tag: selects the preprocessing and the download hint only
+    weights: str  # checkpoint file, or a folder holding one (an HF snapshot: needed for SigLIP's tokenizer)
+
+
+class ClipTraining(Section):
+    """Contrastive training of the demo CLIP (``pipeline.train.clip``)."""
+
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    min_lr: Annotated[float, Field(ge=0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+
+
+class Clip(Section):
+    """The ``train_clip`` stage and the CLIP models the other stages use.
+
+    ``source: train`` (demo): an open_clip config (``config``, a name built into open_clip or a file
+    ``pipeline/models/configs/<config>.json``) trained from random init on the demo captions; it is
+    both the objective and the judge. ``source: pretrained`` (paper): ``objective`` and ``judge`` are
+    loaded from local weights, nothing is trained.
+    """
+
+    source: Literal["train", "pretrained"] = "train"
+    config: str = "clip_demo"
+    train: ClipTraining = ClipTraining()
+    objective: ClipWeights | None = None
+    judge: ClipWeights | None = None
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1)
+    eval_images: PositiveInt | None = None  # val images for the zero-shot accuracy (None: all)
+
+    @model_validator(mode="after")
+    def _pretrained_needs_weights(self) -> Clip:
+        if self.source == "pretrained" and (self.objective is None or self.judge is None):
+            raise ValueError("clip.objective and clip.judge must name local weights when clip.source is pretrained")
+        if any("{}" not in t for t in self.templates):
+            raise ValueError(f"clip.templates: every template needs a {{}} for the class name, found {self.templates}")
+        return self
+
+
+class Fid(Section):
+    """FID / IS / precision-recall conventions of the evaluation stages (``pipeline.metrics.fid``)."""
+
+    feature_space: Literal["clip", "inception"] = "clip"  # the demo CLIP's image encoder, or ADM's Inception
+    inception_weights: str | None = None  # local file; None: the torch hub cache
+    adm_npz: str | None = None  # ADM reference batch (mu, sigma, arr_0); None: statistics of real images
+    reference_split: str = "train"  # prepared split the statistics come from when there is no npz
+    reference_images: PositiveInt | None = None  # first N images of that split (None: all)
+    samples_per_class: PositiveInt = 50  # generated samples per class (ADM: 50 x 1000 classes)
+    isc_splits: PositiveInt = 10
+    prc_images: PositiveInt = 10_000  # reference images for precision/recall (ADM: the 10k of arr_0)
+    batch_size: PositiveInt = 64
+
+
 class Resources(Section):
-    """Cluster resources of one stage (SLURM through Snakemake's executor plugin)."""
+    """Cluster resources of one stage (SLURM through Snakemake's executor plugin; see the Snakefile).
+
+    ``gpu`` is per node: a stage with ``nodes: 2, gpu: 8`` runs 16 processes, started by
+    ``python -m pipeline.launch`` (one ``torchrun`` per node under ``srun``). ``runtime`` is in
+    minutes. ``slurm_extra`` is passed to ``sbatch`` as it is, e.g. ``--signal=USR1@300`` so that
+    training checkpoints and requeues itself five minutes before the time limit.
+    """
 
     slurm_partition: str | None = None
     gpu: Annotated[int, Field(ge=0)] = 0
@@ -89,6 +205,8 @@ class Resources(Section):
     nodes: PositiveInt = 1
     slurm_account: str | None = None
     qos: str | None = None
+    constraint: str | None = None
+    slurm_extra: str | None = None
 
 
 class Params(Section):
@@ -99,6 +217,9 @@ class Params(Section):
     image_size: Annotated[int, Field(ge=16, le=1024, multiple_of=16)] = 64
     paths: Paths = Paths()
     prepare: Prepare = Prepare()
+    clip: Clip = Clip()
+    fid: Fid = Fid()
+    token_manipulation: TokenManipulation = TokenManipulation()
     resources: dict[str, Resources] = Field(default_factory=dict)
 
 

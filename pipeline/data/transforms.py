@@ -41,9 +41,16 @@ import numpy as np
 from PIL import Image, ImageFile
 
 
-
 class SkipImage(Exception):
-    """This input cannot be used; ``str(err)`` is the reason written to ``skipped.json``."""
+    """This input cannot be used: ``kind`` is one of ``SKIP_KINDS``, ``detail`` says more."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+SKIP_KINDS = ("empty", "unreadable", "not_an_image", "too_large", "corrupt", "no_label", "unknown_label",
+              "outside_class_folder")
 
 
 @dataclass
@@ -55,6 +62,29 @@ class Decoded:
     height: int
     notes: list[str] = field(default_factory=list)  # conversions made, e.g. "CMYK -> RGB"
     repaired: bool = False  # True when the input was damaged or mislabelled (listed in skipped.json)
+
+
+@dataclass
+class Prepared:
+    """A row ready for a shard (``row`` holds every column, ``image`` encoded)."""
+
+    row: dict
+    notes: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+
+@dataclass
+class Skipped:
+    """An input left out, for ``skipped.json``."""
+
+    file: str
+    kind: str
+    detail: str
+
+
+def apply(process, task):
+    """``process(task)``, passing through inputs that were already skipped while listing (pool entry)."""
+    return task if isinstance(task, Skipped) else process(task)
 
 
 def to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
@@ -86,9 +116,9 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
-        raise SkipImage(f"unreadable: {type(err).__name__}: {err.strerror or err}") from None
+        raise SkipImage("unreadable", f"{type(err).__name__}: {err.strerror or err}") from None
     if not data:
-        raise SkipImage("empty file (0 bytes)")
+        raise SkipImage("empty", "0 bytes")
     return data
 
 
@@ -107,30 +137,30 @@ def decode_rgb(data: bytes, size: int, draft: bool = True, name: str = "") -> De
     extension be reported as repaired.
     """
     if not data:
-        raise SkipImage("empty file (0 bytes)")
+        raise SkipImage("empty", "0 bytes")
     notes: list[str] = []
     repaired = False
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt, width, height = probe.format, probe.width, probe.height
     except Image.DecompressionBombError as err:
-        raise SkipImage(f"too large: {err}") from None
+        raise SkipImage("too_large", str(err)) from None
     except Exception as err:  # PIL raises UnidentifiedImageError, and others on garbage headers
-        raise SkipImage(f"not an image: {type(err).__name__}: {err}") from None
+        raise SkipImage("not_an_image", f"{type(err).__name__}: {err}") from None
     try:
         img = _open(data, size, draft)
-    except Exception as err:
+    except Exception:
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
             img = _open(data, size, draft)
         except Exception as err2:
-            raise SkipImage(f"corrupt {fmt}: {type(err2).__name__}: {err2}") from None
+            raise SkipImage("corrupt", f"{fmt}: {type(err2).__name__}: {err2}") from None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
-        notes.append(f"truncated {fmt} decoded as far as possible ({err})")
+        notes.append(f"damaged {fmt} decoded with LOAD_TRUNCATED_IMAGES")
         repaired = True
     if name.lower().endswith((".jpeg", ".jpg")) and fmt != "JPEG":
-        notes.append(f"{fmt} data in a {os.path.splitext(name)[1]} file")
+        notes.append(f"{fmt} data in a .JPEG file")
         repaired = True
     rgb, note = to_rgb(img)
     if note:

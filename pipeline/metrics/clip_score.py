@@ -52,9 +52,9 @@ def clip_score(clip: ClipModel, images: torch.Tensor, texts: str | Sequence[str]
     else:
         if len(texts) != len(img):
             raise ValueError(f"{len(img)} images but {len(texts)} texts")
-        unique = sorted(set(texts))  # class prompts repeat: embed each once
-        emb = text_embeddings(clip, unique, batch_size=batch_size)
-        txt = emb[torch.tensor([unique.index(t) for t in texts])]
+        index = {t: i for i, t in enumerate(dict.fromkeys(texts))}  # class prompts repeat: embed each once
+        emb = text_embeddings(clip, list(index), batch_size=batch_size)
+        txt = emb[torch.tensor([index[t] for t in texts])]
     return cosine_score(img, txt)
 
 

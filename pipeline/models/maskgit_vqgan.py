@@ -5,12 +5,13 @@ decoder), the MAGE-style taming VQGAN that ALIT uses as its base tokenizer, and 
 
 Public API
 ----------
-``VQGANConfig``: ``ch`` (base channels, a multiple of 32), ``ch_mult`` (one entry per level; the
-    image is downsampled 2x after every level but the last), ``num_res_blocks``, ``z_channels``
-    (= codebook dimension), ``codebook_size``, ``commitment_cost``, ``attention`` (one self-attention
-    block in the middle of encoder and decoder; no released checkpoint has it) and ``key_style``:
-    ``"maskgit"`` (``mid.{j}``, ``up.{i}.upsample_conv``, the official MaskGIT keys) or ``"taming"``
-    (``mid.block_1`` / ``mid.attn_1`` / ``mid.block_2``, ``up.{i}.upsample.conv``, ALIT's keys).
+``VQGANConfig``: ``ch`` (base channels, a multiple of ``norm_groups``, 32 officially), ``ch_mult``
+    (one entry per level; the image is downsampled 2x after every level but the last),
+    ``num_res_blocks``, ``z_channels`` (= codebook dimension), ``codebook_size``, ``commitment_cost``,
+    ``attention`` (one self-attention block in the middle of encoder and decoder; no released
+    checkpoint has it) and ``key_style``: ``"maskgit"`` (``mid.{j}``, ``up.{i}.upsample_conv``, the
+    official MaskGIT keys) or ``"taming"`` (``mid.block_1`` / ``mid.attn_1`` / ``mid.block_2``,
+    ``up.{i}.upsample.conv``, ALIT's keys).
 ``MaskGITVQGAN(config)`` with submodules ``encoder``, ``decoder``, ``quantize``:
     ``encode_continuous(images [0,1] (B,3,H,W)) -> h (B, D, H/f, W/f)``;
     ``encode(images) -> (z_q (B, D, h, w), indices (B, h*w) int64, info)``;
@@ -55,6 +56,7 @@ class VQGANConfig:
     codebook_size: int = 1024
     commitment_cost: float = 0.25
     attention: bool = False
+    norm_groups: int = 32  # official: 32; smaller lets the demo use fewer channels
     key_style: Literal["maskgit", "taming"] = "maskgit"
     image_size: int = 256  # informative only: the modules work at any size divisible by the factor
 
@@ -62,9 +64,9 @@ class VQGANConfig:
         self.ch_mult = tuple(self.ch_mult)
         if self.key_style not in ("maskgit", "taming"):
             raise ValueError(f"key_style must be 'maskgit' or 'taming', got {self.key_style!r}")
-        if any((self.ch * m) % 32 for m in self.ch_mult):
-            raise ValueError(f"ch * ch_mult must be multiples of 32 (GroupNorm(32)); got {self.ch}, "
-                             f"{self.ch_mult}")
+        if any((self.ch * m) % self.norm_groups for m in self.ch_mult):
+            raise ValueError(f"ch * ch_mult must be multiples of norm_groups={self.norm_groups}; got "
+                             f"ch={self.ch}, ch_mult={self.ch_mult}")
 
     @property
     def downsample_factor(self) -> int:
@@ -76,16 +78,16 @@ class VQGANConfig:
         return d
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm1 = _norm(in_ch)
+        self.norm1 = _norm(in_ch, groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
-        self.norm2 = _norm(out_ch)
+        self.norm2 = _norm(out_ch, groups)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         # official quirk: the shortcut maps out -> out and is applied to the residual branch
         self.nin_shortcut = nn.Conv2d(out_ch, out_ch, 1, bias=False) if in_ch != out_ch else None
@@ -101,9 +103,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention (taming layout: norm, q, k, v, proj_out as 1x1 convs)."""
 
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm = _norm(ch)
+        self.norm = _norm(ch, groups)
         self.q = nn.Conv2d(ch, ch, 1)
         self.k = nn.Conv2d(ch, ch, 1)
         self.v = nn.Conv2d(ch, ch, 1)
@@ -120,11 +122,11 @@ class AttnBlock(nn.Module):
 class _Mid(nn.Module):
     """Middle blocks named as taming does (``block_1``, ``attn_1``, ``block_2``)."""
 
-    def __init__(self, ch: int, attention: bool) -> None:
+    def __init__(self, ch: int, attention: bool, groups: int) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(ch, ch)
-        self.attn_1 = AttnBlock(ch) if attention else None
-        self.block_2 = ResnetBlock(ch, ch)
+        self.block_1 = ResnetBlock(ch, ch, groups)
+        self.attn_1 = AttnBlock(ch, groups) if attention else None
+        self.block_2 = ResnetBlock(ch, ch, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block_1(x)
@@ -135,10 +137,10 @@ class _Mid(nn.Module):
 
 def _make_mid(cfg: VQGANConfig, ch: int) -> nn.Module:
     if cfg.key_style == "taming":
-        return _Mid(ch, cfg.attention)
-    blocks: list[nn.Module] = [ResnetBlock(ch, ch) for _ in range(cfg.num_res_blocks)]
+        return _Mid(ch, cfg.attention, cfg.norm_groups)
+    blocks: list[nn.Module] = [ResnetBlock(ch, ch, cfg.norm_groups) for _ in range(cfg.num_res_blocks)]
     if cfg.attention:
-        blocks.insert(1, AttnBlock(ch))
+        blocks.insert(1, AttnBlock(ch, cfg.norm_groups))
     return nn.Sequential(*blocks)  # keys mid.0, mid.1, ...
 
 
@@ -161,11 +163,11 @@ class VQGANEncoder(nn.Module):
             level = nn.Module()
             ch_in, ch_out = cfg.ch * mult[i], cfg.ch * mult[i + 1]
             level.block = nn.ModuleList(
-                [ResnetBlock(ch_in if j == 0 else ch_out, ch_out) for j in range(cfg.num_res_blocks)])
+                [ResnetBlock(ch_in if j == 0 else ch_out, ch_out, cfg.norm_groups) for j in range(cfg.num_res_blocks)])
             self.down.append(level)
         ch = cfg.ch * cfg.ch_mult[-1]
         self.mid = _make_mid(cfg, ch)
-        self.norm_out = _norm(ch)
+        self.norm_out = _norm(ch, cfg.norm_groups)
         self.conv_out = nn.Conv2d(ch, cfg.z_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,14 +194,14 @@ class VQGANDecoder(nn.Module):
             ch_in = cfg.ch * (mult[i + 1] if i + 1 < len(mult) else mult[-1])
             ch_out = cfg.ch * mult[i]
             level.block = nn.ModuleList(
-                [ResnetBlock(ch_in if j == 0 else ch_out, ch_out) for j in range(cfg.num_res_blocks)])
+                [ResnetBlock(ch_in if j == 0 else ch_out, ch_out, cfg.norm_groups) for j in range(cfg.num_res_blocks)])
             if i > 0:
                 if cfg.key_style == "taming":
                     level.upsample = _Upsample(ch_out)
                 else:
                     level.upsample_conv = nn.Conv2d(ch_out, ch_out, 3, padding=1)
             self.up.append(level)
-        self.norm_out = _norm(cfg.ch * mult[0])
+        self.norm_out = _norm(cfg.ch * mult[0], cfg.norm_groups)
         self.conv_out = nn.Conv2d(cfg.ch * mult[0], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

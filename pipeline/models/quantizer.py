@@ -13,6 +13,9 @@ Public API
     ``params`` (B, 2C, H, W) is split into mean and log-variance (clamped to [-30, 20]);
     ``sample()``, ``mode()``, ``kl()`` (summed over channel and H only: shape (B, W), i.e. per token in
     TiTok's (B, C, 1, N) layout, as the official code does).
+``GaussianLatent()``
+    Parameter-free module wrapping ``DiagonalGaussian``: ``forward(params, sample=True)`` returns
+    ``(sample or mean, info)`` with ``mean``, ``logvar``, ``std`` and ``kl`` (B, W).
 ``nearest_code(z, codebook)`` and ``codebook_usage(indices, K)``
     The shared nearest-neighbour search and usage statistics (also used by the MaskGIT-VQGAN quantiser).
 
@@ -113,3 +116,14 @@ class DiagonalGaussian:
     def kl(self) -> torch.Tensor:
         """KL to N(0, I) summed over dims 1 and 2 only: (B, W), one value per token in TiTok."""
         return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=[1, 2])
+
+
+class GaussianLatent(nn.Module):
+    """The VAE bottleneck as a module: (B, 2C, H, W) posterior parameters -> (sample, info)."""
+
+    def forward(self, params: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        posterior = DiagonalGaussian(params)
+        z = posterior.sample(generator) if sample else posterior.mode()
+        info = {"mean": posterior.mean, "logvar": posterior.logvar, "std": posterior.std, "kl": posterior.kl()}
+        return z, info

@@ -1,0 +1,213 @@
+"""Sharded storage of prepared images, and the readers every other stage uses.
+
+Layout of ``<paths.data>/prepared/`` (written by the ``prepare`` stage, atomically):
+
+- ``<split>-00000.parquet``, ``<split>-00001.parquet``, ...: ``shard_size`` images per file, row
+  groups of at most ``ROW_GROUP`` rows. Columns: ``image`` (PNG or JPEG bytes of the
+  ``image_size x image_size`` RGB image), ``label`` (int64 class index), ``key`` (stable id), then
+  metadata: ``caption`` always; the demo factors for the demo; ``wnid``, ``source_file``,
+  ``orig_width``, ``orig_height`` for ImageNet.
+- ``manifest.json``: ``source``, ``image_size``, ``image_format``, ``params`` (the prepare parameters),
+  ``classes`` (``[{index, wnid, name}]``), ``columns``, and per split ``count``, ``per_class``
+  (wnid -> count), ``skipped``, ``repaired`` and ``shards`` (``[{file, rows, row_groups, sha256}]``).
+- ``skipped.json``: every input that was skipped or repaired, with the reason.
+- ``samples.png``: a few images of each split, for a quick look.
+
+Readers (the API other stages rely on):
+
+- ``read_manifest(root) -> dict``;
+- ``load_split(root, split, limit=None) -> SplitData``: a whole (small) split in memory:
+  ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``meta`` (one dict of all non-image columns
+  per row), in file order;
+- ``ShardDataset(root, split, seed=0, shuffle=True)``: a ``torch.utils.data.IterableDataset`` that
+  streams ``(image float32 (3, H, W) in [0, 1], label int)``. Work is split across DataLoader workers
+  and DDP ranks (``torch.distributed``, when initialised) by row group; with shuffling, the row-group
+  order is permuted per epoch (call ``set_epoch(epoch)`` before each epoch; it reaches the workers
+  when they are started per epoch, i.e. without ``persistent_workers``) and rows pass through a
+  shuffle buffer. Under DDP every rank yields exactly ``len(dataset)`` rows per epoch (the surplus rows
+  of an epoch are dropped, a different few each epoch), so no rank waits for another.
+
+A missing ``prepared/`` folder or an unknown split raises :class:`~pipeline.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline.data.shard_writer import MANIFEST
+from pipeline.data.transforms import decode_stored
+from pipeline.errors import InputError
+
+REMEDY = "Run `dvc repro prepare` (or `python -m pipeline prepare`) to create it."
+
+
+# ----------------------------------------------------------------------------- readers
+def read_manifest(root: Path) -> dict:
+    """The manifest of a prepared-data folder (``<paths.data>/prepared``)."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{path}: no prepared data here (manifest.json missing). {REMEDY}")
+    return json.loads(path.read_text())
+
+
+def _split_info(root: Path, split: str) -> dict:
+    manifest = read_manifest(root)
+    if split not in manifest["splits"]:
+        known = ", ".join(manifest["splits"])
+        raise InputError(f"{Path(root) / MANIFEST}: no split {split!r} (prepared splits: {known}). "
+                         f"Set the prepare parameters to include it and {REMEDY[0].lower()}{REMEDY[1:]}")
+    return manifest["splits"][split]
+
+
+@dataclass
+class SplitData:
+    """A split loaded in memory."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64
+    meta: list[dict]  # all non-image columns, one dict per row
+
+
+def load_split(root: Path, split: str, limit: int | None = None) -> SplitData:
+    """The first ``limit`` (default all) images of ``split``, in file order."""
+    root = Path(root)
+    info = _split_info(root, split)
+    images, meta = [], []
+    for shard in info["shards"]:
+        if limit is not None and len(images) >= limit:
+            break
+        table = pq.read_table(root / shard["file"])
+        if limit is not None:
+            table = table.slice(0, limit - len(images))
+        images += [decode_stored(b) for b in table.column("image").to_pylist()]
+        meta += table.drop_columns(["image"]).to_pylist()
+    labels = np.array([m["label"] for m in meta], dtype=np.int64)
+    if not images:
+        return SplitData(np.zeros((0, 0, 0, 3), np.uint8), labels, meta)
+    return SplitData(np.stack(images), labels, meta)
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardDataset(IterableDataset):
+    """Stream ``(image float32 (3, H, W) in [0, 1], label)`` from the shards of ``split``.
+
+    ``buffer_size`` encoded images are held in the shuffle buffer of each worker.
+    """
+
+    def __init__(self, root: Path, split: str, seed: int = 0, shuffle: bool = True,
+                 buffer_size: int = 1000) -> None:
+        super().__init__()
+        self.root, self.split, self.seed, self.shuffle = Path(root), split, seed, shuffle
+        self.buffer_size = buffer_size
+        info = _split_info(self.root, split)
+        # One unit of work: (shard file, row group index, rows).
+        self.units = [(s["file"], g, n) for s in info["shards"] for g, n in enumerate(s["row_groups"])]
+        self.total = info["count"]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed shuffling for ``epoch`` (call before creating each epoch's iterator)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Rows this rank yields per epoch (the whole split without DDP)."""
+        _, world = _dist_rank_world()
+        return self._plan(world)[1]
+
+    def _unit_order(self) -> list[int]:
+        order = np.arange(len(self.units))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        return [int(i) for i in order]
+
+    def _plan(self, consumers: int) -> tuple[list[list[int]], int]:
+        """Unit indices of each consumer (round robin over the epoch's unit order), and the per-rank
+        length for ``consumers`` ranks: the smallest share, so that every rank yields the same number."""
+        order = self._unit_order()
+        assigned = [order[c::consumers] for c in range(consumers)]
+        if len(order) < consumers:  # fewer row groups than readers: split rows instead (see __iter__)
+            return assigned, self.total // consumers
+        return assigned, min(sum(self.units[u][2] for u in units) for units in assigned)
+
+    def _rows(self, units: list[int], stride: int, offset: int) -> Iterator[tuple[bytes, int]]:
+        """Encoded rows of ``units``, keeping every ``stride``-th row from ``offset``."""
+        files: dict[str, pq.ParquetFile] = {}
+        i = 0
+        for u in units:
+            name, group, _ = self.units[u]
+            if name not in files:
+                files[name] = pq.ParquetFile(self.root / name)
+            table = files[name].read_row_group(group, columns=["image", "label"])
+            for img, label in zip(table.column("image").to_pylist(), table.column("label").to_pylist(),
+                                  strict=True):
+                if i % stride == offset:
+                    yield img, label
+                i += 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        rank, world = _dist_rank_world()
+        worker = get_worker_info()
+        wid, nworkers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        consumers = world * nworkers
+        consumer = rank * nworkers + wid
+        units_by_consumer, per_rank = self._plan(world)
+        if len(self.units) >= consumers:
+            # Rank r owns units r, r + world, ...; its workers take turns over them.
+            rank_units = units_by_consumer[rank]
+            mine = rank_units[wid::nworkers]
+            rows = self._rows(mine, 1, 0)
+            # This worker's share of the rank's quota: the rank's surplus is taken from its last rows.
+            worker_rows = [sum(self.units[u][2] for u in rank_units[w::nworkers]) for w in range(nworkers)]
+            quota = _quota(worker_rows, per_rank, wid)
+        else:
+            rows = self._rows(self._unit_order(), consumers, consumer)
+            n_mine = len(range(consumer, self.total, consumers))
+            quota = min(n_mine, per_rank // nworkers + (1 if wid < per_rank % nworkers else 0))
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, rank, wid, 1])
+            rows = _shuffle_buffer(rows, self.buffer_size, rng)
+        for n, (data, label) in enumerate(rows):
+            if n >= quota:
+                return
+            image = torch.from_numpy(decode_stored(data).copy()).permute(2, 0, 1).float().div_(255)
+            yield image, int(label)
+
+
+def _quota(worker_rows: list[int], per_rank: int, wid: int) -> int:
+    """Split ``per_rank`` rows among workers that hold ``worker_rows``: drop the surplus from the
+    workers with the most rows first (deterministic)."""
+    quota = list(worker_rows)
+    surplus = sum(quota) - per_rank
+    while surplus > 0:
+        w = int(np.argmax(quota))
+        quota[w] -= 1
+        surplus -= 1
+    return quota[wid]
+
+
+def _shuffle_buffer(rows: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    buffer: list = []
+    for row in rows:
+        if len(buffer) < size:
+            buffer.append(row)
+            continue
+        j = int(rng.integers(size))
+        yield buffer[j]
+        buffer[j] = row
+    rng.shuffle(buffer)
+    yield from buffer

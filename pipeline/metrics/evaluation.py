@@ -1,0 +1,91 @@
+"""What the evaluation stages call: the CLIP models and the FID set-up that ``params.yaml`` names.
+
+- :func:`objective_clip` / :func:`judge_clip`: the CLIP that token optimisation maximises and the
+  independent judge that scores its results. Demo: both are the CLIP trained by ``train_clip``
+  (``<paths.models>/clip``; there is no second model in the demo, so the judge is not independent
+  there). Paper: ``clip.objective`` (ViT-B-32 ``laion2b_s34b_b79k``) and ``clip.judge`` (SigLIP).
+- :func:`feature_space`: the FID feature space: the demo CLIP's image encoder with zero-shot IS logits
+  over the class names, or ADM's Inception (local weights).
+- :func:`fid_reference`: reference statistics from ``fid.adm_npz`` when set, else from the first
+  ``fid.reference_images`` images of a prepared split, cached in a file the caller names.
+- :func:`fid_num_samples`: ``fid.samples_per_class`` x number of classes (50 x 1000 = 50k at paper scale).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.data.shards import load_split, read_manifest
+from pipeline.errors import InputError
+from pipeline.metrics.fid import (
+    FeatureSpace,
+    ReferenceStats,
+    clip_feature_space,
+    inception_feature_space,
+    reference_stats,
+)
+from pipeline.models.clip import ClipModel, load_clip
+from pipeline.params import Params
+
+
+def trained_clip_dir(params: Params) -> Path:
+    """Where ``train_clip`` writes the demo CLIP (open_clip ``local-dir`` layout)."""
+    return Path(params.paths.models) / "clip"
+
+
+def _trained(params: Params, device: str) -> ClipModel:
+    folder = trained_clip_dir(params)
+    if not (folder / "open_clip_config.json").is_file():
+        raise InputError(f"{folder}/open_clip_config.json: the demo CLIP is not there. Run `dvc repro train_clip` "
+                         "(or `python -m pipeline train_clip`) first")
+    return load_clip(params.clip.config, folder, device=device)
+
+
+def objective_clip(params: Params, device: str = "cpu") -> ClipModel:
+    """The CLIP that guides token optimisation (frozen, eval mode)."""
+    if params.clip.source == "train":
+        return _trained(params, device)
+    w = params.clip.objective
+    return load_clip(w.model, w.weights, tag=w.tag, device=device)
+
+
+def judge_clip(params: Params, device: str = "cpu") -> ClipModel:
+    """The model that scores optimised images (SigLIP at paper scale; the demo CLIP in the demo)."""
+    if params.clip.source == "train":
+        return _trained(params, device)
+    w = params.clip.judge
+    return load_clip(w.model, w.weights, tag=w.tag, device=device)
+
+
+def class_names(params: Params) -> list[str]:
+    """Class names of the prepared data, in label order."""
+    classes = read_manifest(Path(params.paths.data) / "prepared")["classes"]
+    return [c["name"] for c in sorted(classes, key=lambda c: c["index"])]
+
+
+def feature_space(params: Params, clip: ClipModel | None = None) -> FeatureSpace:
+    """The FID feature space of ``fid.feature_space`` (``clip``: the demo CLIP, loaded if not given)."""
+    if params.fid.feature_space == "inception":
+        return inception_feature_space(params.fid.inception_weights)
+    clip = clip if clip is not None else objective_clip(params)
+    return clip_feature_space(clip, class_names(params), templates=params.clip.templates)
+
+
+def fid_num_samples(params: Params) -> int:
+    """Number of generated samples FID is computed on."""
+    return params.fid.samples_per_class * len(class_names(params))
+
+
+def fid_reference(params: Params, space: FeatureSpace, cache: str | Path, *,
+                  split: str | None = None) -> ReferenceStats:
+    """Reference statistics for ``space``: the ADM batch if ``fid.adm_npz``, else real images of ``split``.
+
+    ``split`` defaults to ``fid.reference_split`` (train, as ADM's statistics); reconstruction FID
+    passes ``"val"``, the split whose reconstructions are scored.
+    """
+    f = params.fid
+    if f.adm_npz is not None and split in (None, f.reference_split):
+        return reference_stats(space, adm_npz=f.adm_npz, cache=cache, prc_images=f.prc_images,
+                               batch_size=f.batch_size)
+    data = load_split(Path(params.paths.data) / "prepared", split or f.reference_split, limit=f.reference_images)
+    return reference_stats(space, images=data.images, cache=cache, prc_images=f.prc_images, batch_size=f.batch_size)

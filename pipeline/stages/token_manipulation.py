@@ -1,0 +1,146 @@
+"""Stage ``token_manipulation``: which TiTok token positions carry which attributes; copy-paste edits.
+
+Reads the tokenizer named by ``token_manipulation.tokenizer`` (ours at ``<paths.models>/titok`` or an
+official snapshot folder) and the first ``num_images`` images of the prepared ``split``; ranks the
+token positions per attribute and measures copy-paste edits (see
+:mod:`pipeline.experiments.token_manipulation`). Writes ``<paths.results>/token_manipulation/``
+atomically:
+
+- ``metrics.json`` (DVC metrics): per attribute with an image measure, the effect of copying the
+  top-ranked position(s) and random ones (mean and bootstrap 95 % interval, in standard deviations of
+  the measure), their paired difference and ``top_beats_random`` (the intervals do not overlap);
+- ``positions.json``: per attribute, the ranking and both scores of every position;
+- ``heatmap.png``: positions x attributes; ``edits_<attribute>.png``: target, reference and edits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data.shards import load_split, read_manifest
+from pipeline.errors import InputError
+from pipeline.experiments import token_manipulation as tm
+from pipeline.io import atomic_dir, write_json
+from pipeline.models.titok import TiTok
+from pipeline.params import Params
+from pipeline.tracking import stage_run
+
+STAGE = "token_manipulation"
+GRID_SINGLE_POSITIONS = 3  # top-ranked positions shown one by one in an edit grid
+
+
+def load_tokenizer(params: Params) -> tuple[TiTok, Path]:
+    """The TiTok chosen in ``token_manipulation.tokenizer``, in eval mode."""
+    choice = params.token_manipulation.tokenizer
+    if choice.source == "official":
+        folder = Path(choice.folder)
+    else:
+        folder = Path(params.paths.models) / "titok"
+        if not (folder / "config.json").is_file():
+            raise InputError(f"{folder}/config.json: our trained TiTok is not there. Train it first (`dvc repro` "
+                             "runs the TiTok training stage), or set token_manipulation.tokenizer.source: official "
+                             "and token_manipulation.tokenizer.folder to an official snapshot folder")
+    return TiTok.from_pretrained(folder).eval(), folder
+
+
+def _edit_grid(model: TiTok, images: torch.Tensor, encoded: tm.Encoded, recon: torch.Tensor, attr: tm.Attribute,
+               groups: np.ndarray, ranking: list[int], cfg, seed: int, path: Path) -> None:
+    """Rows: contrasting pairs; columns: target, reconstructions, copy-paste and substitution edits."""
+    n = encoded.num_tokens
+    rng = np.random.default_rng(seed)
+    pairs = tm.contrast_pairs(groups, cfg.grid_pairs, rng)
+    top = ranking[:cfg.top_k]
+    singles = list(dict.fromkeys([*ranking[:GRID_SINGLE_POSITIONS], *cfg.positions_to_edit]))
+    random_position = int(rng.choice(np.setdiff1d(np.arange(n), singles)))
+    target, reference = encoded.codes[pairs[:, 0]], encoded.codes[pairs[:, 1]]
+    edits = [tm.copy_positions(target, reference, top)]
+    titles = ["target", "target recon", "reference recon", f"copy top-{len(top)} {top}"]
+    for p in [*singles, random_position]:
+        edits.append(tm.copy_positions(target, reference, [p]))
+        titles.append(f"copy {p}" + (" (random)" if p == random_position else f" (rank {ranking.index(p)})"))
+    if encoded.is_vq:
+        codebook = model.config.codebook_size
+        edits.append(tm.substitute(target, top[0], torch.as_tensor(rng.integers(0, codebook, len(target)))))
+        titles.append(f"substitute {top[0]}: random code")
+    decoded = tm.decode(model, torch.cat(edits), cfg.batch_size).split(len(pairs))  # each (P, 3, H, W)
+    originals = tm.to_model_input(images[pairs[:, 0]], recon.shape[-1])
+    rows = [[originals[i], recon[pairs[i, 0]], recon[pairs[i, 1]], *(d[i] for d in decoded)]
+            for i in range(len(pairs))]
+    labels = [f"{attr.values[t]:.3g} -> {attr.values[r]:.3g}" for t, r in pairs]
+    tm.plot_edit_grid(rows, titles, labels, path, f"{attr.name}: edits of the target toward the reference "
+                      f"(row label: {attr.name} of target -> reference)")
+
+
+def run(params: Params) -> int:
+    cfg = params.token_manipulation
+    torch.manual_seed(params.seed)
+    model, folder = load_tokenizer(params)
+    n = model.config.num_latent_tokens
+    if n != cfg.num_tokens:
+        raise InputError(f"token_manipulation.num_tokens is {cfg.num_tokens} but the tokenizer at {folder} has {n} "
+                         f"token positions: set num_tokens: {n} (positions_to_edit must lie in 0..{n - 1})")
+    if cfg.rank_by == "mutual_information" and model.config.quantize_mode != "vq":
+        raise InputError("token_manipulation.rank_by: mutual_information needs code indices, but the tokenizer at "
+                         f"{folder} is a VAE (continuous tokens): use f_ratio")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+
+    root = Path(params.paths.data) / "prepared"
+    imagenet = str(read_manifest(root).get("source", "")).startswith("imagenet")
+    data = load_split(root, cfg.split, limit=cfg.num_images)
+    images = torch.from_numpy(data.images)  # (M, H, W, 3) uint8
+    if len(images) < 2 * cfg.bins:
+        raise InputError(f"{root}: split {cfg.split!r} has {len(images)} images, too few for "
+                         f"token_manipulation.bins={cfg.bins}")
+    try:
+        attributes = tm.attribute_table(cfg.attributes, images, data.labels, data.meta, imagenet)
+    except ValueError as err:
+        raise InputError(f"token_manipulation.attributes: {err}") from None
+
+    out = Path(params.paths.results) / STAGE
+    with stage_run(STAGE, params.model_dump()) as mlrun, atomic_dir(out) as tmp:
+        mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
+        encoded = tm.encode(model, images, cfg.batch_size)
+        scores = tm.position_scores(encoded, attributes, cfg.bins)
+        recon = tm.decode(model, encoded.codes, cfg.batch_size)  # (M, 3, H, W)
+        recon_measures = {name: tm.measure(name, recon) for name in {a.measure for a in attributes} if name}
+
+        positions, effects = {}, {}
+        for i, attr in enumerate(attributes):
+            groups = tm.group_labels(attr, cfg.bins)
+            ranking = tm.rank_positions(scores[attr.name][cfg.rank_by])
+            positions[attr.name] = {
+                "ranking": ranking, "rank_by": cfg.rank_by, "source": attr.source, "categorical": attr.categorical,
+                "groups": int(len(np.unique(groups))),
+                **{k: (None if v is None else [float(x) for x in v]) for k, v in scores[attr.name].items()},
+            }
+            seed = params.seed + 1000 * i
+            if attr.measure is not None:
+                result = tm.edit_effects(model, encoded, attr, ranking, top_k=cfg.top_k, groups=groups,
+                                         recon_measure=recon_measures[attr.measure], num_pairs=cfg.num_pairs,
+                                         bootstrap_samples=cfg.bootstrap_samples, seed=seed,
+                                         batch_size=cfg.batch_size)
+                effects[attr.name] = {k: v for k, v in result.items() if k not in ("pairs", "random_positions")}
+            _edit_grid(model, images, encoded, recon, attr, groups, ranking, cfg, seed, tmp / f"edits_{attr.name}.png")
+
+        tm.plot_heatmap(scores, tmp / "heatmap.png", cfg.rank_by)
+        metrics = {"tokenizer": {"source": cfg.tokenizer.source, "folder": str(folder)},
+                   "num_images": len(images), "num_tokens": n, "effect_units": "sd of the measure over reconstructions",
+                   "attributes": effects}
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "positions.json", positions)
+        mlrun.log_metrics({a: {"top_effect": e["top"]["mean"], "top_ci_low": e["top"]["ci_low"],
+                               "top_ci_high": e["top"]["ci_high"], "random_effect": e["random"]["mean"],
+                               "random_ci_low": e["random"]["ci_low"], "random_ci_high": e["random"]["ci_high"],
+                               "top_beats_random": float(e["top_beats_random"])} for a, e in effects.items()})
+        for f in sorted(tmp.iterdir()):
+            mlrun.log_artifact(f)
+    for name, e in effects.items():
+        t, r = e["top"], e["random"]
+        print(f"{name}: top {e['positions']} {t['mean']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]  random "
+              f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  top beats random: {e['top_beats_random']}")
+    print(f"wrote {out}")
+    return 0

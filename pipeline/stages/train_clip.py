@@ -1,0 +1,98 @@
+"""Stage ``train_clip``: the CLIP models of the token-optimisation experiments and their evaluation.
+
+Demo (``clip.source: train``): trains the open_clip config ``clip.config`` (the tiny
+``pipeline/models/configs/clip_demo.json``) from random init, contrastively on the captions of the
+prepared train split (:mod:`pipeline.train.clip`), and measures its zero-shot accuracy on the val split
+with the prompts ``clip.templates`` over the class names. Writes ``<paths.models>/clip/`` atomically in
+open_clip's ``local-dir`` layout (``open_clip_model.safetensors`` + ``open_clip_config.json``).
+
+Paper (``clip.source: pretrained``): trains nothing. It checks that the objective (ViT-B-32
+``laion2b_s34b_b79k``) and the judge (SigLIP) weights exist and load into their configs, and measures
+both models' zero-shot accuracy on the first ``clip.eval_images`` val images, so that a wrong or damaged
+file shows up here as a low number rather than later as strange optimisation results.
+``<paths.models>/clip/pretrained.json`` records which files were checked (the weights stay where
+params.yaml says; they are not copied).
+
+Both write ``<paths.results>/clip/metrics.json`` (DVC metrics) and log to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.data.shards import load_split
+from pipeline.io import atomic_dir, write_json, write_text
+from pipeline.metrics.clip_score import zero_shot_accuracy
+from pipeline.metrics.evaluation import class_names, trained_clip_dir
+from pipeline.models.clip import create_clip, load_clip, num_parameters, save_clip
+from pipeline.params import Params
+from pipeline.tracking import stage_run
+from pipeline.train.clip import ClipTrainConfig, train_clip
+
+STAGE = "train_clip"
+
+
+def _val(params: Params):
+    return load_split(Path(params.paths.data) / "prepared", "val", limit=params.clip.eval_images)
+
+
+def _train(params: Params, run) -> dict:
+    c = params.clip
+    prepared = Path(params.paths.data) / "prepared"
+    train = load_split(prepared, "train")
+    captions = [m["caption"] for m in train.meta]
+    torch.manual_seed(params.seed)
+    clip = create_clip(c.config)
+    cfg = ClipTrainConfig(epochs=c.train.epochs, batch_size=min(c.train.batch_size, len(captions)), lr=c.train.lr,
+                          min_lr=c.train.min_lr, weight_decay=c.train.weight_decay,
+                          warmup_steps=c.train.warmup_steps, seed=params.seed)
+    result = train_clip(clip, torch.from_numpy(train.images), captions, cfg,
+                        log=lambda step, m: run.log_metrics(m, step=step) if step % 10 == 0 else None)
+    val = _val(params)
+    names = class_names(params)
+    acc = zero_shot_accuracy(clip, torch.from_numpy(val.images), torch.from_numpy(val.labels), names, c.templates)
+    with atomic_dir(trained_clip_dir(params)) as tmp:
+        save_clip(clip, tmp)
+    tail = result.losses[-min(10, len(result.losses)):]
+    curve = "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(result.losses))
+    write_text(Path(params.paths.results) / "clip" / "train_loss.csv", curve)
+    return {"source": "train", "model": c.config, "parameters": num_parameters(clip),
+            "train_images": len(captions), "steps": result.steps, "train_seconds": round(result.seconds, 1),
+            "initial_loss": result.losses[0], "final_loss": sum(tail) / len(tail),
+            "val_images": len(val.labels), "zero_shot_top1": acc, "chance": 1 / len(names)}
+
+
+def _pretrained(params: Params) -> dict:
+    c = params.clip
+    val = _val(params)
+    names = class_names(params)
+    images, labels = torch.from_numpy(val.images), torch.from_numpy(val.labels)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out: dict = {"source": "pretrained", "val_images": len(labels), "chance": 1 / len(names)}
+    checked = {}
+    for role, w in (("objective", c.objective), ("judge", c.judge)):
+        clip = load_clip(w.model, w.weights, tag=w.tag, device=device)  # raises MissingWeightsError
+        out[role] = {"model": w.model, "tag": w.tag, "parameters": num_parameters(clip),
+                     "zero_shot_top1": zero_shot_accuracy(clip, images, labels, names, c.templates),
+                     "zero_shot_top5": zero_shot_accuracy(clip, images, labels, names, c.templates, top_k=5)}
+        checked[role] = {"model": w.model, "tag": w.tag, "weights": str(w.weights)}
+        del clip
+    with atomic_dir(trained_clip_dir(params)) as tmp:
+        (tmp / "pretrained.json").write_text(json.dumps(checked, indent=2) + "\n")
+    return out
+
+
+def run(params: Params) -> int:
+    start = time.perf_counter()
+    with stage_run(STAGE, {"clip": params.clip.model_dump(mode="json"), "seed": params.seed}) as run:
+        metrics = _train(params, run) if params.clip.source == "train" else _pretrained(params)
+        metrics["stage_seconds"] = round(time.perf_counter() - start, 1)
+        write_json(Path(params.paths.results) / "clip" / "metrics.json", metrics)
+        run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model")})
+    top1 = metrics.get("zero_shot_top1", metrics.get("objective", {}).get("zero_shot_top1"))
+    print(f"train_clip: zero-shot top-1 on val {top1:.3f} (chance {metrics['chance']:.3f})")
+    return 0

@@ -1,0 +1,261 @@
+"""The pipeline on a real SLURM: the demo through Snakemake's SLURM executor, a requeued training job
+that resumes from its checkpoint, and the per-stage sbatch resources of the paper profile.
+
+The first two need a SLURM controller that answers (`tests/slurm/start-local-slurm.sh` starts a
+one-node one; `.ci/run` does it in CI); without one they skip and say why. The dry run needs no SLURM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import ROOT, make_scratch_repo, pipeline_env
+
+pytestmark = pytest.mark.slurm
+
+SLURM_STARTER = "tests/slurm/start-local-slurm.sh"
+
+
+def slurm_unavailable() -> str | None:
+    """Why SLURM cannot be used here, or None when a controller answers and a node is usable."""
+    for tool in ("sinfo", "scontrol", "sbatch", "squeue", "srun"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` not found (install slurm-wlm, then run {SLURM_STARTER})"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return f"no SLURM controller answers `scontrol ping` ({(ping.stdout + ping.stderr).strip()[:200]}); " \
+               f"start one with {SLURM_STARTER}"
+    states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    if not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable SLURM node (sinfo states: {' '.join(states) or 'none'})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = slurm_unavailable()
+    if reason:
+        warnings.warn(f"SLURM tests skipped: {reason}", stacklevel=1)  # shown in pytest's summary
+        pytest.skip(reason)
+
+
+def _run(args, cwd, env=None, **kw):
+    proc = subprocess.run(args, cwd=cwd, env=env or pipeline_env(cwd), capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _lock_hashes(repo: Path) -> dict[str, str]:
+    """Every output (metrics included) of every stage in dvc.lock, by path."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])}
+
+
+def _job_state(job: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. The micro pipeline through `snakemake --profile profiles/slurm` equals a plain `dvc repro`.
+
+
+def test_slurm_pipeline_matches_dvc_repro(tmp_path, slurm):
+    by_dvc = make_scratch_repo(tmp_path / "dvc", "micro")
+    by_slurm = make_scratch_repo(tmp_path / "slurm", "micro")
+
+    start = time.monotonic()
+    _run(["dvc", "repro"], by_dvc)
+    dvc_s = time.monotonic() - start
+
+    start = time.monotonic()
+    smk = _run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
+                "--slurm-no-account",  # the test cluster has no accounting database to guess it from
+                "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"], by_slurm)
+    slurm_s = time.monotonic() - start
+    print(f"\nmicro profile wall time: dvc repro {dvc_s:.1f} s, snakemake --profile profiles/slurm {slurm_s:.1f} s")
+
+    log = smk.stdout + smk.stderr
+    jobs = re.findall(r"SLURM run ID: |Job \d+ has been submitted with SLURM jobid (\d+)", log)
+    assert jobs, f"no job was submitted to SLURM:\n{log[-3000:]}"
+    assert list((by_slurm / ".snakemake" / "slurm_logs").rglob("*.log")), "no SLURM job log"
+    status = _run(["dvc", "status"], by_slurm)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    assert _lock_hashes(by_slurm) == _lock_hashes(by_dvc), "SLURM and dvc repro must produce identical outputs"
+    lock = yaml.safe_load((by_slurm / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(yaml.safe_load((by_dvc / "dvc.lock").read_text())["stages"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. A training job signalled mid-run checkpoints, is requeued and continues from its checkpoint.
+
+TOY = "tests/slurm/toy_train.py"
+TOY_STEPS = 16
+
+
+def _toy_env() -> dict[str, str]:
+    env = pipeline_env(ROOT)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _submit_toy(run_dir: Path, step_seconds: float) -> str:
+    run_dir.mkdir(parents=True)
+    # Like the Snakemake jobstep: the command runs in a job step (srun), which SLURM's signals reach.
+    cmd = f"srun -n1 {sys.executable} -m pipeline.launch --module {TOY} {run_dir} {TOY_STEPS} {step_seconds}"
+    out = _run(["sbatch", "--parsable", "--requeue", "--job-name", "toy_train", "-o", str(run_dir / "slurm-%j.out"),
+                "-D", str(ROOT), "--export=ALL", "--wrap", cmd], ROOT, env=_toy_env())
+    return out.stdout.strip().split(";")[0]
+
+
+def _wait(predicate, timeout: float, what: str, job: str, run_dir: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    logs = "\n".join(p.read_text()[-2000:] for p in run_dir.glob("slurm-*.out"))
+    subprocess.run(["scancel", job])
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (job {job}: {_job_state(job)})\n{logs}")
+
+
+@pytest.mark.parametrize("interrupt", ["scancel --signal=USR1", "scontrol requeue"])
+def test_interrupted_training_job_resumes_from_checkpoint(tmp_path, slurm, interrupt):
+    import torch
+
+    reference = tmp_path / "reference"
+    _run([sys.executable, "-m", "pipeline.launch", "--module", TOY, str(reference), str(TOY_STEPS)], ROOT,
+         env={k: v for k, v in _toy_env().items() if not k.startswith("SLURM_")})
+
+    run_dir = tmp_path / "slurm"
+    job = _submit_toy(run_dir, step_seconds=0.4)
+    _wait(lambda: any(run_dir.glob("ckpt-*.pt")), 300, "the first checkpoint", job, run_dir)
+    if interrupt.startswith("scancel"):
+        # Time nearly up: the loop checkpoints, exits 75, and pipeline.launch requeues the job.
+        _run(["scancel", "--signal=USR1", job], ROOT)
+    else:
+        # Preemption-like: SLURM sends SIGTERM (the loop checkpoints) and requeues the job itself.
+        _run(["scontrol", "requeue", job], ROOT)
+
+    def requeued():
+        info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        return re.search(r"Restarts=([1-9])", info) is not None and "JobState=PENDING" in info
+
+    _wait(requeued, 120, "the job to be requeued", job, run_dir)
+    # SLURM holds a requeued job for 120 s (BeginTime); let it start now.
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+    _wait(lambda: _job_state(job) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 400,
+          "the requeued job to finish", job, run_dir)
+    logs = "\n".join(p.read_text()[-3000:] for p in run_dir.glob("slurm-*.out"))
+    assert _job_state(job) == "COMPLETED", logs
+
+    starts = [json.loads(line) for line in (run_dir / "starts.jsonl").read_text().splitlines()]
+    assert len(starts) == 2, starts
+    assert starts[0]["start_step"] == 0 and starts[1]["restart_count"] == 1
+    assert starts[0]["job_id"] == starts[1]["job_id"] == job, "requeued under the same job id"
+    assert 0 < starts[1]["start_step"] < TOY_STEPS, f"the rerun must continue from the checkpoint: {starts}"
+    final, ref = torch.load(run_dir / "final.pt"), torch.load(reference / "final.pt")
+    assert final.keys() == ref.keys()
+    assert all(torch.equal(final[k], ref[k]) for k in ref), "resumed weights differ from an uninterrupted run"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Dry run (no SLURM needed): every stage's resources in params.yaml reach its sbatch arguments.
+
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _sbatch_args(resources: dict, threads: int) -> str:
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+
+    job = SimpleNamespace(resources=_Resources(resources), threads=threads)
+    params = dict(run_uuid="x", slurm_logfile="x.log", comment_str="x", account="", partition="", workdir=None)
+    return get_submit_command(job, params, settings=SimpleNamespace(requeue=True, no_requeue=False, qos=None,
+                                                                    reservation=None))
+
+
+def test_dry_run_maps_paper_resources_to_sbatch(tmp_path):
+    repo = make_scratch_repo(tmp_path / "paper", "paper")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    wanted = params["resources"]
+    assert {"prepare", "train_titok", "eval_titok"} <= set(wanted), "paper profile: resources per stage"
+    assert wanted["train_titok"]["gpu"] >= 1 and wanted["train_titok"]["gpu_model"]
+
+    dry = _run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "-n", "--forceall"], repo)
+    out = dry.stdout + dry.stderr
+    # Snakemake prints each job as "rule <name>:" ... "resources: k=v, k=v".
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\s*$)", out, flags=re.M | re.S)
+    printed = {}
+    for rule, body in blocks:
+        m = re.search(r"resources: (.*)", body)
+        if m:
+            printed[rule] = dict(kv.split("=", 1) for kv in m.group(1).split(", "))
+    stages = _run(["dvc", "stage", "list", "--name-only"], repo).stdout.split()
+    assert stages and set(stages) <= {r.replace("__", "@") for r in printed}, out[-3000:]
+    for stage in stages:
+        res = {**wanted.get("default", {}), **wanted.get(stage.split("@")[0], {})}
+        got = printed[stage.replace("@", "__")]
+        print(f"{stage}: {got}")
+        assert int(got["mem_mb"]) == res["mem_mb"] and int(got["runtime"]) == res["runtime"]
+        assert int(got["cpus_per_task"]) == res["cpus_per_task"]
+        if res.get("gpu") and res.get("nodes", 1) == 1:
+            assert int(got["gpu"]) == res["gpu"] and got["gpu_model"] == res["gpu_model"]
+        for key in ("slurm_partition", "slurm_account", "qos", "constraint"):
+            if res.get(key):
+                assert got[key] == res[key]
+        typed = {k: int(v) if re.fullmatch(r"\d+", v) else v for k, v in got.items()}
+        sbatch = _sbatch_args(typed, res["cpus_per_task"])
+        assert f"--mem {res['mem_mb']}" in sbatch and f"-t {res['runtime']}" in sbatch, sbatch
+        assert f"--cpus-per-task={res['cpus_per_task']}" in sbatch, sbatch
+        assert "--requeue" in sbatch
+        if res.get("gpu"):
+            assert f"--gpus={res['gpu_model']}:{res['gpu']}" in sbatch, sbatch
+        if res.get("slurm_extra"):
+            assert res["slurm_extra"] in sbatch
+
+
+def test_multi_node_gpu_stage_asks_for_gpus_per_node(tmp_path):
+    """`gpu` is per node: with nodes > 1 the Snakefile asks with --gres (per node), not --gpus (total)."""
+    repo = make_scratch_repo(tmp_path / "paper", "paper")
+    stage = _run(["dvc", "stage", "list", "--name-only"], repo).stdout.split()[0].split("@")[0]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["resources"][stage] = {**params["resources"].get(stage, {}), "gpu": 4, "gpu_model": "h100", "nodes": 2}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = _run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "-n", "--forceall"], repo)
+    out = dry.stdout + dry.stderr
+    assert re.search(r"gres=gpu:h100:4", out) and re.search(r"nodes=2", out), out[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# pipeline.launch: how a multi-GPU / multi-node stage is started inside an allocation.
+
+
+def test_launch_builds_srun_torchrun_from_the_allocation(monkeypatch):
+    from pipeline import launch
+
+    monkeypatch.setattr(launch, "first_node", lambda env=None: "gpu-a01")
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu-a[01-02]",
+           "SLURM_GPUS_ON_NODE": "4", "SLURM_CPUS_PER_TASK": "32"}
+    cmd = launch.distributed_command("pipeline", ["train_titok"], env)
+    assert cmd[:6] == ["srun", "--overlap", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+    assert "--gpus-per-node=4" in cmd and "--cpus-per-task=32" in cmd
+    inner = cmd[-1]
+    for part in ("torchrun", "--nnodes=2", "--nproc_per_node=4", "--rdzv_backend=c10d",
+                 "--rdzv_endpoint=gpu-a01:29500", "--rdzv_id=42", "-m pipeline train_titok"):
+        assert part in inner, inner
+    assert launch.nproc_per_node({"SLURM_GPUS_PER_NODE": "a100:8"}) == 8
+    assert launch.nproc_per_node({"CUDA_VISIBLE_DEVICES": "0,1"}) == 2
+    assert launch.nproc_per_node({}) == 1
+    assert not launch.under_torchrun({"SLURM_JOB_ID": "1"}) and launch.under_torchrun({"TORCHELASTIC_RUN_ID": "x"})
