@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -20,10 +21,10 @@ from pipeline.experiments.tokenopt import (
     CLIPObjective,
     RandomViews,
     TokenOptConfig,
-    decode_tokens,
-    encode_tokens,
+    images_to_tokens,
     noise_scale,
     optimize_tokens,
+    tokens_to_images,
 )
 from pipeline.models.clip import DEMO_CONFIG, create_clip
 from pipeline.models.registry import build_model
@@ -34,14 +35,14 @@ def official_loop(titok, objective, config: TokenOptConfig, images: torch.Tensor
     ``.grad`` of TiTok's decoder and of CLIP (never zeroed, only the tokens' gradient is)."""
     titok.eval().requires_grad_(True)
     objective.eval().requires_grad_(True)
-    z = encode_tokens(titok, images).requires_grad_(True)
+    z = images_to_tokens(titok, images).requires_grad_(True)
     z0, ema = z.detach().clone(), z.detach().clone()
     opt = torch.optim.Adam([z], lr=config.lr)
     views = RandomViews(config.num_augmentations, False, torch.Generator().manual_seed(0))
     for step in range(config.num_iter):
         with torch.no_grad():
             z.add_(torch.randn_like(z), alpha=config.token_noise * noise_scale(step, config.num_iter))
-        loss = objective(decode_tokens(titok, z)[0], views)
+        loss = objective(tokens_to_images(titok, z)[0], views)
         loss = loss + config.reg_weight * (z - z0).pow(2).mean(dim=(1, 2, 3))
         loss.sum().backward()
         opt.step()
@@ -100,10 +101,10 @@ def main() -> None:
                 warm = TokenOptConfig.paper(num_iter=1, num_augmentations=k, precision=precision)
                 if loop == "engine":
                     optimize_tokens(titok, objective, warm, images=images)
-                    seconds = timed(lambda: optimize_tokens(titok, objective, config, images=images), device)
+                    seconds = timed(partial(optimize_tokens, titok, objective, config, images=images), device)
                 else:
                     official_loop(titok, objective, warm, images)
-                    seconds = timed(lambda: official_loop(titok, objective, config, images), device)
+                    seconds = timed(partial(official_loop, titok, objective, config, images), device)
                     titok.zero_grad(set_to_none=True)
                     objective.zero_grad(set_to_none=True)
                 per_step = seconds / args.iters

@@ -21,7 +21,8 @@ then runs ``scontrol requeue $SLURM_JOB_ID``: the job goes back to the queue und
 time limit, ``scancel``) also checkpoints; SLURM itself requeues preempted jobs.
 
 ``PIPELINE_NPROC_PER_NODE`` overrides the number of processes per node (e.g. several CPU processes
-with gloo, for tests). ``--module`` runs another module (or a ``.py`` script) than ``pipeline`` (tests use a toy trainer).
+with gloo, for tests). ``--module`` runs another module, or a ``.py`` script, instead of ``pipeline``
+(tests use a toy trainer).
 """
 
 from __future__ import annotations

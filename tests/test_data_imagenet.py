@@ -72,6 +72,15 @@ def test_rows_are_ordered_by_class_then_file_with_metadata(flat):
     assert first["caption"] == "a photo of a tench"
 
 
+def test_parallel_workers_give_the_same_output(flat, tmp_path):
+    root, _, m = flat
+    params = folder_params(root / "in").model_copy(
+        update={"prepare": folder_params(root / "in").prepare.model_copy(update={"workers": 2})})
+    parallel = prepare(params, tmp_path / "prepared", progress=False)
+    assert parallel["splits"] == m["splits"] and parallel["conversions"] == m["conversions"]
+    assert (tmp_path / "prepared" / "skipped.json").read_text() == (root / "prepared" / "skipped.json").read_text()
+
+
 def test_both_val_layouts_give_the_same_shards(flat, tmp_path):
     root, _, m = flat
     make_imagenet(tmp_path / "in", "folders")
@@ -99,11 +108,11 @@ def test_class_subset_and_cap(tmp_path):
 
 
 # ----------------------------------------------------------------------------- Hugging Face
-def write_hub(hub, rows_by_split):
+def write_hub(hub, rows_by_split, names=WNIDS):
     """A local stand-in for the hub repo: one parquet file per split, written by `datasets`."""
     from datasets import ClassLabel, Dataset, Features, Image
 
-    features = Features({"image": Image(), "label": ClassLabel(names=WNIDS)})
+    features = Features({"image": Image(), "label": ClassLabel(names=list(names))})
     for split, rows in rows_by_split.items():
         ds = Dataset.from_dict({"image": [{"bytes": b, "path": p} for p, b, _ in rows],
                                 "label": [lab for _, _, lab in rows]}, features=features)
@@ -141,6 +150,22 @@ def test_hf_labels_skips_and_cap(tmp_path):
     assert m["splits"]["train"]["per_class"] == {WNIDS[0]: 1, WNIDS[1]: 2, WNIDS[2]: 2}
     assert m["skipped"] == {"not_an_image": 1}
     assert [c["name"] for c in m["classes"]] == WNIDS  # no synset mapping: names are the wnids
+
+
+def test_hf_label_names_are_translated_by_the_synset_mapping(tmp_path):
+    # The hub's ImageNet labels are class names; the mapping file (in label order) gives the wnids.
+    rows = [(rel.split("/")[1], b, WNIDS.index(rel.split("/")[0])) for rel, b in good_files()["val"].items()]
+    write_hub(tmp_path / "hub", {"validation": rows}, names=[NAMES[w] for w in WNIDS])
+    make_imagenet(tmp_path / "in", "flat", bad=False)
+    (tmp_path / "subset.txt").write_text(f"{WNIDS[1]}\n")
+    params = hf_params(tmp_path / "hub", splits=["val"], root=str(tmp_path / "in"),
+                       class_subset=str(tmp_path / "subset.txt"))
+    m = prepare(params, tmp_path / "out", progress=False)
+    assert m["classes"] == [{"index": 0, "wnid": WNIDS[1], "name": NAMES[WNIDS[1]]}]
+    assert m["splits"]["val"]["per_class"] == {WNIDS[1]: 2}
+    with pytest.raises(InputError, match="synset_mapping"):
+        prepare(hf_params(tmp_path / "hub", splits=["val"], class_subset=str(tmp_path / "subset.txt")),
+                tmp_path / "out2", progress=False)
 
 
 def test_hf_missing_dataset_is_an_input_error(tmp_path):

@@ -5,15 +5,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 from torch import nn
 
 from pipeline import params as P
-from pipeline.data import demo
-from pipeline.data.shard_writer import ShardWriter
-from pipeline.data.transforms import encode as encode_png
 from pipeline.experiments import token_manipulation as tm
 from pipeline.models.quantizer import VectorQuantizer
 from pipeline.models.titok import TiTok, TiTokConfig
@@ -162,30 +158,18 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
     assert widths[1] < widths[0] / 5  # ~ 1/sqrt(n): 10x narrower for 100x the values
 
 
-def _prepared_demo(root: Path, count: int, size: int) -> None:
-    """A tiny prepared val split of demo images in the shard format."""
-    rows = []
-    for i in range(count):
-        image, factors = demo.render(demo.DemoSpec(seed=0, split="val", index=i, num_classes=10, size=size))
-        rows.append({"image": encode_png(image), "label": i % 10, "key": f"val-{i:05d}", **factors})
-    root.mkdir(parents=True)
-    writer = ShardWriter(root, "val", 1000, pa.Table.from_pylist(rows).schema)
-    for row in rows:
-        writer.add(row)
-    manifest = {"source": "demo", "image_size": size, "splits": {"val": {"count": count, "shards": writer.close()}}}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
     from pipeline.stages import token_manipulation as stage
+    from pipeline.stages.prepare import prepare
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     _tiny_titok().save_pretrained(tmp_path / "models" / "titok")
-    _prepared_demo(tmp_path / "data" / "prepared", 40, 32)
-    params = P.validate({"image_size": 32, "token_manipulation": {
+    params = P.validate({"image_size": 32, "prepare": {
+        "workers": 1, "demo": {"train_per_class": 1, "val_per_class": 4, "ood_per_class": 1}}, "token_manipulation": {
         "num_images": 40, "num_tokens": 8, "top_k": 2, "num_pairs": 12, "bootstrap_samples": 200, "grid_pairs": 2,
         "batch_size": 16, "positions_to_edit": [7], "attributes": ["brightness", "blur", "color_index", "saturation"]}})
+    prepare(params, Path(params.paths.data) / "prepared", progress=False)  # 40 demo val images at 32 px
     assert stage.run(params) == 0
 
     out = tmp_path / "results" / "token_manipulation"

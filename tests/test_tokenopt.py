@@ -1,6 +1,7 @@
 """Test-time token optimisation: equivalence with the official loop (fixture), schedules, objectives, config."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,12 @@ from pipeline.experiments.tokenopt import (
     SigLIPObjective,
     TokenOptConfig,
     WeightedSum,
-    decode_tokens,
-    encode_tokens,
+    images_to_tokens,
     noise_scale,
     optimize_tokens,
+    tokens_to_images,
 )
+from pipeline.experiments.tokenopt_tasks import edit_images, generate_class_images, inpaint_images, make_masks
 from pipeline.models.clip import load_clip
 from pipeline.models.maskgit_vqgan import VQGANConfig
 from pipeline.models.titok import TiTok, TiTokConfig
@@ -138,8 +140,8 @@ def test_straight_through_reaches_continuous_tokens(tiny_titok):
     tiny_titok.requires_grad_(False)
     images = torch.rand(2, 3, 32, 32)
     for post in (False, True):
-        z = encode_tokens(tiny_titok, images, post_quantization=post).requires_grad_(True)
-        decoded, codes = decode_tokens(tiny_titok, z, post_quantization=post)
+        z = images_to_tokens(tiny_titok, images, post_quantization=post).requires_grad_(True)
+        decoded, codes = tokens_to_images(tiny_titok, z, post_quantization=post)
         decoded.pow(2).mean().backward()
         assert z.grad is not None and z.grad.abs().sum() > 0 and torch.isfinite(z.grad).all()
         # the forward image is the one of the integer codes: only a code flip changes it
@@ -206,7 +208,7 @@ def test_reset_restores_known_region(tiny_titok):
                     known=KnownRegion(images, mask), callback=lambda info: seen.append(info))
     # after step 1 the tokens are the encoding of the decoded image with the known pixels pasted back
     composite = (1 - mask) * seen[1].images + mask * images
-    torch.testing.assert_close(seen[1].tokens, encode_tokens(tiny_titok, composite), atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen[1].tokens, images_to_tokens(tiny_titok, composite), atol=1e-5, rtol=0)
     assert not torch.allclose(seen[0].tokens, seen[1].tokens)
 
 
@@ -253,3 +255,32 @@ def test_paper_defaults():
     cfg = TokenOptConfig.paper()
     assert (cfg.num_iter, cfg.lr, cfg.ema_decay, cfg.token_noise, cfg.reg_type, cfg.reg_weight,
             cfg.num_augmentations) == (300, 0.1, 0.98, 0.3, "seed", 0.025, 8)
+
+
+def test_experiment_tasks(tiny_titok, fixture_clip):
+    cfg = TokenOptConfig.paper(num_iter=2, num_augmentations=1)
+    images = torch.rand(3, 3, 32, 32)
+    edited = edit_images(tiny_titok, fixture_clip, images, ["a cat", "a dog", "a cat"], cfg, batch_size=2)
+    assert edited.images.shape == (3, 3, 32, 32) and [r["prompt"] for r in edited.records] == ["a cat", "a dog",
+                                                                                               "a cat"]
+    for association in ("random", "clip_top1", "clip_top1pct"):
+        out = generate_class_images(tiny_titok, fixture_clip, ["cat", "dog"], 2, cfg, seed_images=images,
+                                    seed_set_size=2, association=association, batch_size=4)
+        assert out.images.shape == (4, 3, 32, 32)
+        assert [r["prompt"] for r in out.records] == ["a photo of a cat"] * 2 + ["a photo of a dog"] * 2
+        assert all(0 <= r["seed_index"] < 3 for r in out.records)
+        if association == "clip_top1":  # the best seed of a class is the same for all its samples
+            assert out.records[0]["seed_index"] == out.records[1]["seed_index"]
+    scratch = generate_class_images(tiny_titok, fixture_clip, ["cat"], 2, cfg)
+    assert scratch.images.shape == (2, 3, 32, 32) and "seed_index" not in scratch.records[0]
+
+    for kind, known in (("center", 0.75), ("half", 0.5)):
+        mask = make_masks(kind, 2, 32, torch.Generator())
+        assert mask.shape == (2, 1, 32, 32) and mask.mean().item() == known
+    boxes = make_masks("boxes", 4, 32, torch.Generator().manual_seed(0))
+    assert ((boxes == 0).flatten(1).any(1)).all() and (boxes.flatten(1).mean(1) < 1).all()
+    filled = inpaint_images(tiny_titok, images, "center", replace(cfg, reset_period=1), batch_size=2)
+    assert filled.images.shape == (3, 3, 32, 32) and filled.masks.shape == (3, 1, 32, 32)
+    guided = inpaint_images(tiny_titok, images, "boxes", cfg, clip=fixture_clip, prompts=["a", "b", "c"])
+    assert guided.records[2]["prompt"] == "c"
+

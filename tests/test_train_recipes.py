@@ -23,6 +23,14 @@ from pipeline.train.recipes import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add synchronisation on a shared 2-core box
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def images():
     return TensorDataset(torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)))

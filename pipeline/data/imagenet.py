@@ -187,7 +187,12 @@ class ImageNetFolder:
 
     def tasks(self, split: str) -> Iterator[Task | Skipped]:
         """The split's inputs in (class, file name) order; skips found while labelling come first."""
-        listed, skips = self._train() if split == "train" else self._val()
+        if split == "train":  # listed one class at a time: 1.28M tasks never sit in memory at once
+            for wnid in self._label:
+                listed = [self._task(Path("train", wnid, f), wnid) for f in _files(self.root / "train" / wnid)]
+                yield from _cap(sorted(listed, key=lambda t: t.key), self.max_per_class)
+            return
+        listed, skips = self._val()
         yield from skips
         yield from _cap(sorted(listed, key=lambda t: (t.label, t.key)), self.max_per_class)
 
@@ -195,12 +200,6 @@ class ImageNetFolder:
         c = self.classes[self._label[wnid]]
         return Task(key=f"{wnid}/{rel.stem}", label=c["index"], wnid=wnid, name=c["name"],
                     source_file=rel.as_posix(), path=str(self.root / rel))
-
-    def _train(self) -> tuple[list[Task], list[Skipped]]:
-        listed = []
-        for wnid in self._label:
-            listed += [self._task(Path("train", wnid, f), wnid) for f in _files(self.root / "train" / wnid)]
-        return listed, []
 
     def _val(self) -> tuple[list[Task], list[Skipped]]:
         val = self.root / "val"

@@ -7,10 +7,13 @@ Layout of ``<paths.data>/prepared/`` (written by the ``prepare`` stage, atomical
   ``image_size x image_size`` RGB image), ``label`` (int64 class index), ``key`` (stable id), then
   metadata: ``caption`` always; the demo factors for the demo; ``wnid``, ``source_file``,
   ``orig_width``, ``orig_height`` for ImageNet.
-- ``manifest.json``: ``source``, ``image_size``, ``image_format``, ``params`` (the prepare parameters),
-  ``classes`` (``[{index, wnid, name}]``), ``columns``, and per split ``count``, ``per_class``
-  (wnid -> count), ``skipped``, ``repaired`` and ``shards`` (``[{file, rows, row_groups, sha256}]``).
-- ``skipped.json``: every input that was skipped or repaired, with the reason.
+- ``manifest.json``: ``source``, ``image_size``, ``image_format``, ``seed``, ``params`` (the prepare
+  parameters), ``classes`` (``[{index, wnid, name}]``), ``columns``, ``skipped`` (count per kind),
+  ``conversions`` (count per conversion, e.g. ``"CMYK -> RGB"``), and per split ``count``,
+  ``per_class`` (wnid -> count), ``skipped``, ``repaired`` and ``shards``
+  (``[{file, rows, row_groups, sha256}]``).
+- ``skipped.json``: ``{"skipped": [{split, file, kind, reason}], "repaired": [{split, file, notes}]}``:
+  every input left out, and every damaged or mislabelled one that was converted and kept.
 - ``samples.png``: a few images of each split, for a quick look.
 
 Readers (the API other stages rely on):
@@ -21,7 +24,8 @@ Readers (the API other stages rely on):
   per row), in file order;
 - ``ShardDataset(root, split, seed=0, shuffle=True)``: a ``torch.utils.data.IterableDataset`` that
   streams ``(image float32 (3, H, W) in [0, 1], label int)``. Work is split across DataLoader workers
-  and DDP ranks (``torch.distributed``, when initialised) by row group; with shuffling, the row-group
+  and DDP ranks (``torch.distributed``, when initialised) by row group (by row where there are fewer
+  row groups than readers, as in tiny demo splits); with shuffling, the row-group
   order is permuted per epoch (call ``set_epoch(epoch)`` before each epoch; it reaches the workers
   when they are started per epoch, i.e. without ``persistent_workers``) and rows pass through a
   shuffle buffer. Under DDP every rank yields exactly ``len(dataset)`` rows per epoch (the surplus rows
@@ -116,7 +120,7 @@ class ShardDataset(IterableDataset):
         self.buffer_size = buffer_size
         info = _split_info(self.root, split)
         # One unit of work: (shard file, row group index, rows).
-        self.units = [(s["file"], g, n) for s in info["shards"] for g, n in enumerate(s["row_groups"])]
+        self.units = [(s["file"], g, n) for s in info["shards"] for g, n in enumerate(_row_groups(self.root, s))]
         self.total = info["count"]
         self.epoch = 0
 
@@ -126,8 +130,8 @@ class ShardDataset(IterableDataset):
 
     def __len__(self) -> int:
         """Rows this rank yields per epoch (the whole split without DDP)."""
-        _, world = _dist_rank_world()
-        return self._plan(world)[1]
+        rank, world = _dist_rank_world()
+        return self._rank_share(rank, world)[4]
 
     def _unit_order(self) -> list[int]:
         order = np.arange(len(self.units))
@@ -135,21 +139,26 @@ class ShardDataset(IterableDataset):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
         return [int(i) for i in order]
 
-    def _plan(self, consumers: int) -> tuple[list[list[int]], int]:
-        """Unit indices of each consumer (round robin over the epoch's unit order), and the per-rank
-        length for ``consumers`` ranks: the smallest share, so that every rank yields the same number."""
+    def _rank_share(self, rank: int, world: int) -> tuple[list[int], int, int, int, int]:
+        """What ``rank`` reads this epoch: (units, stride, offset) (keep every ``stride``-th row of the
+        units from ``offset``), how many rows that is, and the length every rank yields."""
         order = self._unit_order()
-        assigned = [order[c::consumers] for c in range(consumers)]
-        if len(order) < consumers:  # fewer row groups than readers: split rows instead (see __iter__)
-            return assigned, self.total // consumers
-        return assigned, min(sum(self.units[u][2] for u in units) for units in assigned)
+        rows = [self.units[u][2] for u in order]
+        if len(order) >= world:  # whole row groups, round robin; every rank stops at the smallest share
+            per_rank = min(sum(rows[r::world]) for r in range(world))
+            return order[rank::world], 1, 0, sum(rows[rank::world]), per_rank
+        # fewer row groups than ranks: every rank reads them all and keeps every world-th row
+        return order, world, rank, len(range(rank, self.total, world)), self.total // world
 
     def _rows(self, units: list[int], stride: int, offset: int) -> Iterator[tuple[bytes, int]]:
         """Encoded rows of ``units``, keeping every ``stride``-th row from ``offset``."""
         files: dict[str, pq.ParquetFile] = {}
         i = 0
         for u in units:
-            name, group, _ = self.units[u]
+            name, group, n = self.units[u]
+            if not any((i + k) % stride == offset for k in range(min(n, stride))):
+                i += n  # nothing of ours in this row group
+                continue
             if name not in files:
                 files[name] = pq.ParquetFile(self.root / name)
             table = files[name].read_row_group(group, columns=["image", "label"])
@@ -163,29 +172,29 @@ class ShardDataset(IterableDataset):
         rank, world = _dist_rank_world()
         worker = get_worker_info()
         wid, nworkers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        consumers = world * nworkers
-        consumer = rank * nworkers + wid
-        units_by_consumer, per_rank = self._plan(world)
-        if len(self.units) >= consumers:
-            # Rank r owns units r, r + world, ...; its workers take turns over them.
-            rank_units = units_by_consumer[rank]
-            mine = rank_units[wid::nworkers]
-            rows = self._rows(mine, 1, 0)
-            # This worker's share of the rank's quota: the rank's surplus is taken from its last rows.
-            worker_rows = [sum(self.units[u][2] for u in rank_units[w::nworkers]) for w in range(nworkers)]
-            quota = _quota(worker_rows, per_rank, wid)
-        else:
-            rows = self._rows(self._unit_order(), consumers, consumer)
-            n_mine = len(range(consumer, self.total, consumers))
-            quota = min(n_mine, per_rank // nworkers + (1 if wid < per_rank % nworkers else 0))
+        units, stride, offset, rank_rows, per_rank = self._rank_share(rank, world)
+        if stride == 1 and len(units) >= nworkers:  # workers take turns over the rank's row groups
+            rows = self._rows(units[wid::nworkers], 1, 0)
+            worker_rows = [sum(self.units[u][2] for u in units[w::nworkers]) for w in range(nworkers)]
+        else:  # too few row groups: workers take turns over the rank's rows
+            rows = self._rows(units, stride * nworkers, offset + stride * wid)
+            worker_rows = [len(range(w, rank_rows, nworkers)) for w in range(nworkers)]
+        quota = _quota(worker_rows, per_rank, wid)
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch, rank, wid, 1])
-            rows = _shuffle_buffer(rows, self.buffer_size, rng)
+            rows = _shuffle_buffer(rows, self.buffer_size, np.random.default_rng([self.seed, self.epoch, rank, wid]))
         for n, (data, label) in enumerate(rows):
             if n >= quota:
                 return
             image = torch.from_numpy(decode_stored(data).copy()).permute(2, 0, 1).float().div_(255)
             yield image, int(label)
+
+
+def _row_groups(root: Path, shard: dict) -> list[int]:
+    """Rows per row group of a shard, from the manifest or else from the parquet footer."""
+    if "row_groups" in shard:
+        return shard["row_groups"]
+    meta = pq.read_metadata(root / shard["file"])
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
 def _quota(worker_rows: list[int], per_rank: int, wid: int) -> int:

@@ -122,8 +122,19 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     return data
 
 
-def _open(data: bytes, size: int, draft: bool) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
+def _open(data: bytes) -> Image.Image:
+    """Read the header only; :class:`SkipImage` when ``data`` is not an image PIL knows."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise SkipImage("too_large", str(err)) from None
+    except Image.UnidentifiedImageError:
+        raise SkipImage("not_an_image", "PIL cannot identify the format") from None
+    except Exception as err:  # garbage headers of known formats
+        raise SkipImage("not_an_image", f"{type(err).__name__}: {err}") from None
+
+
+def _load(img: Image.Image, size: int, draft: bool) -> Image.Image:
     if draft and img.format == "JPEG":
         img.draft("RGB", (size, size))
     img.load()
@@ -140,19 +151,14 @@ def decode_rgb(data: bytes, size: int, draft: bool = True, name: str = "") -> De
         raise SkipImage("empty", "0 bytes")
     notes: list[str] = []
     repaired = False
+    img = _open(data)
+    fmt, width, height = img.format, img.width, img.height
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt, width, height = probe.format, probe.width, probe.height
-    except Image.DecompressionBombError as err:
-        raise SkipImage("too_large", str(err)) from None
-    except Exception as err:  # PIL raises UnidentifiedImageError, and others on garbage headers
-        raise SkipImage("not_an_image", f"{type(err).__name__}: {err}") from None
-    try:
-        img = _open(data, size, draft)
+        img = _load(img, size, draft)
     except Exception:
         ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
-            img = _open(data, size, draft)
+            img = _load(_open(data), size, draft)
         except Exception as err2:
             raise SkipImage("corrupt", f"{fmt}: {type(err2).__name__}: {err2}") from None
         finally:

@@ -15,9 +15,10 @@ in three steps, on any TiTok (ours or an official checkpoint):
    (quantile bins of a continuous attribute, one group per value of a categorical one or of one with
    at most ``bins`` distinct values). For every token position:
 
-   * ``f_ratio``: the between-group / within-group variance ratio of the pre-quantisation token, the
-     sums of squares summed over the token's channels before the ratio is taken (a one-way ANOVA F
-     statistic on the token vector);
+   * ``f_ratio``: the between-group / within-group variance ratio of the pre-quantisation token (as
+     the quantiser sees it: l2-normalised for l2-normalised codebooks; the posterior mean for VAE
+     models), the sums of squares summed over the token's channels before the ratio is taken (a
+     one-way ANOVA F statistic on the token vector);
    * ``mutual_information``: the mutual information (nats) between the position's code index and the
      group, plug-in estimate minus the Miller-Madow bias ``(cells_xy - cells_x - cells_y + 1) / 2M``,
      which otherwise favours positions whose codes are spread over more entries (VQ tokenizers only).
@@ -156,7 +157,7 @@ def attribute_table(names: Sequence[str], images: torch.Tensor, labels: np.ndarr
 class Encoded:
     """A tokenised image set: pre-quantisation latents (M, C', N), codes and their reconstructions."""
 
-    latents: np.ndarray  # (M, C', N) float64, C' = C (VQ) or the posterior mean's C (VAE)
+    latents: np.ndarray  # (M, C, N) float64: pre-quantisation tokens (l2-normalised if the codebook is)
     codes: torch.Tensor  # (M, N) int64 (VQ) or (M, C, 1, N) float (VAE): what edits act on
     is_vq: bool
 
@@ -187,7 +188,9 @@ def encode(model: Any, images: torch.Tensor, batch_size: int = 64) -> Encoded:
         z = model.encode_continuous(x)  # (B, C', 1, N)
         tokens, info = model.quantize(z) if is_vq else model.quantize(z, sample=False)  # VAE: posterior mean
         if is_vq:
-            latents.append(z[:, :, 0].double().cpu())
+            # the token as the quantiser compares it to the codebook: its norm is discarded there
+            seen = F.normalize(z, dim=1) if getattr(model.config, "use_l2_norm", False) else z
+            latents.append(seen[:, :, 0].double().cpu())
             codes.append(info["min_encoding_indices"].reshape(len(x), -1).cpu())  # (B, N)
         else:
             latents.append(info["mean"][:, :, 0].double().cpu())
@@ -411,7 +414,7 @@ def plot_heatmap(scores: dict[str, dict], path: Any, rank_by: str = "f_ratio") -
         ax.set_title(f"{title}{' (ranking)' if key == rank_by else ''}, scaled per attribute", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -440,7 +443,6 @@ def plot_edit_grid(rows: list[list[torch.Tensor]], titles: list[str], row_labels
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(suptitle, fontsize=8, pad=40)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.set_xlabel(suptitle, fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

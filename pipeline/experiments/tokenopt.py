@@ -258,8 +258,8 @@ class TokenOptResult:
     loss_history: torch.Tensor  # (steps, B) objective before each step, on the CPU
 
 
-def decode_tokens(titok: TiTok, tokens: torch.Tensor, *, post_quantization: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def tokens_to_images(titok: TiTok, tokens: torch.Tensor, *,
+                     post_quantization: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Optimisation variables (B, C, 1, N) -> (images (B, 3, H, W), codes (B, 1, N) or None).
 
     Pre-quantisation VQ tokens go through the quantiser (straight-through); VAE tokens (B, 2C, 1, N)
@@ -276,7 +276,7 @@ def decode_tokens(titok: TiTok, tokens: torch.Tensor, *, post_quantization: bool
 
 
 @torch.no_grad()
-def encode_tokens(titok: TiTok, images: torch.Tensor, *, post_quantization: bool = False) -> torch.Tensor:
+def images_to_tokens(titok: TiTok, images: torch.Tensor, *, post_quantization: bool = False) -> torch.Tensor:
     """Images in [0, 1] (B, 3, H, W) -> the optimisation variables (B, C, 1, N) (VAE: (B, 2C, 1, N))."""
     latents = titok.encode_continuous(images).float()
     if not post_quantization:
@@ -308,7 +308,7 @@ def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, 
     if known is not None:
         known = KnownRegion(known.images.to(device).float(), known.mask.to(device).float())
     if images is not None:
-        tokens = encode_tokens(titok, images.to(device), post_quantization=post)
+        tokens = images_to_tokens(titok, images.to(device), post_quantization=post)
     z = tokens.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # (B, C, 1, N)
     z0 = z.detach().clone()  # anchor of the seed regulariser
     ema = z.detach().clone()
@@ -324,7 +324,7 @@ def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, 
             with torch.no_grad():
                 z.add_(noise, alpha=config.token_noise * noise_scale(step, config.num_iter))
         with autocast(device, config.precision):
-            decoded, codes = decode_tokens(titok, z, post_quantization=post)
+            decoded, codes = tokens_to_images(titok, z, post_quantization=post)
             loss = objective(decoded, views).float()  # (B,)
         total = loss
         if config.reg_type != "none" and config.reg_weight > 0:
@@ -338,7 +338,7 @@ def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, 
         if config.reset_period and (step + 1) % config.reset_period == 0:
             with torch.no_grad():
                 composite = (1 - known.mask) * decoded.float() + known.mask * known.images
-                z.copy_(encode_tokens(titok, composite, post_quantization=post))
+                z.copy_(images_to_tokens(titok, composite, post_quantization=post))
         with torch.no_grad():  # diffusers-style EMA: the first update copies, later ones average
             decay = config.ema_decay if step > 0 else 0.0
             ema.sub_((1.0 - decay) * (ema - z))
@@ -351,6 +351,6 @@ def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, 
             break
 
     with torch.no_grad(), autocast(device, config.precision):
-        final, codes = decode_tokens(titok, ema, post_quantization=post)
+        final, codes = tokens_to_images(titok, ema, post_quantization=post)
     return TokenOptResult(tokens=ema, codes=codes, images=final.float().clamp(0, 1),
                           loss_history=torch.stack(history).cpu())

@@ -22,9 +22,10 @@ quantised latents), so official checkpoints load with ``strict=True`` once the t
 
 Differences from the official code, all without numerical effect on the recorded fixtures:
 
-* The 2-D grid side is ``image_size // patch_size`` and must equal the VQGAN's latent grid; the
-  official reconstruction path hard-codes 16 x 16, so it only runs at 256 px / patch 16 (or 64 px /
-  patch 4, the fixture). ``alit_demo`` uses a 16 x 16 grid so the demo keeps the paper's 32..256 counts.
+* The 2-D grid side is ``ALITConfig.grid_size`` = ``image_size // patch_size`` and must equal the
+  VQGAN's latent grid; the official reconstruction path hard-codes a 16 x 16 grid, so it only runs at
+  256 px / patch 16 (or 64 px / patch 4, the fixture). ``alit_demo`` keeps a 16 x 16 grid (64 px, the
+  demo VQGAN downsamples 4x) and so the paper's 32, 64, ..., 256 token counts.
 * Only the quantised-latent variant is built (every released VQGAN checkpoint but one is quantised).
 * ``forward`` returns the per-iteration tensors a trainer or an analysis needs (see ``forward``)
   instead of a list of log dicts; the losses are in ``latent_distillation_loss``.
@@ -33,7 +34,7 @@ Differences from the official code, all without numerical effect on the recorded
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -137,7 +138,7 @@ class ALITConfig:
     def named(cls, name: str) -> ALITConfig:
         if name not in ALIT_CONFIGS:
             raise KeyError(f"unknown ALIT config {name!r}; known: {sorted(ALIT_CONFIGS)}")
-        return ALIT_CONFIGS[name]
+        return ALIT_CONFIGS[name]()
 
 
 def _alit_vqgan_config(ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
@@ -147,19 +148,25 @@ def _alit_vqgan_config(ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_c
                        codebook_size=n_embed, attention=False, key_style="taming")
 
 
-_MAGE_VQGAN = _alit_vqgan_config(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=256,
-                                 n_embed=1024)
+def _mage_vqgan() -> VQGANConfig:
+    return _alit_vqgan_config(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=256, n_embed=1024)
 
-ALIT_CONFIGS: dict[str, ALITConfig] = {
-    # Released checkpoints (official adaptive_tokenizers/__init__.py): note alit_small is 1024 wide.
-    "alit_small": ALITConfig(width=1024, num_layers=8, num_heads=8, vqgan=_MAGE_VQGAN),
-    "alit_base": ALITConfig(width=768, num_layers=12, num_heads=12, vqgan=_MAGE_VQGAN),
-    "alit_semilarge": ALITConfig(width=1024, num_layers=16, num_heads=16, vqgan=_MAGE_VQGAN),
-    # Embedded demo: 64 px images, a 16x16 VQGAN grid (f=4), so the token counts are the paper's 32..256.
-    "alit_demo": ALITConfig(width=64, num_layers=2, num_heads=4, image_size=64, patch_size=4,
-                            vq_codebook_size=256, vq_token_dim=12,
-                            vqgan=_alit_vqgan_config(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
-                                                     z_channels=16, n_embed=256)),
+
+def _alit_demo() -> ALITConfig:
+    # The demo shares the pipeline's ``vqgan_demo`` (64 px, f=4: a 16x16 grid, MaskGIT key names), so
+    # one trained demo VQGAN serves TiTok and ALIT, and the token counts are the paper's 32..256.
+    from pipeline.models.registry import model_config
+
+    return ALITConfig(width=64, num_layers=2, num_heads=4, image_size=64, patch_size=4, vq_codebook_size=256,
+                      vq_token_dim=12, vqgan=model_config("vqgan_demo"))
+
+
+ALIT_CONFIGS: dict[str, Callable[[], ALITConfig]] = {
+    # Released checkpoints (official adaptive_tokenizers/__init__.py); note that alit_small is 1024 wide.
+    "alit_small": lambda: ALITConfig(width=1024, num_layers=8, num_heads=8, vqgan=_mage_vqgan()),
+    "alit_base": lambda: ALITConfig(width=768, num_layers=12, num_heads=12, vqgan=_mage_vqgan()),
+    "alit_semilarge": lambda: ALITConfig(width=1024, num_layers=16, num_heads=16, vqgan=_mage_vqgan()),
+    "alit_demo": _alit_demo,
 }
 
 
@@ -272,7 +279,8 @@ class ALIT(nn.Module):
         return (self.latent_tokens + self.latent_token_positional_embedding) + self.timestep_embedding[iteration]
 
     def decoder_queries(self, batch_size: int) -> torch.Tensor:
-        q = torch.cat([self.decoder_class_embedding, self.decoder_mask_token[0].expand(self.config.num_image_tokens, -1)])
+        masks = self.decoder_mask_token[0].expand(self.config.num_image_tokens, -1)  # (N, W)
+        q = torch.cat([self.decoder_class_embedding, masks])
         return (q + self.decoder_positional_embedding).expand(batch_size, -1, -1)  # (B, 1+N, W)
 
     def begin(self, images: torch.Tensor) -> RolloutState:

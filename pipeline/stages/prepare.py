@@ -13,10 +13,11 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
+from itertools import islice
 from multiprocessing.pool import Pool
 from pathlib import Path
 
@@ -34,7 +35,8 @@ from pipeline.io import atomic_dir, write_json
 from pipeline.params import Params
 
 SAMPLES_PER_SPLIT = 10
-CHUNK = 16
+CHUNK = 16  # tasks per worker round trip
+WINDOW = 8  # chunks per worker in flight
 
 
 def open_source(params: Params):
@@ -72,10 +74,24 @@ def worker_pool(workers: int) -> Iterator[Pool | None]:
         yield pool
 
 
-def process_all(process, tasks: Iterable, pool: Pool | None) -> Iterator[Prepared | Skipped]:
-    """``process`` over ``tasks``, in order (``imap`` in chunks when there is a pool)."""
+def process_all(process, tasks: Iterable, pool: Pool | None, workers: int = 1) -> Iterator[Prepared | Skipped]:
+    """``process`` over ``tasks``, results in task order.
+
+    With a pool, tasks go out in windows of ``WINDOW`` chunks per worker, at most two windows ahead of
+    the results being consumed: a streamed source (HF) is never read much faster than it is processed.
+    """
     fn = partial(apply, process)
-    return map(fn, tasks) if pool is None else pool.imap(fn, tasks, chunksize=CHUNK)
+    if pool is None:
+        yield from map(fn, tasks)
+        return
+    tasks, window = iter(tasks), WINDOW * CHUNK * workers
+    pending: deque = deque()
+    while batch := list(islice(tasks, window)):
+        pending.append(pool.map_async(fn, batch, chunksize=CHUNK))
+        if len(pending) > 2:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
 
 
 def _samples_png(samples: dict[str, list[np.ndarray]], path: Path) -> None:
@@ -122,7 +138,7 @@ def prepare(params: Params, out: Path, progress: bool = True, opened: tuple | No
             per_class = dict.fromkeys(class_wnid.values(), 0)
             n_skipped = n_repaired = 0
             samples[split] = []
-            results = process_all(process, source.tasks(split), pool)
+            results = process_all(process, source.tasks(split), pool, p.workers)
             for res in tqdm(results, total=source.length(split), desc=f"prepare {split}", unit="img",
                             disable=not progress, file=sys.stderr):
                 if isinstance(res, Skipped):

@@ -74,7 +74,7 @@ class TrainConfig:
     disc_lr: float | None = None  # discriminator peak lr (same schedule); None = lr
     precision: Precision = "fp32"
     ema_decay: float = 0.0  # 0 = no EMA
-    ckpt_every: int = 1000
+    ckpt_every: int = 1000  # also at the end; 0 = only when a signal asks (benchmarks, throw-away runs)
     keep_checkpoints: int = 2
     log_every: int = 50
     seed: int = 42
@@ -130,7 +130,7 @@ class TrainingInterrupted(SystemExit):  # noqa: N818 - it is an exit, not an err
 @dataclass
 class TrainResult:
     step: int
-    checkpoint: Path
+    checkpoint: Path | None  # None only with ckpt_every=0
     metrics: dict[str, float]  # the last logged values
     ema_state: dict[str, torch.Tensor] | None  # model.state_dict() with EMA weights, if EMA is on
     is_main: bool
@@ -401,14 +401,14 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
                 window, window_steps, window_start = {}, 0, time.perf_counter()
 
             stop = distributed.any_process(signals.received is not None, device)
-            if stop or step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if stop or (cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps)):
                 last_saved = save()
             if stop:
                 bar.close()
                 signum = signals.received if signals.received is not None else signal.SIGTERM  # another rank's
                 raise TrainingInterrupted(signum, last_saved, step)
     bar.close()
-    if last_saved is None or checkpoint.checkpoint_path(run_dir, step) != last_saved:
+    if cfg.ckpt_every and (last_saved is None or checkpoint.checkpoint_path(run_dir, step) != last_saved):
         last_saved = save()  # e.g. a fresh run with steps=0
     return TrainResult(step=step, checkpoint=last_saved, metrics=logged,
                        ema_state=ema.state_dict_for(model) if ema else None, is_main=dist.is_main)

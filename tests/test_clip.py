@@ -1,0 +1,134 @@
+"""The open_clip wrapper, local-weights loading, the contrastive trainer and the train_clip stage pieces."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from pipeline.errors import InputError, MissingWeightsError
+from pipeline.metrics.clip_score import clip_score, cosine_score, zero_shot_accuracy
+from pipeline.models.clip import DEMO_CONFIG, ClipModel, create_clip, load_clip, register_config, save_clip
+from pipeline.train.clip import ClipTrainConfig, contrastive_loss, train_clip
+
+TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    path = tmp_path_factory.mktemp("cfg") / "clip_test_tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture()
+def tiny(tiny_config) -> ClipModel:
+    torch.manual_seed(0)
+    return create_clip("clip_test_tiny", config=tiny_config)
+
+
+def test_demo_config_builds_offline():
+    clip = create_clip("clip_demo")
+    assert register_config(DEMO_CONFIG) == "clip_demo"
+    assert clip.image_size == (64, 64) and clip.tokenize(["a photo of a circle"]).shape == (1, 32)
+    assert clip.embed_dim == json.loads(DEMO_CONFIG.read_text())["embed_dim"]
+
+
+def test_preprocess_resizes_normalises_and_passes_gradients(tiny):
+    x = torch.rand(2, 3, 40, 40, requires_grad=True)
+    y = tiny.preprocess(x)
+    assert y.shape == (2, 3, 16, 16)
+    flat = torch.full((1, 3, 16, 16), 0.5)  # no resize at the model size: only the normalisation
+    assert torch.allclose(tiny.preprocess(flat), (flat - tiny.mean) / tiny.std)
+    tiny.requires_grad_(False)
+    loss = -(tiny.encode_images(x) @ tiny.encode_texts(["a red circle"]).T).sum()
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    wide = tiny.preprocess(torch.rand(1, 3, 20, 40), interpolation="bilinear", antialias=False)
+    assert wide.shape == (1, 3, 16, 16)  # shortest side to 16, then centre crop
+
+
+def test_save_and_load_round_trip(tiny, tmp_path):
+    save_clip(tiny, tmp_path / "clip")
+    assert (tmp_path / "clip" / "open_clip_model.safetensors").is_file()
+    loaded = load_clip("clip_test_tiny", tmp_path / "clip")
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_images(x), tiny.encode_images(x), atol=1e-6)
+        assert torch.allclose(loaded.encode_texts(["two blue stars"]), tiny.encode_texts(["two blue stars"]), atol=1e-6)
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    # A plain checkpoint file (torch.save of the state dict) loads with weights_only.
+    torch.save(tiny.model.state_dict(), tmp_path / "ckpt.bin")
+    from_file = load_clip("clip_test_tiny", tmp_path / "ckpt.bin")
+    assert torch.equal(from_file.model.logit_scale, tiny.model.logit_scale)
+
+
+def test_missing_weights_name_the_file_and_the_source(tmp_path):
+    missing = tmp_path / "open_clip_pytorch_model.bin"
+    with pytest.raises(MissingWeightsError) as err:
+        load_clip("ViT-B-32", missing, tag="laion2b_s34b_b79k")
+    msg = str(err.value)
+    assert str(missing) in msg and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in msg and "open_clip_pytorch_model.bin" in msg
+    with pytest.raises(MissingWeightsError, match="timm/ViT-B-16-SigLIP"):
+        load_clip("ViT-B-16-SigLIP", tmp_path / "siglip", tag="webli")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingWeightsError, match="empty/open_clip_pytorch_model.bin"):
+        load_clip("ViT-B-32", tmp_path / "empty")
+
+
+def test_wrong_checkpoint_and_bad_config(tiny, tmp_path):
+    torch.save({"visual.proj": torch.zeros(3)}, tmp_path / "bad.bin")
+    with pytest.raises(InputError, match="does not fit"):
+        load_clip("clip_test_tiny", tmp_path / "bad.bin")
+    (tmp_path / "broken.json").write_text(json.dumps({"embed_dim": 4}))
+    with pytest.raises(InputError, match="vision_cfg"):
+        register_config(tmp_path / "broken.json")
+    with pytest.raises(InputError, match="unknown open_clip model config"):
+        create_clip("no_such_clip")
+
+
+def test_contrastive_loss_treats_equal_captions_as_positives():
+    e = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(0.0)
+    distinct = contrastive_loss(e, e, scale, torch.arange(4))
+    assert distinct.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(e @ e.T, torch.arange(4)).item(), rel=1e-5)
+    # All captions equal: every pair is a positive; with identical embeddings the loss is its floor, ln 4.
+    one = e[:1].expand(4, 8)
+    same = contrastive_loss(one, one, scale, torch.zeros(4, dtype=torch.long))
+    assert same.item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), rel=1e-5)
+
+
+def test_tiny_clip_trains_and_scores(tiny):
+    # Two classes a CLIP can tell apart from pixels: red and blue images, captioned by colour.
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    labels = torch.arange(n) % 2
+    images = torch.zeros(n, 16, 16, 3, dtype=torch.uint8)
+    images[labels == 0, :, :, 0] = 200
+    images[labels == 1, :, :, 2] = 200
+    images = (images.int() + torch.randint(0, 40, images.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+    captions = [f"a photo of a {'red' if y == 0 else 'blue'} square" for y in labels]
+    result = train_clip(tiny, images, captions, ClipTrainConfig(epochs=10, batch_size=16, lr=3e-3, warmup_steps=4))
+    assert result.steps == 40 and len(result.losses) == 40
+    # 8 images of each caption per batch of 16: the loss cannot go below ln 8.
+    floor = torch.log(torch.tensor(8.0)).item()
+    assert sum(result.losses[:5]) / 5 > floor + 0.3 and sum(result.losses[-5:]) / 5 < floor + 0.1
+    acc = zero_shot_accuracy(tiny, images, labels, ["red square", "blue square"])
+    assert acc > 0.9
+    scores = clip_score(tiny, images, captions)
+    assert scores.shape == (n,) and (scores.abs() <= 100).all()
+    wrong = clip_score(tiny, images, [c.replace("red", "X").replace("blue", "red").replace("X", "blue")
+                                      for c in captions])
+    assert scores.mean() > wrong.mean()
+    assert torch.allclose(clip_score(tiny, images[:1], captions[0]), scores[:1])
+
+
+def test_cosine_score_is_symmetric_and_bounded():
+    a, b = torch.randn(10, 16), torch.randn(10, 16)
+    assert torch.allclose(cosine_score(a, b), cosine_score(b, a))
+    assert (cosine_score(a, b).abs() <= 100 + 1e-4).all()
+    assert torch.allclose(cosine_score(a, a), torch.full((10,), 100.0))
+    assert torch.allclose(cosine_score(a, -a), torch.full((10,), -100.0))
