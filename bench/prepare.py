@@ -11,8 +11,9 @@ temporary folder, then measures images/s for ``size x size`` centre crops (ADM c
   as the stage starts it once per run).
 
 A second table repeats this on 1600x1200 photos, where draft decoding can skip 2x-4x of the work.
-Each figure is the best of ``--repeat`` passes over the files. Encoding the result (PNG) is not timed:
-it is the same for every method.
+Each figure is the best of ``--repeat`` passes over the files; the CPU column (this process only)
+tells the cost per image apart from a machine busy with other work. Encoding the result (PNG) is not
+timed: it is the same for every method.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def draft(path: str, size: int) -> np.ndarray:
     return decode_rgb(read_bytes(path), size, draft=True).image
 
 
-def images_per_s(fn, paths: list[str], repeat: int, pool=None) -> float:
-    best = float("inf")
+def measure(fn, paths: list[str], repeat: int, pool=None) -> tuple[float, float | None]:
+    """Best images/s over ``repeat`` passes, and CPU ms per image of this process (None with a pool)."""
+    best, cpu = float("inf"), float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         if pool is None:
             for p in paths:
                 fn(p)
@@ -72,14 +74,17 @@ def images_per_s(fn, paths: list[str], repeat: int, pool=None) -> float:
             for _ in pool.imap(fn, paths, chunksize=16):
                 pass
         best = min(best, time.perf_counter() - start)
-    return len(paths) / best
+        cpu = min(cpu, time.process_time() - start_cpu)
+    return len(paths) / best, None if pool is not None else 1000 * cpu / len(paths)
 
 
-def table(title: str, rows: list[tuple[str, int, float]]) -> str:
+def table(title: str, rows: list[tuple[str, int, float, float | None]]) -> str:
     base = rows[0][2]
-    lines = [title, f"| {'method':<30} | workers | images/s | speed-up |",
-             f"|{'-' * 32}|---------|----------|----------|"]
-    lines += [f"| {m:<30} | {w:>7} | {ips:>8.1f} | {ips / base:>7.2f}x |" for m, w, ips in rows]
+    lines = [title, f"| {'method':<30} | workers | images/s | speed-up | CPU ms/image |",
+             f"|{'-' * 32}|---------|----------|----------|--------------|"]
+    for m, w, ips, cpu in rows:
+        cpu_s = f"{cpu:.2f}" if cpu is not None else "-"
+        lines.append(f"| {m:<30} | {w:>7} | {ips:>8.1f} | {ips / base:>7.2f}x | {cpu_s:>12} |")
     return "\n".join(lines)
 
 
@@ -92,13 +97,13 @@ def bench(folder: Path, shapes: list[tuple[int, int]], n: int, size: int, worker
         path.write_bytes(photo_jpeg(i, w, h))
         paths.append(str(path))
     kb = sum(Path(p).stat().st_size for p in paths) / len(paths) / 1024
-    rows = [("plain decode + center_crop_arr", 1, images_per_s(partial(plain, size=size), paths, repeat)),
-            ("draft decode + center_crop_arr", 1, images_per_s(partial(draft, size=size), paths, repeat))]
+    rows = [("plain decode + center_crop_arr", 1, *measure(partial(plain, size=size), paths, repeat)),
+            ("draft decode + center_crop_arr", 1, *measure(partial(draft, size=size), paths, repeat))]
     with worker_pool(workers) as pool:
         if pool is not None:
             pool.map(abs, range(workers * 4))  # start the workers before timing
         rows.append(("draft decode + center_crop_arr", workers,
-                     images_per_s(partial(draft, size=size), paths, repeat, pool)))
+                     *measure(partial(draft, size=size), paths, repeat, pool)))
     return table(f"{title}: {n} JPEGs, mean {kb:.0f} KiB, {size}x{size} output", rows)
 
 

@@ -70,8 +70,10 @@ def step_flops(recipe, images: torch.Tensor, precision: str) -> int:
     return counter.get_total_flops()
 
 
-def measure(name: str, precision: str, compile_: bool, batch: int, steps: int) -> dict:
+def measure(name: str, precision: str, compile_: bool, batch: int, steps: int, threads: int | None) -> dict:
     """One configuration, in this process."""
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = make_recipe(name).to(device)
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*")
     parser.add_argument("--compile", choices=("off", "on", "both"))
     parser.add_argument("--steps", type=int, default=3, help="warm-up steps, then as many timed steps")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a single measurement, JSON in / JSON out
     args = parser.parse_args()
     if args.one:
@@ -119,11 +122,13 @@ def main() -> None:
     precisions = args.precisions or ["fp32", "bf16"]
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile or ("both" if gpu else "off")]
     rows = []
+    if args.threads:
+        torch.set_num_threads(args.threads)  # (for the table header)
     for name in models:
         for compile_ in compiles:
             for precision in precisions:
                 one = json.dumps({"name": name, "precision": precision, "compile_": compile_, "batch": batch,
-                                  "steps": args.steps})
+                                  "steps": args.steps, "threads": args.threads})
                 proc = subprocess.run([sys.executable, __file__, "--one", one], capture_output=True, text=True)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:

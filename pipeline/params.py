@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -187,6 +187,227 @@ class Fid(Section):
     batch_size: PositiveInt = 64
 
 
+class Optim(Section):
+    """One run of the shared training loop (``pipeline.train.loop.TrainConfig``)."""
+
+    steps: Annotated[int, Field(ge=0)] = 300  # optimiser steps; 0 skips this run
+    batch_size: PositiveInt = 32  # global, per optimiser step
+    grad_accum: PositiveInt = 1
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    min_lr: Annotated[float, Field(ge=0)] = 1e-4
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    ckpt_every: Annotated[int, Field(ge=0)] = 100
+    log_every: PositiveInt = 10
+    compile: bool = False
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _batch_divisible(self) -> Optim:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} must not exceed lr {self.lr}")
+        return self
+
+
+class TrainVqgan(Section):
+    """The ``train_vqgan`` stage: the 2D VQGAN whose codes are TiTok's proxy codes and ALIT's input.
+
+    ``source: train`` trains ``model`` (a registry name) from scratch; ``source: official`` imports the
+    MaskGIT-VQGAN from ``folder`` (an HF snapshot: config.json + model.safetensors / pytorch_model.bin).
+    """
+
+    source: Literal["train", "official"] = "train"
+    folder: str | None = None
+    model: str = "vqgan_demo"
+    optim: Optim = Optim(steps=240, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=20)
+    l1: Annotated[float, Field(ge=0)] = 1.0
+    l2: Annotated[float, Field(ge=0)] = 1.0
+    quantizer_weight: Annotated[float, Field(ge=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _official_needs_folder(self) -> TrainVqgan:
+        if self.source == "official" and not self.folder:
+            raise ValueError("train_vqgan.folder must name the MaskGIT-VQGAN snapshot folder when source is official")
+        return self
+
+
+class TrainTitok(Section):
+    """The ``train_titok`` stage: two-stage TiTok (proxy codes, then decoder fine-tuning) or an import.
+
+    ``source: official`` imports a released checkpoint from ``folder`` instead of training one.
+    Stage 2 (L2 + perceptual + GAN on pixels) runs when ``stage2.steps > 0``; its perceptual loss
+    needs ``perceptual_vgg`` and ``perceptual_lin`` (local LPIPS files) and is off without them.
+    """
+
+    source: Literal["train", "official"] = "train"
+    folder: str | None = None
+    model: str = "titok_demo"
+    stage1: Optim = Optim(steps=300, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4)
+    stage2: Optim = Optim(steps=0, batch_size=32, lr=1e-4, min_lr=1e-5, warmup_steps=0)
+    perceptual_vgg: str | None = None  # torchvision vgg16-397923af.pth (local file)
+    perceptual_lin: str | None = None  # LPIPS v0.1 vgg.pth linear layers (local file)
+    perceptual_weight: Annotated[float, Field(ge=0)] = 0.1
+    gan_weight: Annotated[float, Field(ge=0)] = 0.0
+    gan_start: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _official_needs_folder(self) -> TrainTitok:
+        if self.source == "official" and not self.folder:
+            raise ValueError("train_titok.folder must name the TiTok snapshot folder when source is official")
+        if (self.perceptual_vgg is None) != (self.perceptual_lin is None):
+            raise ValueError("train_titok.perceptual_vgg and train_titok.perceptual_lin go together: "
+                             "set both or neither")
+        return self
+
+
+class EvalTitok(Section):
+    """The ``eval_titok`` stage: reconstruction quality on a held-out split."""
+
+    split: Literal["val", "train", "ood"] = "val"
+    num_images: PositiveInt | None = None  # first N images of the split (None: all)
+    batch_size: PositiveInt = 64
+    grid_images: Annotated[int, Field(ge=1, le=64)] = 16
+
+
+ALIT_TOKENS_PER_ITERATION = 32  # every named ALIT config (alit_demo included) adds 32 tokens per iteration
+ALIT_MAX_ITERATIONS = 8  # ... for at most 8 iterations: 32, 64, ..., 256 tokens
+
+
+class AlitStage1(Section):
+    """ALIT stage 1, latent distillation: the 1-D tokens learn to predict the frozen VQGAN's codes.
+
+    Paper (official ``run_scripts/latent_distillation_pretrain.sh``): 200 epochs, global batch 256,
+    lr 1.5e-4, 20 warm-up epochs, weight decay 0.05, AdamW (0.9, 0.95), grad clip 3, EMA 0.9999.
+    """
+
+    steps: PositiveInt = 40
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    min_lr: Annotated[float, Field(ge=0)] = 1e-4
+    warmup_steps: Annotated[int, Field(ge=0)] = 4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    # cross-entropy weight of each iteration (official lambda_loss_weight), one per iteration
+    iteration_weights: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0],
+        min_length=ALIT_MAX_ITERATIONS, max_length=ALIT_MAX_ITERATIONS)
+
+
+class AlitStage2(Section):
+    """ALIT stage 2, full fine-tuning: L1 + perceptual + GAN on pixels, one iteration per step, cycling.
+
+    ``steps: 0`` skips it. ``perceptual_weight > 0`` needs the LPIPS files (``lpips_vgg``: torchvision's
+    VGG16 state dict; ``lpips_lin``: LPIPS v0.1 ``vgg.pth``); ``gan_weight > 0`` adds a PatchGAN from
+    step ``gan_start``. Paper (official ``full_finetuning.sh``): 200 epochs, global batch 96, lr 3.75e-5,
+    LPIPS 1.0, GAN 0.2 after 20 epochs (0.8 after 100 in the official code; constant here).
+    """
+
+    steps: Annotated[int, Field(ge=0)] = 8
+    batch_size: PositiveInt = 16
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    min_lr: Annotated[float, Field(ge=0)] = 1e-4
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    l1_weight: Annotated[float, Field(ge=0)] = 1.0
+    perceptual_weight: Annotated[float, Field(ge=0)] = 0.0
+    lpips_vgg: str | None = None
+    lpips_lin: str | None = None
+    gan_weight: Annotated[float, Field(ge=0)] = 0.0
+    gan_start: Annotated[int, Field(ge=0)] = 0
+    train_vqgan: bool = True  # official: the VQGAN encoder and decoder fine-tune too
+
+    @model_validator(mode="after")
+    def _perceptual_needs_weights(self) -> AlitStage2:
+        if self.perceptual_weight > 0 and not (self.lpips_vgg and self.lpips_lin):
+            raise ValueError("lpips_vgg and lpips_lin must name local files when perceptual_weight > 0 "
+                             f"(found lpips_vgg={self.lpips_vgg!r}, lpips_lin={self.lpips_lin!r})")
+        return self
+
+
+class TrainAlit(Section):
+    """The ``train_alit`` stage: ALIT on the base VQGAN, or an official checkpoint imported.
+
+    ``source: train``: build ``model`` (an ``ALITConfig`` name) at ``image_size`` on the VQGAN in
+    ``vqgan`` (a ``MaskGITVQGAN.from_pretrained`` folder; None: ``<paths.models>/vqgan`` from the
+    ``train_vqgan`` stage), then run stage 1 and stage 2. ``source: official``: copy the ALIT checkpoint
+    folder ``folder`` (config.json + model.safetensors or an official ``.pth`` as pytorch_model.bin).
+    """
+
+    source: Literal["train", "official"] = "train"
+    folder: str | None = None
+    model: Literal["alit_demo", "alit_small", "alit_base", "alit_semilarge"] = "alit_demo"
+    vqgan: str | None = None
+    stage1: AlitStage1 = AlitStage1()
+    stage2: AlitStage2 = AlitStage2()
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: Annotated[float, Field(ge=0)] = 3.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    hflip: bool = True  # random horizontal flips (the official recipe also crops, scale 0.8-1)
+    ckpt_every: Annotated[int, Field(ge=0)] = 500
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _official_needs_folder(self) -> TrainAlit:
+        if self.source == "official" and not self.folder:
+            raise ValueError("folder must name the official ALIT checkpoint folder when source is official")
+        return self
+
+
+class AlitProbe(Section):
+    """Linear probe of ``eval_alit``: multinomial logistic regression on the quantised 1-D tokens."""
+
+    train_images: PositiveInt | None = None  # first N train images (None: all)
+    max_iter: PositiveInt = 100  # L-BFGS iterations
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-3
+
+
+class EvalAlit(Section):
+    """The ``eval_alit`` stage: reconstruction vs token count, adaptive length and the analyses.
+
+    ``threshold`` is the adaptive-length error bound in the unit of ``criterion`` on images in [0, 1]:
+    mean absolute error per pixel and channel (``l1``; official default 0.07), mean squared error
+    (``l2``) or 1 - SSIM (``ssim``, at most 2).
+    """
+
+    split: str = "val"
+    ood_split: str | None = "ood"  # familiarity; None skips it (no OOD split prepared)
+    num_images: PositiveInt | None = None  # first N images of each evaluated split (None: all)
+    token_counts: list[int] = Field(default_factory=lambda: [32, 64, 96, 128, 160, 192, 224, 256], min_length=1)
+    criterion: Literal["l1", "l2", "ssim"] = "l1"
+    threshold: Annotated[float, Field(gt=0)] = 0.07
+    probe: AlitProbe = AlitProbe()
+    attention_images: PositiveInt = 4
+    attention_layer: int = -1  # decoder block whose attention is drawn (official figures: 5 of 0..7)
+    batch_size: PositiveInt = 32
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_in_range(cls, v: float, info: ValidationInfo) -> float:
+        criterion = info.data.get("criterion", "l1")
+        limit = 2.0 if criterion == "ssim" else 1.0
+        if v > limit:
+            raise ValueError(f"expected 0 < threshold <= {limit} for criterion {criterion} (errors of images in "
+                             f"[0, 1]), found {v}")
+        return v
+
+    @field_validator("token_counts")
+    @classmethod
+    def _counts_reachable(cls, v: list[int]) -> list[int]:
+        step, top = ALIT_TOKENS_PER_ITERATION, ALIT_TOKENS_PER_ITERATION * ALIT_MAX_ITERATIONS
+        bad = [n for n in v if not (step <= n <= top and n % step == 0)]
+        if bad:
+            raise ValueError(f"expected multiples of {step} from {step} to {top} (one ALIT iteration adds {step} "
+                             f"tokens), found {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"expected distinct token counts, found {v}")
+        return v
+
+
 class Resources(Section):
     """Cluster resources of one stage (SLURM through Snakemake's executor plugin; see the Snakefile).
 
@@ -217,6 +438,11 @@ class Params(Section):
     image_size: Annotated[int, Field(ge=16, le=1024, multiple_of=16)] = 64
     paths: Paths = Paths()
     prepare: Prepare = Prepare()
+    train_alit: TrainAlit = TrainAlit()
+    eval_alit: EvalAlit = EvalAlit()
+    train_vqgan: TrainVqgan = TrainVqgan()
+    train_titok: TrainTitok = TrainTitok()
+    eval_titok: EvalTitok = EvalTitok()
     clip: Clip = Clip()
     fid: Fid = Fid()
     token_manipulation: TokenManipulation = TokenManipulation()

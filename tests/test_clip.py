@@ -15,6 +15,15 @@ TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls on a shared 2-core machine: more threads only add contention.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -70,7 +79,8 @@ def test_missing_weights_name_the_file_and_the_source(tmp_path):
     with pytest.raises(MissingWeightsError) as err:
         load_clip("ViT-B-32", missing, tag="laion2b_s34b_b79k")
     msg = str(err.value)
-    assert str(missing) in msg and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in msg and "open_clip_pytorch_model.bin" in msg
+    assert str(missing) in msg and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in msg
+    assert "hf download" in msg and "open_clip_pytorch_model.bin" in msg
     with pytest.raises(MissingWeightsError, match="timm/ViT-B-16-SigLIP"):
         load_clip("ViT-B-16-SigLIP", tmp_path / "siglip", tag="webli")
     (tmp_path / "empty").mkdir()
@@ -132,3 +142,38 @@ def test_cosine_score_is_symmetric_and_bounded():
     assert (cosine_score(a, b).abs() <= 100 + 1e-4).all()
     assert torch.allclose(cosine_score(a, a), torch.full((10,), 100.0))
     assert torch.allclose(cosine_score(a, -a), torch.full((10,), -100.0))
+
+
+def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pipeline import params as P
+    from pipeline.metrics.evaluation import feature_space, fid_num_samples, fid_reference, judge_clip
+    from pipeline.stages import train_clip as stage
+    from pipeline.stages.prepare import prepare
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = P.validate({"image_size": 32, "prepare": {
+        "workers": 1, "demo": {"train_per_class": 3, "val_per_class": 2, "ood_per_class": 1}},
+        "clip": {"train": {"epochs": 2, "batch_size": 10, "warmup_steps": 1}}, "fid": {"samples_per_class": 2}})
+    prepare(params, Path(params.paths.data) / "prepared", progress=False)
+    assert stage.run(params) == 0
+    metrics = json.loads((tmp_path / "results" / "clip" / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["val_images"] == 20 and metrics["chance"] == pytest.approx(0.1)
+    assert 0 <= metrics["zero_shot_top1"] <= 1
+    assert (tmp_path / "results" / "clip" / "train_loss.csv").read_text().startswith("step,loss\n0,")
+    clip = judge_clip(params)  # the demo judge is the trained CLIP, read back from models/clip
+    assert clip.image_size == (64, 64)
+    space = feature_space(params, clip)
+    ref = fid_reference(params, space, tmp_path / "ref.npz", split="val")
+    assert ref.num_images == 20 and fid_num_samples(params) == 20
+
+
+def test_pretrained_source_needs_both_models():
+    from pipeline import params as P
+
+    with pytest.raises(P.ParamsError, match="clip.objective and clip.judge"):
+        P.validate({"clip": {"source": "pretrained"}})
+    with pytest.raises(P.ParamsError, match="templates"):
+        P.validate({"clip": {"templates": ["no placeholder"]}})

@@ -43,6 +43,9 @@ def test_same_seed_same_bytes_different_seed_different(prepared, tmp_path):
 
     assert digests(again) == digests(first)
     assert not set(digests(other)) & set(digests(first))
+    out, _ = prepared  # every file, manifest and samples included, is reproducible byte for byte
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert files == {p.name: p.read_bytes() for p in (tmp_path / "again").iterdir()}
 
 
 def test_workers_do_not_change_the_output(prepared, tmp_path):

@@ -38,6 +38,14 @@ class PlantedTokenizer(nn.Module):
         z[:, :, 0, PLANTED] = 8 * (x.mean(dim=(1, 2, 3))[:, None] - 0.5) * self.direction + 0.1 * z[:, :, 0, PLANTED]
         return z
 
+    def decode_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        # brightness from the planted position's code, a mean-free pattern from all codes
+        e = self.quantize.get_codebook_entry(codes)  # (B, N, C)
+        level = 0.5 + 0.35 * torch.tanh(e[:, PLANTED] @ self.direction / 8)  # (B,)
+        pattern = (e.reshape(len(codes), -1) @ self.proj).view(len(codes), 3, 16, 16) * 0.02
+        pattern = pattern - pattern.mean(dim=(1, 2, 3), keepdim=True)
+        return level[:, None, None, None] + pattern
+
 
 def _planted_images(m: int = 300, size: int = 16) -> tuple[torch.Tensor, list[dict]]:
     rng = np.random.default_rng(1)
@@ -61,6 +69,22 @@ def test_analysis_recovers_a_planted_position():
     unrelated = scores["unrelated"]["f_ratio"]
     assert tm.rank_positions(unrelated)[0] != PLANTED
     assert unrelated[PLANTED] < 4 < scores["brightness"]["f_ratio"][PLANTED] / 10  # null F is about 1
+
+
+def test_copying_the_planted_position_moves_the_attribute_more_than_random_ones():
+    images, meta = _planted_images()
+    model = PlantedTokenizer()
+    encoded = tm.encode(model, images)
+    (attr,) = tm.attribute_table(["brightness"], images, np.zeros(300), meta, imagenet_labels=False)
+    groups = tm.group_labels(attr, 4)
+    ranking = tm.rank_positions(tm.position_scores(encoded, [attr], 4)["brightness"]["f_ratio"])
+    recon = tm.measure("brightness", tm.decode(model, encoded.codes))
+    result = tm.edit_effects(model, encoded, attr, ranking, top_k=1, groups=groups, recon_measure=recon,
+                             num_pairs=100, bootstrap_samples=500, seed=0)
+    assert result["positions"] == [PLANTED] and result["top_beats_random"]
+    assert result["top"]["mean"] > 1 and abs(result["random"]["mean"]) < 0.1  # in sd of the measure
+    assert PLANTED not in result["random_positions"]
+    assert (groups[result["pairs"]].min(axis=1) == 0).all() and (groups[result["pairs"]].max(axis=1) == 3).all()
 
 
 def test_f_ratio_matches_a_one_way_anova_on_one_channel():
@@ -173,8 +197,9 @@ def test_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
     assert stage.run(params) == 0
 
     out = tmp_path / "results" / "token_manipulation"
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "positions.json", "heatmap.png", "edits_brightness.png",
-                                               "edits_blur.png", "edits_color_index.png", "edits_saturation.png"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "positions.json", "figures"}
+    assert {p.name for p in (out / "figures").iterdir()} == {
+        "heatmap.png", "edits_brightness.png", "edits_blur.png", "edits_color_index.png", "edits_saturation.png"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["attributes"]) == {"brightness", "blur", "saturation"}  # colour index has no image measure
     blur = metrics["attributes"]["blur"]

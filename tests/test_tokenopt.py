@@ -1,5 +1,6 @@
 """Test-time token optimisation: equivalence with the official loop (fixture), schedules, objectives, config."""
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from tqdm import tqdm
 
 from pipeline.experiments.tokenopt import (
     CLIPObjective,
@@ -136,6 +138,14 @@ def test_loop_applies_noise_and_ema_formulas(tiny_titok):
     assert result.loss_history.shape == (12, 3)
 
 
+def test_progress_bar_and_early_stop(tiny_titok):
+    bar = tqdm(total=10, file=io.StringIO())
+    cfg = TokenOptConfig.deterministic(num_iter=10, optimize_post_quantization=True)
+    result = optimize_tokens(tiny_titok, ZeroObjective(), cfg, images=torch.rand(2, 3, 32, 32), progress=bar,
+                             callback=lambda info: info.step == 2)  # True stops after step 2
+    assert bar.n == 3 and result.loss_history.shape == (3, 2) and result.codes.shape == (2, 1, 8)
+
+
 def test_straight_through_reaches_continuous_tokens(tiny_titok):
     tiny_titok.requires_grad_(False)
     images = torch.rand(2, 3, 32, 32)
@@ -258,7 +268,7 @@ def test_paper_defaults():
 
 
 def test_experiment_tasks(tiny_titok, fixture_clip):
-    cfg = TokenOptConfig.paper(num_iter=2, num_augmentations=1)
+    cfg = TokenOptConfig.paper(num_iter=1, num_augmentations=1)
     images = torch.rand(3, 3, 32, 32)
     edited = edit_images(tiny_titok, fixture_clip, images, ["a cat", "a dog", "a cat"], cfg, batch_size=2)
     assert edited.images.shape == (3, 3, 32, 32) and [r["prompt"] for r in edited.records] == ["a cat", "a dog",

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import IterableDataset, TensorDataset
 
 from pipeline.train import checkpoint
 from pipeline.train.loop import EXIT_REQUEUE, EXIT_TERMINATED, Recipe, TrainConfig, TrainingInterrupted, train
@@ -228,6 +228,45 @@ def test_shape_mismatch_is_named(tmp_path):
     msg = str(e.value)
     assert str(checkpoint.latest_checkpoint(tmp_path)) in msg
     assert "codebook.weight: checkpoint has shape (8, 16), the model expects (16, 16)" in msg
+
+
+class ToyStream(IterableDataset):
+    """A sharded-reader stand-in: a per-epoch order from ``set_epoch``, no random access."""
+
+    def __init__(self) -> None:
+        self.images, self.epoch = toy_data(40).tensors[0], 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.epoch))
+        return iter((self.images[i],) for i in order)
+
+
+def test_iterable_dataset_resumes_exactly(tmp_path):
+    def usr1_at_7(metrics, step):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def run(run_dir, log_fn=None):
+        torch.manual_seed(0)
+        recipe = ToyRecipe()
+        train(recipe, ToyStream(), toy_config(steps=12, log_every=1, ckpt_every=100), run_dir, log_fn=log_fn)
+        return recipe
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "b", usr1_at_7)  # mid-epoch (5 steps of 8 per epoch)
+    resumed = run(tmp_path / "b")
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_fp16_uses_a_grad_scaler_that_is_checkpointed(tmp_path):
+    _, result = run_toy(tmp_path, steps=4, gan=True, precision="fp16")
+    state = checkpoint.load(result.checkpoint)
+    assert state["scaler"]["scale"] > 0 and state["discriminator"] is not None
 
 
 def test_batch_size_must_split_over_accumulation(tmp_path):

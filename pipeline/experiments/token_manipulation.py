@@ -155,7 +155,7 @@ def attribute_table(names: Sequence[str], images: torch.Tensor, labels: np.ndarr
 # ----------------------------------------------------------------------------- tokenizer access
 @dataclass
 class Encoded:
-    """A tokenised image set: pre-quantisation latents (M, C', N), codes and their reconstructions."""
+    """A tokenised image set: what the position analysis reads and what the edits act on."""
 
     latents: np.ndarray  # (M, C, N) float64: pre-quantisation tokens (l2-normalised if the codebook is)
     codes: torch.Tensor  # (M, N) int64 (VQ) or (M, C, 1, N) float (VAE): what edits act on

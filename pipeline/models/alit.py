@@ -20,6 +20,17 @@ State-dict keys are those of the official ``AdaptiveLengthImageTokenizer`` (VQGA
 quantised latents), so official checkpoints load with ``strict=True`` once the training-only
 ``gan_losses.*`` modules (LPIPS + PatchGAN per iteration) are dropped; see ``ALIT.from_pretrained``.
 
+Public API
+----------
+``ALITConfig`` (``ALITConfig.named("alit_small" | "alit_base" | "alit_semilarge" | "alit_demo")``,
+    ``to_dict`` / ``from_dict``, which also reads the official constructor arguments).
+``ALIT(config)``: ``forward(images, ...)`` -> per-iteration dict (logits, code targets, soft codes,
+    VQ losses, codes, halting masks, optional reconstructions); ``begin`` / ``step`` to run one
+    iteration at a time (used by ``alit_adaptive``); ``reconstruct_all_iterations(images)``;
+    ``decode_tokens(code_indices)``; ``from_pretrained(folder)`` / ``save_pretrained(folder)``.
+``latent_distillation_loss(outputs, codebook, weights)``: the official stage-1 loss.
+``ITERATION_LOSS_WEIGHTS``: the official per-iteration cross-entropy weights (8 iterations).
+
 Differences from the official code, all without numerical effect on the recorded fixtures:
 
 * The 2-D grid side is ``ALITConfig.grid_size`` = ``image_size // patch_size`` and must equal the
@@ -70,7 +81,7 @@ class ALITConfig:
     vq_commitment_cost: float = 0.25
     dynamic_halting: bool = True
     dynamic_halting_threshold: float = 0.55
-    vqgan: VQGANConfig = field(default_factory=VQGANConfig)
+    vqgan: VQGANConfig = field(default_factory=lambda: _mage_vqgan())  # the released base tokenizer
 
     @property
     def grid_size(self) -> int:
@@ -362,7 +373,8 @@ class ALIT(nn.Module):
         ``decode_iters``: iterations whose latents are quantised, decoded and may halt tokens (default
         all; the official stage 2 decodes one sampled iteration per step). ``pixel_iters``: iterations
         also decoded to pixels (``"all"`` for every decoded one). ``drop_masks``: one (B, N) halting
-        mask per decoded iteration, replacing the Bernoulli draws.
+        mask per decoded iteration, replacing the Bernoulli draws. ``generator``: for the Bernoulli
+        draws (halting is random in eval mode too, wherever a probability passes the threshold).
 
         Returns a dict: ``code_targets`` (B, N) VQGAN codes, ``iterations`` (decoded iteration indices)
         and ``num_tokens`` (their 1-D token counts), and, one entry per decoded iteration:

@@ -10,7 +10,9 @@ atomically:
   top-ranked position(s) and random ones (mean and bootstrap 95 % interval, in standard deviations of
   the measure), their paired difference and ``top_beats_random`` (the intervals do not overlap);
 - ``positions.json``: per attribute, the ranking and both scores of every position;
-- ``heatmap.png``: positions x attributes; ``edits_<attribute>.png``: target, reference and edits.
+- ``figures/heatmap.png``: positions x attributes; ``figures/edits_<attribute>.png``: target,
+  reference and edits. (Figures sit in their own folder so that dvc.yaml can declare it as one output
+  beside the two JSON files: DVC rejects a metrics file inside an output folder.)
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def run(params: Params) -> int:
         recon = tm.decode(model, encoded.codes, cfg.batch_size)  # (M, 3, H, W)
         recon_measures = {name: tm.measure(name, recon) for name in {a.measure for a in attributes} if name}
 
+        figures = tmp / "figures"
+        figures.mkdir()
         positions, effects = {}, {}
         for i, attr in enumerate(attributes):
             groups = tm.group_labels(attr, cfg.bins)
@@ -124,9 +128,10 @@ def run(params: Params) -> int:
                                          bootstrap_samples=cfg.bootstrap_samples, seed=seed,
                                          batch_size=cfg.batch_size)
                 effects[attr.name] = {k: v for k, v in result.items() if k not in ("pairs", "random_positions")}
-            _edit_grid(model, images, encoded, recon, attr, groups, ranking, cfg, seed, tmp / f"edits_{attr.name}.png")
+            _edit_grid(model, images, encoded, recon, attr, groups, ranking, cfg, seed,
+                       figures / f"edits_{attr.name}.png")
 
-        tm.plot_heatmap(scores, tmp / "heatmap.png", cfg.rank_by)
+        tm.plot_heatmap(scores, figures / "heatmap.png", cfg.rank_by)
         metrics = {"tokenizer": {"source": cfg.tokenizer.source, "folder": str(folder)},
                    "num_images": len(images), "num_tokens": n, "effect_units": "sd of the measure over reconstructions",
                    "attributes": effects}
@@ -136,8 +141,8 @@ def run(params: Params) -> int:
                                "top_ci_high": e["top"]["ci_high"], "random_effect": e["random"]["mean"],
                                "random_ci_low": e["random"]["ci_low"], "random_ci_high": e["random"]["ci_high"],
                                "top_beats_random": float(e["top_beats_random"])} for a, e in effects.items()})
-        for f in sorted(tmp.iterdir()):
-            mlrun.log_artifact(f)
+        for f in sorted(tmp.rglob("*.*")):
+            mlrun.log_artifact(f, STAGE if f.parent == tmp else f"{STAGE}/figures")
     for name, e in effects.items():
         t, r = e["top"], e["random"]
         print(f"{name}: top {e['positions']} {t['mean']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]  random "

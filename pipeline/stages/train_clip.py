@@ -4,7 +4,9 @@ Demo (``clip.source: train``): trains the open_clip config ``clip.config`` (the 
 ``pipeline/models/configs/clip_demo.json``) from random init, contrastively on the captions of the
 prepared train split (:mod:`pipeline.train.clip`), and measures its zero-shot accuracy on the val split
 with the prompts ``clip.templates`` over the class names. Writes ``<paths.models>/clip/`` atomically in
-open_clip's ``local-dir`` layout (``open_clip_model.safetensors`` + ``open_clip_config.json``).
+open_clip's ``local-dir`` layout (``open_clip_model.safetensors`` + ``open_clip_config.json``). Each
+image is trained with its caption and two shorter ones built from its recorded factors
+(:func:`caption_variants`).
 
 Paper (``clip.source: pretrained``): trains nothing. It checks that the objective (ViT-B-32
 ``laion2b_s34b_b79k``) and the judge (SigLIP) weights exist and load into their configs, and measures
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.data.demo import NUMBER_WORDS, PLURALS
 from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_json, write_text
 from pipeline.metrics.clip_score import zero_shot_accuracy
@@ -36,6 +39,21 @@ from pipeline.train.clip import ClipTrainConfig, train_clip
 STAGE = "train_clip"
 
 
+def caption_variants(meta: dict) -> list[str]:
+    """The captions an image is trained with: its full caption plus, for demo images, shorter ones.
+
+    The shorter ones name only the count and shape (and the colour): with full captions alone the
+    other factors tell the images of a batch apart and the shapes are not learnt (see
+    :mod:`pipeline.train.clip`). They are built from the same recorded factors as the caption.
+    """
+    if not {"shape", "object_count", "color"} <= meta.keys():
+        return [meta["caption"]]
+    n = int(meta["object_count"])
+    noun = meta["shape"] if n == 1 else PLURALS.get(meta["shape"], meta["shape"] + "s")
+    count = NUMBER_WORDS[n - 1]
+    return [meta["caption"], f"a photo of {count} {noun}", f"a photo of {count} {meta['color']} {noun}"]
+
+
 def _val(params: Params):
     return load_split(Path(params.paths.data) / "prepared", "val", limit=params.clip.eval_images)
 
@@ -44,7 +62,7 @@ def _train(params: Params, run) -> dict:
     c = params.clip
     prepared = Path(params.paths.data) / "prepared"
     train = load_split(prepared, "train")
-    captions = [m["caption"] for m in train.meta]
+    captions = [caption_variants(m) for m in train.meta]
     torch.manual_seed(params.seed)
     clip = create_clip(c.config)
     cfg = ClipTrainConfig(epochs=c.train.epochs, batch_size=min(c.train.batch_size, len(captions)), lr=c.train.lr,

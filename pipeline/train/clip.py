@@ -3,6 +3,10 @@
 The loss is CLIP's symmetric cross-entropy over the image-text similarities of a batch, with one change
 for a captioned dataset whose captions repeat: images in a batch that share a caption are all positives
 of that caption (soft targets), instead of being pushed apart as false negatives.
+
+An image may have several captions (as COCO's five); each step draws one of them per image. The demo
+uses a full caption plus shorter ones naming fewer factors: with full captions only, colour, count and
+background already tell the pairs of a batch apart, and the model never needs to learn the shapes.
 """
 
 from __future__ import annotations
@@ -58,20 +62,26 @@ def _param_groups(clip: ClipModel, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str], cfg: ClipTrainConfig, *,
-               log: Callable[[int, dict[str, float]], None] | None = None) -> ClipTrainResult:
-    """Train ``clip`` in place on uint8 images (N, H, W, 3) and their captions; returns the loss curve."""
+def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | Sequence[str]], cfg: ClipTrainConfig,
+               *, log: Callable[[int, dict[str, float]], None] | None = None) -> ClipTrainResult:
+    """Train ``clip`` in place on uint8 images (N, H, W, 3) and their captions; returns the loss curve.
+
+    ``captions[i]`` is one string or a list of alternatives for image i.
+    """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    # Resize once up front: the preprocessing is deterministic, and 64x64 -> the model size dominates
-    # nothing but would be repeated every epoch.
-    with torch.no_grad():
+    with torch.no_grad():  # the preprocessing is deterministic: resize and normalise once
         x01 = images.permute(0, 3, 1, 2).float().div(255)
         pixels = torch.cat([clip.preprocess(b) for b in x01.split(512)])  # (N, 3, h, w)
-    tokens = clip.tokenize(captions).cpu()  # (N, context_length)
-    _, caption_ids = torch.unique(tokens, dim=0, return_inverse=True)
+    options = [[c] if isinstance(c, str) else list(c) for c in captions]
+    texts = list(dict.fromkeys(t for opts in options for t in opts))
+    text_index = {t: i for i, t in enumerate(texts)}
+    tokens = clip.tokenize(texts).cpu()  # (U, context_length)
+    width = max(len(o) for o in options)
+    # choice[i, j]: the j-th caption of image i, its alternatives repeated to a common width
+    choice = torch.tensor([[text_index[o[j % len(o)]] for j in range(width)] for o in options])
 
     n = len(images)
     steps_per_epoch = max(1, n // cfg.batch_size)  # drop the ragged last batch: constant batch statistics
@@ -89,9 +99,10 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str], c
                                     total_steps=total)
             for g in opt.param_groups:
                 g["lr"] = lr
+            ids = choice[idx, torch.randint(width, (len(idx),), generator=gen)]  # one caption per image
             img = clip.model.encode_image(pixels[idx].to(clip.device), normalize=True)
-            txt = clip.model.encode_text(tokens[idx].to(clip.device), normalize=True)
-            loss = contrastive_loss(img, txt, clip.model.logit_scale, caption_ids[idx].to(clip.device))
+            txt = clip.model.encode_text(tokens[ids].to(clip.device), normalize=True)
+            loss = contrastive_loss(img, txt, clip.model.logit_scale, ids.to(clip.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -19,7 +19,16 @@ Signals (SLURM): SIGUSR1 (``#SBATCH --signal=USR1@120``: time is nearly up) and 
 ``scancel``, the time limit) both set a flag; at the next step boundary every rank agrees, a
 checkpoint is written and ``train`` raises ``TrainingInterrupted``, a ``SystemExit`` whose code is
 ``EXIT_REQUEUE`` (75, after SIGUSR1: "checkpointed, requeue me") or ``EXIT_TERMINATED`` (143 = 128 +
-SIGTERM). Rerunning the same command resumes from the newest checkpoint in ``run_dir``.
+SIGTERM). Rerunning the same command resumes from the newest checkpoint in ``run_dir``. A batch script
+that requeues itself::
+
+    #SBATCH --signal=USR1@120 --requeue
+    srun --ntasks-per-node=$GPUS python -m pipeline train_titok   # one task per GPU, SLURM env vars
+    rc=$?; [ $rc -eq 75 ] && scontrol requeue "$SLURM_JOB_ID"; exit $rc
+
+(Under Snakemake's SLURM executor, ``retries`` does the same: a rerun resumes.) torchrun forwards
+SIGTERM to its workers but not SIGUSR1, and reports any worker failure as its own exit code 1; launch
+with ``srun`` (one task per GPU) where the exit code matters.
 
 Batch sizes: ``cfg.batch_size`` is the global batch of one optimiser step; each of the W processes
 runs ``grad_accum`` micro-batches of ``batch_size / (W * grad_accum)`` images. A map-style dataset is

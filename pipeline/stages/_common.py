@@ -1,0 +1,126 @@
+"""Helpers shared by the stage modules: data access, training configs, checkpoints, image grids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.data.shards import ShardDataset, load_split, read_manifest
+from pipeline.params import Optim, Params
+from pipeline.train.loop import TrainConfig
+
+IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are decoded once and held in memory
+
+
+def prepared_root(params: Params) -> Path:
+    """The prepared-data folder written by the ``prepare`` stage."""
+    return Path(params.paths.data) / "prepared"
+
+
+def results_dir(params: Params, stage: str) -> Path:
+    """``<paths.results>/<stage>``, the stage's metrics and figures."""
+    return Path(params.paths.results) / stage
+
+
+class ImageTensors(Dataset):
+    """uint8 (N, H, W, 3) images as float (3, H, W) tensors in [0, 1], with their labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].permute(2, 0, 1).float().div_(255), int(self.labels[i])
+
+
+def training_images(params: Params, split: str = "train") -> Dataset:
+    """The training split: held in memory when small (the demo), streamed from the shards otherwise."""
+    root = prepared_root(params)
+    manifest = read_manifest(root)
+    count = manifest["splits"][split]["count"]
+    if count * params.image_size**2 * 3 <= IN_MEMORY_BYTES:
+        data = load_split(root, split)
+        return ImageTensors(data.images, data.labels)
+    return ShardDataset(root, split, seed=params.seed, shuffle=True)
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W), any range -> uint8 (N, H, W, 3), clamped to [0, 1] first."""
+    return (images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+
+
+def train_config(optim: Optim, seed: int) -> TrainConfig:
+    """The loop's config for one ``Optim`` section of params.yaml."""
+    fields = optim.model_dump()
+    return TrainConfig(seed=seed, **fields)
+
+
+def checkpoint_dir(params: Params, stage: str, *sections: Any) -> Path:
+    """Where a training stage keeps its resumable checkpoints: keyed by the parameters that shape the run.
+
+    Not a DVC output (Snakemake deletes outputs before a rerun): ``<paths.models>/checkpoints/<stage>-<hash>``,
+    so a resumed run only ever continues the same configuration on the same data.
+    """
+    manifest = read_manifest(prepared_root(params))
+    shards = json.dumps(manifest["splits"], sort_keys=True, default=str)
+    key = json.dumps([params.seed, params.image_size, [s.model_dump(mode="json") if hasattr(s, "model_dump") else s
+                                                       for s in sections], shards], sort_keys=True, default=str)
+    return Path(params.paths.models) / "checkpoints" / f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def prefixed_logger(run: Any, prefix: str) -> Any:
+    """A ``log_fn`` for the training loop that logs to ``run`` with every key prefixed."""
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        run.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
+
+    return log
+
+
+def remove_checkpoints(path: Path) -> None:
+    """Drop a finished run's checkpoints (the stage output holds the final weights)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def save_image_grid(rows: Sequence[torch.Tensor], path: Path, labels: Sequence[str] | None = None,
+                    title: str | None = None) -> None:
+    """Save rows of images (each (N, 3, H, W) in [0, 1]) as one PNG grid, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.io import atomic_file
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.1 * n_cols + 0.8, 1.1 * n_rows + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        imgs = to_uint8(row)
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(imgs[c], interpolation="nearest")
+        if labels:
+            axes[r][0].text(-0.1, 0.5, labels[r], transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

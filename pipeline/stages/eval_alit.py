@@ -1,0 +1,199 @@
+"""Stage ``eval_alit``: ALIT's reconstruction at every token count and at the adaptive length, and the
+paper's analyses (complexity, familiarity, task, token specialisation).
+
+Reads ``<paths.models>/alit`` (from ``train_alit``) and the prepared splits. On the first
+``eval_alit.num_images`` images of ``eval_alit.split`` (val):
+
+- L1, PSNR and rFID at each of ``token_counts`` (one rollout per batch gives all of them) and at the
+  adaptive length (per image: the fewest tokens whose ``criterion`` error is under ``threshold``,
+  :mod:`pipeline.models.alit_adaptive`). rFID is the FID between the reconstructions and the same real
+  images in the ``fid.feature_space`` (the demo CLIP; ADM's Inception at paper scale);
+- complexity: Spearman correlation of the adaptive count with the PNG bits per pixel of the input and,
+  on the demo, with the generator's ``complexity`` score (edge density);
+- familiarity: the same adaptive count, L1 and rFID on ``ood_split`` (demo: unseen colours and
+  textures) against the in-distribution split;
+- task: linear-probe class accuracy from the quantised 1-D tokens at each count (train on the train
+  split's tokens, test on the evaluated split's);
+- token specialisation: the attention of one decoder block from the grid positions to each
+  iteration's 32 tokens, at the last iteration.
+
+The halting draws are seeded with ``seed``. Writes ``<paths.results>/eval_alit/`` atomically:
+``metrics.json`` (DVC metrics), ``rfid_vs_tokens.csv`` (DVC plot: tokens, l1, psnr, rfid,
+probe_accuracy and the same on the OOD split), ``per_image.csv`` (adaptive count and complexity per
+image), ``rfid_vs_tokens.png``, ``complexity.png``, ``attention.png``; logs everything to MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data.shards import load_split, read_manifest
+from pipeline.errors import InputError
+from pipeline.experiments import alit_analysis as aa
+from pipeline.io import atomic_dir, write_json
+from pipeline.metrics.evaluation import feature_space
+from pipeline.metrics.fid import fidelity_metrics, reference_stats
+from pipeline.metrics.image_stats import png_bits_per_pixel
+from pipeline.metrics.images import to_float
+from pipeline.models.alit import ALIT
+from pipeline.params import Params
+from pipeline.tracking import stage_run
+
+STAGE = "eval_alit"
+
+
+def load_alit(params: Params) -> tuple[ALIT, Path]:
+    folder = Path(params.paths.models) / "alit"
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder}/config.json: no ALIT tokenizer there. Run `dvc repro train_alit` first (or "
+                         "train_alit.source: official to import a released checkpoint)")
+    return ALIT.from_pretrained(folder).eval(), folder
+
+
+def _check_counts(model: ALIT, counts: list[int], folder: Path) -> None:
+    per, iters = model.config.num_init_latent_tokens, model.config.max_rollout_iters
+    bad = [n for n in counts if n % per or not 1 <= n // per <= iters]
+    if bad:
+        raise InputError(f"eval_alit.token_counts: {bad} not reachable by the ALIT at {folder}: expected multiples "
+                         f"of {per} up to {per * iters}")
+
+
+def _evaluate_split(model, images, counts, cfg, space, fid_batch, seed) -> dict:
+    """Fixed-length and adaptive reconstruction metrics of one split."""
+    gen = torch.Generator().manual_seed(seed)
+    fixed = aa.rollout(model, images, counts, batch_size=cfg.batch_size, generator=gen)
+    tokens, adaptive_recon = aa.adaptive(model, images, cfg.threshold, cfg.criterion, batch_size=cfg.batch_size,
+                                         generator=gen)
+    reference = reference_stats(space, images=images, batch_size=fid_batch)
+
+    def score(recon: torch.Tensor) -> dict[str, float]:
+        errors = aa.reconstruction_errors(recon, images)
+        fid = fidelity_metrics(recon, reference, space, isc=False, prc=False, batch_size=fid_batch)["fid"]
+        return {"l1": float(errors["l1"].mean()), "psnr": float(errors["psnr"].mean()), "rfid": fid}
+
+    adaptive_scores = score(adaptive_recon)
+    return {
+        "per_tokens": {n: score(fixed.recon[n]) for n in counts},
+        "adaptive": {"mean_tokens": float(tokens.float().mean()), "median_tokens": float(tokens.float().median()),
+                     **adaptive_scores,
+                     "histogram": {int(n): int((tokens == n).sum()) for n in torch.unique(tokens)}},
+        "tokens": tokens, "latents": fixed.latents, "recon_last": fixed.recon[max(counts)],
+    }
+
+
+def run(params: Params) -> int:
+    cfg = params.eval_alit
+    start = time.perf_counter()
+    model, folder = load_alit(params)
+    _check_counts(model, cfg.token_counts, folder)
+    if not -model.config.num_layers <= cfg.attention_layer < model.config.num_layers:
+        raise InputError(f"eval_alit.attention_layer: {cfg.attention_layer} out of range for a decoder of "
+                         f"{model.config.num_layers} blocks")
+    counts = sorted(cfg.token_counts)
+    root = Path(params.paths.data) / "prepared"
+    manifest = read_manifest(root)
+    if manifest.get("image_size") not in (None, model.config.image_size):
+        raise InputError(f"{root}: images are {manifest['image_size']} px but the ALIT at {folder} works on "
+                         f"{model.config.image_size} px")
+    num_classes = len(manifest["classes"])
+    val = load_split(root, cfg.split, limit=cfg.num_images)
+    if len(val.labels) < 2:
+        raise InputError(f"{root}: split {cfg.split!r} has {len(val.labels)} images; eval_alit needs at least 2")
+    ood = load_split(root, cfg.ood_split, limit=cfg.num_images) if cfg.ood_split else None
+    probe_train = load_split(root, "train", limit=cfg.probe.train_images)
+
+    space = feature_space(params)
+    fid_batch = params.fid.batch_size
+    out_dir = Path(params.paths.results) / STAGE
+    with stage_run(STAGE, {"eval_alit": cfg.model_dump(mode="json"), "fid": params.fid.model_dump(mode="json"),
+                           "seed": params.seed}) as mlrun, atomic_dir(out_dir) as tmp:
+        mlrun.set_tags({"alit": str(folder)})
+        ind = _evaluate_split(model, val.images, counts, cfg, space, fid_batch, params.seed)
+        far = _evaluate_split(model, ood.images, counts, cfg, space, fid_batch, params.seed + 1) if ood else None
+
+        # task: a linear probe per token count
+        train_latents = aa.rollout(model, probe_train.images, counts, batch_size=cfg.batch_size, pixels=False,
+                                   generator=torch.Generator().manual_seed(params.seed + 2)).latents
+        probe = {n: aa.linear_probe(train_latents[n], torch.from_numpy(probe_train.labels), ind["latents"][n],
+                                    torch.from_numpy(val.labels), num_classes, max_iter=cfg.probe.max_iter,
+                                    weight_decay=cfg.probe.weight_decay) for n in counts}
+
+        # complexity
+        tokens = ind["tokens"].numpy()
+        measures = {"PNG bits per pixel": png_bits_per_pixel(torch.from_numpy(val.images)).numpy()}
+        if val.meta and "complexity" in val.meta[0]:
+            measures["demo complexity (edge density)"] = np.array([m["complexity"] for m in val.meta])
+        rho = {name: aa.spearman(tokens, values) for name, values in measures.items()}
+
+        # token specialisation
+        shown = to_float(torch.from_numpy(val.images[:cfg.attention_images]))
+        attn = aa.decoder_attention(model, shown, cfg.attention_layer,
+                                    generator=torch.Generator().manual_seed(params.seed + 3))
+        per = model.config.num_init_latent_tokens
+        groups = aa.attention_per_group(attn, per)  # (B, G, N)
+        aa.plot_attention(shown, ind["recon_last"][:cfg.attention_images], groups, per, tmp / "attention.png")
+
+        # outputs
+        series = {cfg.split: {m: [ind["per_tokens"][n][m] for n in counts] for m in ("rfid", "l1", "psnr")}}
+        points = {cfg.split: ind["adaptive"]}
+        if far:
+            series[cfg.ood_split] = {m: [far["per_tokens"][n][m] for n in counts] for m in ("rfid", "l1", "psnr")}
+            points[cfg.ood_split] = far["adaptive"]
+        aa.plot_tokens_curve(counts, series, points, tmp / "rfid_vs_tokens.png")
+        aa.plot_complexity(tokens, measures, rho, tmp / "complexity.png")
+        header = ["tokens", "l1", "psnr", "rfid", "probe_accuracy"]
+        header += ["ood_l1", "ood_psnr", "ood_rfid"] if far else []
+        lines = [",".join(header)]
+        for n in counts:
+            row = [n, *(ind["per_tokens"][n][m] for m in ("l1", "psnr", "rfid")), probe[n]]
+            row += [far["per_tokens"][n][m] for m in ("l1", "psnr", "rfid")] if far else []
+            lines.append(",".join(str(v) if isinstance(v, int) else f"{v:.6g}" for v in row))
+        (tmp / "rfid_vs_tokens.csv").write_text("\n".join(lines) + "\n")
+        names = list(measures)
+        per_image = ["index,label,adaptive_tokens," + ",".join(n.split(" (")[0].replace(" ", "_") for n in names)]
+        per_image += [f"{i},{val.labels[i]},{tokens[i]}," + ",".join(f"{measures[n][i]:.6g}" for n in names)
+                      for i in range(len(tokens))]
+        (tmp / "per_image.csv").write_text("\n".join(per_image) + "\n")
+
+        def public(split: dict) -> dict:
+            return {"per_tokens": {str(n): v for n, v in split["per_tokens"].items()},
+                    "adaptive": {k: ({str(t): c for t, c in v.items()} if k == "histogram" else v)
+                                 for k, v in split["adaptive"].items()}}
+
+        mass = groups.sum(-1).mean(0)  # (G,): grid->token attention mass per group, averaged over images
+        metrics = {
+            "alit": str(folder), "tokens_per_iteration": per, "threshold": cfg.threshold, "criterion": cfg.criterion,
+            "num_images": {cfg.split: len(val.labels), "probe_train": len(probe_train.labels),
+                           **({cfg.ood_split: len(ood.labels)} if ood else {})},
+            cfg.split: public(ind),
+            "complexity": {"spearman_png_bpp": rho[names[0]],
+                           **({"spearman_demo_complexity": rho[names[1]]} if len(names) > 1 else {})},
+            "familiarity": None if not far else {
+                "split": cfg.ood_split, "mean_tokens_in_distribution": ind["adaptive"]["mean_tokens"],
+                "mean_tokens_ood": far["adaptive"]["mean_tokens"], "rfid_adaptive_in_distribution":
+                ind["adaptive"]["rfid"], "rfid_adaptive_ood": far["adaptive"]["rfid"],
+                "l1_adaptive_in_distribution": ind["adaptive"]["l1"], "l1_adaptive_ood": far["adaptive"]["l1"],
+                **public(far)},
+            "probe": {"accuracy": {str(n): probe[n] for n in counts}, "chance": 1 / num_classes},
+            "specialisation": {"attention_layer": cfg.attention_layer,
+                               "attention_mass_per_group": [round(float(m), 6) for m in mass]},
+        }
+        metrics["stage_seconds"] = round(time.perf_counter() - start, 1)
+        write_json(tmp / "metrics.json", metrics)
+        mlrun.log_metrics({k: v for k, v in metrics.items() if k not in ("alit", "criterion")})
+        for f in sorted(tmp.iterdir()):
+            mlrun.log_artifact(f)
+
+    print(f"eval_alit ({metrics['stage_seconds']} s): tokens / L1 / PSNR / rFID / probe on {cfg.split}")
+    for n in counts:
+        s = ind["per_tokens"][n]
+        print(f"  {n:4d}  {s['l1']:.4f}  {s['psnr']:.2f}  {s['rfid']:.3f}  {probe[n]:.3f}")
+    a = ind["adaptive"]
+    print(f"  adaptive (mean {a['mean_tokens']:.1f} tokens)  {a['l1']:.4f}  {a['psnr']:.2f}  {a['rfid']:.3f}")
+    print(f"  Spearman: {metrics['complexity']}")
+    print(f"wrote {out_dir}")
+    return 0

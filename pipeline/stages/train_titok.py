@@ -1,0 +1,129 @@
+"""Stage ``train_titok``: the 32-token TiTok, trained in two stages as the paper does, or imported.
+
+Stage 1 ("proxy codes"): TiTok's decoder predicts, for every 2D position, the code the frozen VQGAN
+of ``train_vqgan`` assigns to the image; cross-entropy + the quantiser loss. The VQGAN's decoder and
+codebook then become TiTok's pixel decoder (softmax-weighted code mix), so the model reconstructs
+pixels. Stage 2 (``stage2.steps > 0``) fine-tunes the decoder side on pixels with L2 (+ perceptual
+when ``perceptual_vgg`` / ``perceptual_lin`` name local LPIPS files, + GAN when ``gan_weight > 0``), with encoder,
+codebook and latent tokens frozen. ``source: official`` imports a released checkpoint from a local
+Hugging Face snapshot folder instead. The model is written to ``<paths.models>/titok``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.io import atomic_dir, write_json
+from pipeline.models.checkpoints import save_pretrained
+from pipeline.models.maskgit_vqgan import MaskGITVQGAN
+from pipeline.models.registry import build_model
+from pipeline.models.titok import TiTok
+from pipeline.params import Params
+from pipeline.stages._common import (
+    checkpoint_dir,
+    prefixed_logger,
+    prepared_root,
+    remove_checkpoints,
+    results_dir,
+    save_image_grid,
+    to_float,
+    train_config,
+    training_images,
+)
+from pipeline.tracking import stage_run
+
+STAGE = "train_titok"
+
+
+@torch.no_grad()
+def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstructions (clamped to [0, 1]) and code indices (N, num_tokens) of ``images``."""
+    titok.eval()
+    recons, codes = [], []
+    for batch in images.split(batch_size):
+        tokens, info = titok.encode(batch)
+        recons.append(titok.decode(tokens).clamp(0, 1))
+        codes.append(info["min_encoding_indices"].reshape(len(batch), -1))
+    return torch.cat(recons), torch.cat(codes)
+
+
+def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float]]:
+    from pipeline.train.loop import train
+    from pipeline.train.recipes import TiTokProxyCodeRecipe
+
+    cfg = params.train_titok
+    titok = build_model(cfg.model, image_size=params.image_size, vqgan=vqgan.config)
+    recipe = TiTokProxyCodeRecipe(titok, vqgan)
+    ckpt = checkpoint_dir(params, f"{STAGE}-stage1", cfg.model, cfg.stage1)
+    prefixed = prefixed_logger(run, "stage1/")
+    result = train(recipe, training_images(params), train_config(cfg.stage1, params.seed), ckpt, log_fn=prefixed)
+    if result.ema_state is not None:
+        recipe.model.load_state_dict(result.ema_state)
+    titok = recipe.tokenizer.cpu()
+    titok.load_pixel_decoder(vqgan)
+    remove_checkpoints(ckpt)
+    return titok, {f"stage1/{k}": float(v) for k, v in result.metrics.items()}
+
+
+def _stage2(params: Params, titok: TiTok, run) -> tuple[TiTok, dict[str, float]]:
+    from pipeline.models.losses import LPIPS
+    from pipeline.train.loop import train
+    from pipeline.train.recipes import GANSettings, TiTokDecoderRecipe
+
+    cfg = params.train_titok
+    frozen = TiTok(dataclasses.replace(titok.config, freeze_encoder=True))
+    frozen.load_state_dict(titok.state_dict())
+    perceptual = LPIPS(cfg.perceptual_vgg, cfg.perceptual_lin) if cfg.perceptual_vgg else None
+    gan = GANSettings(weight=cfg.gan_weight, start=cfg.gan_start) if cfg.gan_weight > 0 else None
+    recipe = TiTokDecoderRecipe(frozen, perceptual=perceptual, perceptual_weight=cfg.perceptual_weight, gan=gan)
+    ckpt = checkpoint_dir(params, f"{STAGE}-stage2", cfg.model, cfg.stage1, cfg.stage2, cfg.perceptual_vgg,
+                          cfg.gan_weight, cfg.gan_start)
+    prefixed = prefixed_logger(run, "stage2/")
+    result = train(recipe, training_images(params), train_config(cfg.stage2, params.seed + 1), ckpt, log_fn=prefixed)
+    if result.ema_state is not None:
+        recipe.model.load_state_dict(result.ema_state)
+    remove_checkpoints(ckpt)
+    return recipe.tokenizer.cpu(), {f"stage2/{k}": float(v) for k, v in result.metrics.items()}
+
+
+def run(params: Params) -> int:
+    """Train (or import) TiTok and write it with its training metrics and a reconstruction grid."""
+    from pipeline.data.shards import load_split
+    from pipeline.metrics.image_stats import psnr
+
+    cfg = params.train_titok
+    out_dir = Path(params.paths.models) / "titok"
+    results = results_dir(params, STAGE)
+    torch.manual_seed(params.seed)
+    start = time.monotonic()
+    with stage_run(STAGE, params.model_dump(mode="json")) as run:
+        if cfg.source == "official":
+            titok = TiTok.from_pretrained(cfg.folder)
+            train_metrics: dict[str, float] = {}
+        else:
+            vqgan = MaskGITVQGAN.from_pretrained(Path(params.paths.models) / "vqgan")
+            titok, train_metrics = _stage1(params, vqgan, run)
+            if cfg.stage2.steps > 0:
+                titok, stage2_metrics = _stage2(params, titok, run)
+                train_metrics |= stage2_metrics
+        val = to_float(load_split(prepared_root(params), "val", limit=256).images)
+        recon, _ = reconstruct(titok, val)
+        val_psnr = psnr(recon, val).mean().item()
+        save_image_grid([val[:12], recon[:12]], results / "reconstructions.png", labels=["input", "TiTok"],
+                        title=f"{STAGE}: val reconstructions from {titok.config.num_latent_tokens} tokens, "
+                              f"PSNR {val_psnr:.2f} dB")
+        with atomic_dir(out_dir) as tmp:
+            save_pretrained(titok, tmp)
+        metrics = {"source": cfg.source, "model": cfg.model if cfg.source == "train" else str(cfg.folder),
+                   "num_tokens": titok.config.num_latent_tokens,
+                   "parameters": sum(p.numel() for p in titok.parameters()),
+                   "val_psnr_first_256": val_psnr, **train_metrics}
+        run.log_metrics({"val_psnr_first_256": val_psnr, "seconds": time.monotonic() - start})
+        run.log_artifact(results / "reconstructions.png")
+        write_json(results / "metrics.json", metrics)
+    print(f"{STAGE}: val PSNR {val_psnr:.2f} dB from {titok.config.num_latent_tokens} tokens")
+    return 0

@@ -1,0 +1,202 @@
+"""ALIT training recipes, parameters, analyses, and the train_alit / eval_alit stages end to end (tiny)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import params as P
+from pipeline.experiments import alit_analysis as aa
+from pipeline.models.alit import ALIT, ALITConfig
+from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
+from pipeline.train.alit_recipes import CyclingReconstructionRecipe, LatentDistillationRecipe
+
+TINY_VQGAN = VQGANConfig(ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=8, codebook_size=32, norm_groups=4,
+                         image_size=32)
+
+
+def _tiny_alit(seed: int = 0) -> ALIT:
+    """32 px images, a 8x8 VQGAN grid, 32 tokens per iteration up to 256 (the schema's counts)."""
+    torch.manual_seed(seed)
+    return ALIT(ALITConfig(width=32, num_layers=1, num_heads=2, image_size=32, patch_size=4, vq_codebook_size=64,
+                           vq_token_dim=4, vqgan=TINY_VQGAN))
+
+
+def _images(n: int = 4, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 3, size, size, generator=g)
+
+
+def _steps(recipe, batch, steps: int, lr: float) -> list[float]:
+    params = [p for p in recipe.model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    recipe.model.train()
+    losses = []
+    for step in range(steps):
+        out = recipe.model(batch)
+        loss = recipe.losses(out, batch, step)[0]["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_stage1_recipe_loss_decreases_and_keeps_the_vqgan_frozen():
+    alit = _tiny_alit()
+    vqgan_before = {k: v.clone() for k, v in alit.base_tokenizer.state_dict().items()}
+    recipe = LatentDistillationRecipe(alit)
+    losses = _steps(recipe, (_images(), torch.zeros(4)), steps=8, lr=3e-3)
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert all(torch.equal(v, alit.base_tokenizer.state_dict()[k]) for k, v in vqgan_before.items())
+    _, metrics = recipe.losses(recipe.model(_images()), _images(), 0)
+    assert {"nll_loss_0", "nll_loss_7", "code_accuracy_first", "code_accuracy_last"} <= set(metrics)
+
+
+def test_stage2_recipe_cycles_over_iterations_and_its_loss_decreases():
+    alit = _tiny_alit()
+    recipe = CyclingReconstructionRecipe(alit, l1=1.0)
+    batch = _images()
+    seen = []
+    for step in range(10):  # the iteration each step trains: 0, 1, ..., 7, 0, 1
+        seen.append(recipe.model(batch)["iteration"])
+        recipe.losses(recipe.model(batch), batch, step)
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
+    recipe.model.next_iteration.fill_(3)  # a fixed iteration, so that the loss values are comparable
+    losses = []
+    for _ in range(6):
+        losses.append(_steps(recipe, batch, steps=1, lr=3e-3)[0])
+        recipe.model.next_iteration.fill_(3)
+    assert losses[-1] < losses[0], losses
+    assert "next_iteration" in recipe.model.state_dict()  # checkpointed: a resumed run keeps its place
+
+
+@pytest.mark.parametrize("section, match", [
+    ({"eval_alit": {"threshold": -0.1}}, "eval_alit.threshold: expected greater than 0"),
+    ({"eval_alit": {"threshold": 1.5}}, r"eval_alit.threshold: expected 0 < threshold <= 1.0 for criterion l1"),
+    ({"eval_alit": {"criterion": "ssim", "threshold": 2.5}}, r"eval_alit.threshold: expected 0 < threshold <= 2.0"),
+    ({"eval_alit": {"token_counts": [16, 64]}}, r"eval_alit.token_counts: expected multiples of 32 .* found \[16\]"),
+    ({"eval_alit": {"token_counts": [288]}}, r"eval_alit.token_counts: .* from 32 to 256 .* found \[288\]"),
+    ({"eval_alit": {"token_counts": [48]}}, r"eval_alit.token_counts: .* found \[48\]"),
+    ({"eval_alit": {"token_counts": [64, 64]}}, "eval_alit.token_counts: expected distinct"),
+    ({"train_alit": {"stage1": {"iteration_weights": [1.0, 1.0]}}}, "train_alit.stage1.iteration_weights"),
+    ({"train_alit": {"source": "official"}}, "train_alit: folder must name"),
+    ({"train_alit": {"stage2": {"perceptual_weight": 1.0}}}, "train_alit.stage2: lpips_vgg and lpips_lin"),
+])
+def test_schema_rejects_bad_alit_parameters_with_the_dotted_key(section, match):
+    with pytest.raises(P.ParamsError, match=match):
+        P.validate(section)
+
+
+def test_schema_accepts_the_profiles_alit_sections():
+    for profile in ("demo", "micro", "paper"):
+        params = P.validate(P.resolve_profile(profile))
+        assert max(params.eval_alit.token_counts) <= 256
+
+
+def test_spearman_of_a_monotone_relation_is_one_and_undefined_for_constants():
+    x = np.linspace(0, 1, 50)
+    assert aa.spearman(x, np.exp(3 * x)) == pytest.approx(1.0)
+    assert aa.spearman(x, -x**3) == pytest.approx(-1.0)
+    assert aa.spearman(x, np.full(50, 64)) is None
+
+
+def test_linear_probe_separates_separable_tokens():
+    g = torch.Generator().manual_seed(0)
+    centres = 4 * torch.randn(5, 24, generator=g)
+    labels = torch.arange(200) % 5
+    x = centres[labels] + 0.3 * torch.randn(200, 24, generator=g)
+    acc = aa.linear_probe(x[:150], labels[:150], x[150:], labels[150:], 5, max_iter=50)
+    assert acc == 1.0
+    noise = torch.randn(200, 24, generator=g)  # no signal: near chance
+    assert aa.linear_probe(noise[:150], labels[:150], noise[150:], labels[150:], 5, max_iter=50) < 0.6
+
+
+def test_rollout_attention_and_groups_have_the_documented_shapes():
+    alit = _tiny_alit().eval()
+    images = (_images(3) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    r = aa.rollout(alit, images, [32, 256], batch_size=2)
+    assert r.recon[32].shape == (3, 3, 32, 32) and r.recon[32].dtype == torch.uint8
+    assert r.latents[256].shape == (3, 256 * 4)
+    attn = aa.decoder_attention(alit, _images(2))
+    assert attn.shape == (2, 64, 256)
+    assert torch.all(attn.sum(-1) <= 1 + 1e-5)  # a part of each softmax row
+    groups = aa.attention_per_group(attn, 32)
+    assert groups.shape == (2, 8, 64)
+    torch.testing.assert_close(groups.sum(1), attn.sum(-1))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        aa.iteration_of(alit, 48)
+
+
+def _prepare_tiny(tmp_path, monkeypatch, **stage_params):
+    from pipeline.models.clip import create_clip, save_clip
+    from pipeline.stages.prepare import prepare
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = P.validate({"image_size": 32, "prepare": {
+        "workers": 1, "demo": {"train_per_class": 2, "val_per_class": 2, "ood_per_class": 1}}, **stage_params})
+    prepare(params, Path(params.paths.data) / "prepared", progress=False)  # 20 train, 20 val, 10 ood
+    torch.manual_seed(0)
+    save_clip(create_clip(params.clip.config), tmp_path / "models" / "clip")  # the rFID feature space
+    return params
+
+
+def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
+    from pipeline.stages import eval_alit as stage
+
+    params = _prepare_tiny(tmp_path, monkeypatch, eval_alit={
+        "token_counts": [32, 64, 256], "threshold": 0.3, "batch_size": 8, "attention_images": 2,
+        "probe": {"max_iter": 10}}, fid={"batch_size": 8})
+    _tiny_alit().save_pretrained(tmp_path / "models" / "alit")
+    assert stage.run(params) == 0
+
+    out = tmp_path / "results" / "eval_alit"
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "rfid_vs_tokens.csv", "rfid_vs_tokens.png",
+                                               "per_image.csv", "complexity.png", "attention.png"}
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["val"]["per_tokens"]) == {"32", "64", "256"}
+    for s in m["val"]["per_tokens"].values():
+        assert 0 <= s["l1"] <= 1 and s["psnr"] > 0 and s["rfid"] >= 0
+    a = m["val"]["adaptive"]
+    assert 32 <= a["mean_tokens"] <= 256 and sum(a["histogram"].values()) == 20
+    assert set(m["complexity"]) == {"spearman_png_bpp", "spearman_demo_complexity"}
+    assert m["familiarity"]["split"] == "ood" and 32 <= m["familiarity"]["mean_tokens_ood"] <= 256
+    assert set(m["probe"]["accuracy"]) == {"32", "64", "256"} and m["probe"]["chance"] == 0.1
+    assert len(m["specialisation"]["attention_mass_per_group"]) == 8
+    rows = (out / "rfid_vs_tokens.csv").read_text().splitlines()
+    assert rows[0] == "tokens,l1,psnr,rfid,probe_accuracy,ood_l1,ood_psnr,ood_rfid" and len(rows) == 4
+    assert len((out / "per_image.csv").read_text().splitlines()) == 21
+
+
+def test_eval_stage_rejects_counts_the_model_cannot_reach(tmp_path, monkeypatch):
+    from pipeline.errors import InputError
+    from pipeline.stages import eval_alit as stage
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    ALIT(ALITConfig(width=32, num_layers=1, num_heads=2, image_size=32, patch_size=4, vq_codebook_size=16,
+                    vq_token_dim=4, max_rollout_iters=4, vqgan=TINY_VQGAN)).save_pretrained(tmp_path / "models/alit")
+    with pytest.raises(InputError, match=r"eval_alit.token_counts: \[160, 192, 224, 256\] not reachable .* up to 128"):
+        stage.run(P.validate({}))
+
+
+def test_train_stage_trains_both_stages_and_saves_a_loadable_model(tmp_path, monkeypatch):
+    from pipeline.models.checkpoints import save_pretrained
+    from pipeline.stages import train_alit as stage
+
+    params = _prepare_tiny(tmp_path, monkeypatch, train_alit={
+        "stage1": {"steps": 2, "batch_size": 4}, "stage2": {"steps": 2, "batch_size": 4}})
+    torch.manual_seed(0)
+    vqgan = MaskGITVQGAN(VQGANConfig(**{**TINY_VQGAN.__dict__, "ch": 16, "z_channels": 32, "norm_groups": 16,
+                                        "ch_mult": (1, 2, 4)}))
+    save_pretrained(vqgan, tmp_path / "models" / "vqgan")
+    assert stage.run(params) == 0
+
+    alit = ALIT.from_pretrained(tmp_path / "models" / "alit")
+    assert alit.config.image_size == 32 and alit.config.grid_size == 8 and alit.config.width == 64  # alit_demo
+    m = json.loads((tmp_path / "results" / "train_alit" / "metrics.json").read_text())
+    assert m["stage1"]["steps"] == 2 and m["stage2"]["steps"] == 2
+    assert not (tmp_path / "models" / "checkpoints" / "train_alit").exists()
