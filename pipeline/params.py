@@ -140,11 +140,11 @@ class ClipTraining(Section):
     """Contrastive training of the demo CLIP (``pipeline.train.clip``)."""
 
     epochs: PositiveInt = 12
-    batch_size: PositiveInt = 128
-    lr: Annotated[float, Field(gt=0)] = 2e-3
+    batch_size: PositiveInt = 32
+    lr: Annotated[float, Field(gt=0)] = 1e-3
     min_lr: Annotated[float, Field(ge=0)] = 1e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    warmup_steps: Annotated[int, Field(ge=0)] = 40
 
 
 class Clip(Section):
@@ -224,7 +224,7 @@ class TrainVqgan(Section):
     source: Literal["train", "official"] = "train"
     folder: str | None = None
     model: str = "vqgan_demo"
-    optim: Optim = Optim(steps=240, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=20)
+    optim: Optim = Optim(steps=500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=20)
     l1: Annotated[float, Field(ge=0)] = 1.0
     l2: Annotated[float, Field(ge=0)] = 1.0
     quantizer_weight: Annotated[float, Field(ge=0)] = 1.0
@@ -247,7 +247,7 @@ class TrainTitok(Section):
     source: Literal["train", "official"] = "train"
     folder: str | None = None
     model: str = "titok_demo"
-    stage1: Optim = Optim(steps=300, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4)
+    stage1: Optim = Optim(steps=300, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4)
     stage2: Optim = Optim(steps=0, batch_size=32, lr=1e-4, min_lr=1e-5, warmup_steps=0)
     perceptual_vgg: str | None = None  # torchvision vgg16-397923af.pth (local file)
     perceptual_lin: str | None = None  # LPIPS v0.1 vgg.pth linear layers (local file)
@@ -285,11 +285,11 @@ class AlitStage1(Section):
     lr 1.5e-4, 20 warm-up epochs, weight decay 0.05, AdamW (0.9, 0.95), grad clip 3, EMA 0.9999.
     """
 
-    steps: PositiveInt = 40
+    steps: PositiveInt = 50  # demo: about 3 s per step on one idle CPU core
     batch_size: PositiveInt = 16
     lr: Annotated[float, Field(gt=0)] = 2e-3
     min_lr: Annotated[float, Field(ge=0)] = 1e-4
-    warmup_steps: Annotated[int, Field(ge=0)] = 4
+    warmup_steps: Annotated[int, Field(ge=0)] = 5
     weight_decay: Annotated[float, Field(ge=0)] = 0.05
     # cross-entropy weight of each iteration (official lambda_loss_weight), one per iteration
     iteration_weights: list[Annotated[float, Field(ge=0)]] = Field(
@@ -306,9 +306,9 @@ class AlitStage2(Section):
     LPIPS 1.0, GAN 0.2 after 20 epochs (0.8 after 100 in the official code; constant here).
     """
 
-    steps: Annotated[int, Field(ge=0)] = 8
+    steps: Annotated[int, Field(ge=0)] = 16  # demo: two cycles over the 8 iterations
     batch_size: PositiveInt = 16
-    lr: Annotated[float, Field(gt=0)] = 1e-3
+    lr: Annotated[float, Field(gt=0)] = 5e-4
     min_lr: Annotated[float, Field(ge=0)] = 1e-4
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     weight_decay: Annotated[float, Field(ge=0)] = 0.05

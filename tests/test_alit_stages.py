@@ -130,12 +130,18 @@ def test_rollout_attention_and_groups_have_the_documented_shapes():
         aa.iteration_of(alit, 48)
 
 
-def _prepare_tiny(tmp_path, monkeypatch, **stage_params):
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """One MLflow database for the stage tests of this module (creating one takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _prepare_tiny(tmp_path, monkeypatch, mlflow_uri, **stage_params):
     from pipeline.models.clip import create_clip, save_clip
     from pipeline.stages.prepare import prepare
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     params = P.validate({"image_size": 32, "prepare": {
         "workers": 1, "demo": {"train_per_class": 2, "val_per_class": 2, "ood_per_class": 1}}, **stage_params})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)  # 20 train, 20 val, 10 ood
@@ -144,10 +150,10 @@ def _prepare_tiny(tmp_path, monkeypatch, **stage_params):
     return params
 
 
-def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
+def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch, mlflow_uri):
     from pipeline.stages import eval_alit as stage
 
-    params = _prepare_tiny(tmp_path, monkeypatch, eval_alit={
+    params = _prepare_tiny(tmp_path, monkeypatch, mlflow_uri, eval_alit={
         "token_counts": [32, 64, 256], "threshold": 0.3, "batch_size": 8, "attention_images": 2,
         "probe": {"max_iter": 10}}, fid={"batch_size": 8})
     _tiny_alit().save_pretrained(tmp_path / "models" / "alit")
@@ -183,11 +189,11 @@ def test_eval_stage_rejects_counts_the_model_cannot_reach(tmp_path, monkeypatch)
         stage.run(P.validate({}))
 
 
-def test_train_stage_trains_both_stages_and_saves_a_loadable_model(tmp_path, monkeypatch):
+def test_train_stage_trains_both_stages_and_saves_a_loadable_model(tmp_path, monkeypatch, mlflow_uri):
     from pipeline.models.checkpoints import save_pretrained
     from pipeline.stages import train_alit as stage
 
-    params = _prepare_tiny(tmp_path, monkeypatch, train_alit={
+    params = _prepare_tiny(tmp_path, monkeypatch, mlflow_uri, train_alit={
         "stage1": {"steps": 2, "batch_size": 4}, "stage2": {"steps": 2, "batch_size": 4}})
     torch.manual_seed(0)
     vqgan = MaskGITVQGAN(VQGANConfig(**{**TINY_VQGAN.__dict__, "ch": 16, "z_channels": 32, "norm_groups": 16,

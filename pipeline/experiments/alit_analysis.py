@@ -216,7 +216,7 @@ def plot_complexity(num_tokens: np.ndarray, measures: dict[str, np.ndarray], rho
 
 
 def plot_attention(images: torch.Tensor, recon: torch.Tensor, groups: torch.Tensor, tokens_per_group: int,
-                   path: Path) -> None:
+                   path: Path, recon_title: str = "reconstruction") -> None:
     """Rows: images; columns: input, reconstruction, then the attention map of each token group."""
     plt = _pyplot()
     b, g, n_grid = groups.shape
@@ -225,8 +225,7 @@ def plot_attention(images: torch.Tensor, recon: torch.Tensor, groups: torch.Tens
     fig, axes = plt.subplots(b, cols, figsize=(1.5 * cols, 1.5 * b + 0.4), squeeze=False)
     for i in range(b):
         row = [to_uint8(images[i])[0].permute(1, 2, 0).numpy(), to_uint8(recon[i])[0].permute(1, 2, 0).numpy()]
-        for ax, picture, title in zip(axes[i][:2], row, ("input", "256 tokens" if g == 8 else "reconstruction"),
-                                      strict=True):
+        for ax, picture, title in zip(axes[i][:2], row, ("input", recon_title), strict=True):
             ax.imshow(picture)
             ax.set_title(title if i == 0 else "", fontsize=7)
         for j in range(g):
@@ -238,6 +237,6 @@ def plot_attention(images: torch.Tensor, recon: torch.Tensor, groups: torch.Tens
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("decoder attention of the grid positions to each iteration's tokens (last iteration)", fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.86, wspace=0.05, hspace=0.15)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -135,7 +135,8 @@ def run(params: Params) -> int:
                                     generator=torch.Generator().manual_seed(params.seed + 3))
         per = model.config.num_init_latent_tokens
         groups = aa.attention_per_group(attn, per)  # (B, G, N)
-        aa.plot_attention(shown, ind["recon_last"][:cfg.attention_images], groups, per, tmp / "attention.png")
+        aa.plot_attention(shown, ind["recon_last"][:cfg.attention_images], groups, per, tmp / "attention.png",
+                          recon_title=f"{max(counts)} tokens")
 
         # outputs
         series = {cfg.split: {m: [ind["per_tokens"][n][m] for n in counts] for m in ("rfid", "l1", "psnr")}}

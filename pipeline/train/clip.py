@@ -27,11 +27,11 @@ class ClipTrainConfig:
     """Hyper-parameters of :func:`train_clip`."""
 
     epochs: int = 12
-    batch_size: int = 128
-    lr: float = 2e-3
+    batch_size: int = 32
+    lr: float = 1e-3
     min_lr: float = 1e-4
     weight_decay: float = 0.1
-    warmup_steps: int = 20
+    warmup_steps: int = 40
     seed: int = 0
 
 
