@@ -197,6 +197,7 @@ class Optim(Section):
     min_lr: Annotated[float, Field(ge=0)] = 1e-4
     warmup_steps: Annotated[int, Field(ge=0)] = 20
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.99)
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0

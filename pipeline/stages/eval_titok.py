@@ -1,0 +1,75 @@
+"""Stage ``eval_titok``: reconstruction quality of the TiTok in ``<paths.models>/titok``.
+
+On ``eval_titok.split`` (val by default): rFID and IS of the reconstructions against the originals of
+the same images (the tokenizer rFID convention: reconstructed 50k ImageNet val vs the val images,
+unlike gFID which uses ADM's training-set statistics), precision / recall, PSNR, SSIM, L1, and the
+codebook usage of the 1D tokens (fraction of codes used, perplexity). The feature space is
+``fid.feature_space``: ADM's Inception at paper scale, the demo CLIP's image encoder in the demo (the
+demo has no Inception weights; its numbers are therefore not comparable to the paper's).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.io import write_json
+from pipeline.models.titok import TiTok
+from pipeline.params import Params
+from pipeline.stages._common import prepared_root, results_dir, save_image_grid, to_float, to_uint8
+from pipeline.stages.train_titok import reconstruct
+from pipeline.tracking import stage_run
+
+STAGE = "eval_titok"
+
+
+def codebook_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """Fraction of the codebook used by ``codes`` (any shape) and the perplexity of their distribution."""
+    counts = torch.bincount(codes.flatten(), minlength=codebook_size).double()
+    p = counts / counts.sum()
+    nz = p[p > 0]
+    return {"codebook_usage": (counts > 0).double().mean().item(),
+            "codebook_perplexity": torch.exp(-(nz * nz.log()).sum()).item()}
+
+
+def run(params: Params) -> int:
+    """Reconstruct the evaluation split and write the metrics and a reconstruction grid."""
+    from pipeline.data.shards import load_split
+    from pipeline.metrics.evaluation import feature_space
+    from pipeline.metrics.fid import fidelity_metrics, reference_stats
+    from pipeline.metrics.image_stats import l1, psnr, ssim
+
+    cfg = params.eval_titok
+    results = results_dir(params, STAGE)
+    start = time.monotonic()
+    with stage_run(STAGE, params.model_dump(mode="json")) as run:
+        titok = TiTok.from_pretrained(Path(params.paths.models) / "titok")
+        data = load_split(prepared_root(params), cfg.split, limit=cfg.num_images)
+        images = to_float(data.images)
+        recon, codes = reconstruct(titok, images, batch_size=cfg.batch_size)
+        quality = {"psnr": psnr(recon, images).mean().item(), "ssim": ssim(recon, images).mean().item(),
+                   "l1": l1(recon, images).mean().item()}
+        usage = codebook_usage(codes, titok.config.codebook_size)
+        space = feature_space(params)
+        reference = reference_stats(space, images=data.images, batch_size=params.fid.batch_size,
+                                    prc_images=params.fid.prc_images)
+        fidelity = fidelity_metrics(to_uint8(recon), reference, space, isc_splits=params.fid.isc_splits,
+                                    batch_size=params.fid.batch_size)
+        metrics = {"split": cfg.split, "num_images": len(images), "num_tokens": titok.config.num_latent_tokens,
+                   "feature_space": params.fid.feature_space,
+                   "rfid": fidelity["fid"], "is": fidelity.get("isc_mean"), "is_std": fidelity.get("isc_std"),
+                   "precision": fidelity.get("precision"), "recall": fidelity.get("recall"),
+                   **quality, **usage}
+        n = min(cfg.grid_images, len(images))
+        save_image_grid([images[:n], recon[:n]], results / "reconstructions.png", labels=["input", "TiTok"],
+                        title=f"{STAGE}: {cfg.split} reconstructions from {titok.config.num_latent_tokens} tokens "
+                              f"(PSNR {quality['psnr']:.2f} dB, rFID {fidelity['fid']:.2f})")
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+        run.log_metrics({"seconds": time.monotonic() - start})
+        run.log_artifact(results / "reconstructions.png")
+        write_json(results / "metrics.json", metrics)
+    print(f"{STAGE}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}, rFID {fidelity['fid']:.2f}, "
+          f"codebook usage {usage['codebook_usage']:.2f}")
+    return 0
