@@ -279,90 +279,56 @@ ALIT_TOKENS_PER_ITERATION = 32  # every named ALIT config (alit_demo included) a
 ALIT_MAX_ITERATIONS = 8  # ... for at most 8 iterations: 32, 64, ..., 256 tokens
 
 
-class AlitStage1(Section):
-    """ALIT stage 1, latent distillation: the 1-D tokens learn to predict the frozen VQGAN's codes.
-
-    Paper (official ``run_scripts/latent_distillation_pretrain.sh``): 200 epochs, global batch 256,
-    lr 1.5e-4, 20 warm-up epochs, weight decay 0.05, AdamW (0.9, 0.95), grad clip 3, EMA 0.9999.
-    """
-
-    steps: PositiveInt = 50  # demo: about 3 s per step on one idle CPU core
-    batch_size: PositiveInt = 16
-    lr: Annotated[float, Field(gt=0)] = 2e-3
-    min_lr: Annotated[float, Field(ge=0)] = 1e-4
-    warmup_steps: Annotated[int, Field(ge=0)] = 5
-    weight_decay: Annotated[float, Field(ge=0)] = 0.05
-    # cross-entropy weight of each iteration (official lambda_loss_weight), one per iteration
-    iteration_weights: list[Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: [2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0],
-        min_length=ALIT_MAX_ITERATIONS, max_length=ALIT_MAX_ITERATIONS)
-
-
-class AlitStage2(Section):
-    """ALIT stage 2, full fine-tuning: L1 + perceptual + GAN on pixels, one iteration per step, cycling.
-
-    ``steps: 0`` skips it. ``perceptual_weight > 0`` needs the LPIPS files (``lpips_vgg``: torchvision's
-    VGG16 state dict; ``lpips_lin``: LPIPS v0.1 ``vgg.pth``); ``gan_weight > 0`` adds a PatchGAN from
-    step ``gan_start``. Paper (official ``full_finetuning.sh``): 200 epochs, global batch 96, lr 3.75e-5,
-    LPIPS 1.0, GAN 0.2 after 20 epochs (0.8 after 100 in the official code; constant here).
-    """
-
-    steps: Annotated[int, Field(ge=0)] = 16  # demo: two cycles over the 8 iterations
-    batch_size: PositiveInt = 16
-    lr: Annotated[float, Field(gt=0)] = 5e-4
-    min_lr: Annotated[float, Field(ge=0)] = 1e-4
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
-    weight_decay: Annotated[float, Field(ge=0)] = 0.05
-    l1_weight: Annotated[float, Field(ge=0)] = 1.0
-    perceptual_weight: Annotated[float, Field(ge=0)] = 0.0
-    lpips_vgg: str | None = None
-    lpips_lin: str | None = None
-    gan_weight: Annotated[float, Field(ge=0)] = 0.0
-    gan_start: Annotated[int, Field(ge=0)] = 0
-    train_vqgan: bool = True  # official: the VQGAN encoder and decoder fine-tune too
-
-    @model_validator(mode="after")
-    def _perceptual_needs_weights(self) -> AlitStage2:
-        if self.perceptual_weight > 0 and not (self.lpips_vgg and self.lpips_lin):
-            raise ValueError("lpips_vgg and lpips_lin must name local files when perceptual_weight > 0 "
-                             f"(found lpips_vgg={self.lpips_vgg!r}, lpips_lin={self.lpips_lin!r})")
-        return self
-
-
 class TrainAlit(Section):
-    """The ``train_alit`` stage: ALIT on the base VQGAN, or an official checkpoint imported.
+    """The ``train_alit`` stage: ALIT on the base VQGAN in two stages, or an official checkpoint imported.
 
-    ``source: train``: build ``model`` (an ``ALITConfig`` name) at ``image_size`` on the VQGAN in
-    ``vqgan`` (a ``MaskGITVQGAN.from_pretrained`` folder; None: ``<paths.models>/vqgan`` from the
-    ``train_vqgan`` stage), then run stage 1 and stage 2. ``source: official``: copy the ALIT checkpoint
-    folder ``folder`` (config.json + model.safetensors or an official ``.pth`` as pytorch_model.bin).
+    ``source: train``: builds ``model`` (an ``ALITConfig`` name) at ``image_size`` on the VQGAN in
+    ``vqgan`` (a ``MaskGITVQGAN.from_pretrained`` folder; None: ``<paths.models>/vqgan`` from
+    ``train_vqgan``). Stage 1 (latent distillation, VQGAN frozen): per-iteration cross-entropy on the
+    VQGAN codes weighted by ``iteration_weights`` + code MSE + VQ loss. Stage 2 (``stage2.steps > 0``):
+    ``l1_weight`` L1 + perceptual (when ``perceptual_vgg`` / ``perceptual_lin`` name local LPIPS files)
+    + GAN (``gan_weight > 0``, from step ``gan_start``) on one iteration per step, cycling; the VQGAN
+    fine-tunes too when ``train_vqgan``. ``source: official``: imports the ALIT checkpoint ``folder``
+    (config.json + model.safetensors, or an official ``.pth`` as pytorch_model.bin).
+    Paper values (official run_scripts) are in conf/paper.yaml.
     """
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
     model: Literal["alit_demo", "alit_small", "alit_base", "alit_semilarge"] = "alit_demo"
     vqgan: str | None = None
-    stage1: AlitStage1 = AlitStage1()
-    stage2: AlitStage2 = AlitStage2()
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: Annotated[float, Field(ge=0)] = 3.0
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # demo: about 3 s per stage-1 step and 1 s per stage-2 step on one idle CPU core
+    stage1: Optim = Optim(steps=50, batch_size=16, lr=2e-3, min_lr=1e-4, warmup_steps=5, weight_decay=0.05,
+                          betas=(0.9, 0.95), grad_clip=3.0, ckpt_every=100)
+    stage2: Optim = Optim(steps=16, batch_size=16, lr=5e-4, min_lr=1e-4, warmup_steps=0, weight_decay=0.05,
+                          betas=(0.9, 0.95), grad_clip=3.0, ckpt_every=100)
+    iteration_weights: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0],  # official lambda_loss_weight
+        min_length=ALIT_MAX_ITERATIONS, max_length=ALIT_MAX_ITERATIONS)
+    l1_weight: Annotated[float, Field(ge=0)] = 1.0
+    perceptual_vgg: str | None = None  # torchvision vgg16-397923af.pth (local file)
+    perceptual_lin: str | None = None  # LPIPS v0.1 vgg.pth linear layers (local file)
+    perceptual_weight: Annotated[float, Field(ge=0)] = 1.0
+    gan_weight: Annotated[float, Field(ge=0)] = 0.0
+    gan_start: Annotated[int, Field(ge=0)] = 0
+    train_vqgan: bool = True  # official: the VQGAN encoder and decoder fine-tune in stage 2
     hflip: bool = True  # random horizontal flips (the official recipe also crops, scale 0.8-1)
-    ckpt_every: Annotated[int, Field(ge=0)] = 500
-    num_workers: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
-    def _official_needs_folder(self) -> TrainAlit:
+    def _check(self) -> TrainAlit:
         if self.source == "official" and not self.folder:
-            raise ValueError("folder must name the official ALIT checkpoint folder when source is official")
+            raise ValueError("train_alit.folder must name the official ALIT checkpoint folder when source is "
+                             "official")
+        if (self.perceptual_vgg is None) != (self.perceptual_lin is None):
+            raise ValueError("train_alit.perceptual_vgg and train_alit.perceptual_lin go together: set both or "
+                             "neither")
         return self
 
 
 class AlitProbe(Section):
     """Linear probe of ``eval_alit``: multinomial logistic regression on the quantised 1-D tokens."""
 
-    train_images: PositiveInt | None = None  # first N train images (None: all)
+    train_images: PositiveInt | None = 600  # first N train images, class-balanced (None: all)
     max_iter: PositiveInt = 100  # L-BFGS iterations
     weight_decay: Annotated[float, Field(ge=0)] = 1e-3
 
@@ -409,6 +375,97 @@ class EvalAlit(Section):
         return v
 
 
+class TokenoptLoop(Section):
+    """The token-optimisation loop (``pipeline.experiments.tokenopt.TokenOptConfig``).
+
+    Paper values (``conf/paper.yaml``): 300 steps, lr 0.1, EMA 0.98, noise 0.3, seed regulariser 0.025,
+    8 crops. The demo runs 40 steps, so its EMA window (1 / (1 - decay) steps) is shortened with it.
+    """
+
+    num_iter: PositiveInt = 40
+    lr: Annotated[float, Field(gt=0)] = 0.1
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    token_noise: Annotated[float, Field(ge=0)] = 0.3
+    reg_type: Literal["seed", "zero", "none"] = "seed"
+    reg_weight: Annotated[float, Field(ge=0)] = 0.025
+    num_augmentations: Annotated[int, Field(ge=0)] = 4  # demo: the 64 px CLIP sees 64 px images, views are flips
+    per_sample_crops: bool = False
+    optimize_post_quantization: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class TokenoptEdit(Section):
+    """``tokenopt_edit``: every prompt applied to ``num_images`` random images of ``split``."""
+
+    split: str = "val"
+    num_images: PositiveInt = 4
+    prompts: list[str] = Field(default_factory=lambda: ["a bright photo of a {}", "a dark photo of a {}"],
+                               min_length=1)  # "{}" becomes the image's class name
+    negative_prompt: str | None = None
+    guidance_scale: float = 1.0  # only acts with a negative prompt (the official combination)
+
+
+class TokenoptGenerate(Section):
+    """``tokenopt_generate``: ``num_per_class`` images per class from the prompt ``template``.
+
+    ``init: seed`` starts each sample from a seed image: ``seed_set_size`` random images of
+    ``seed_split``, matched to the prompt by ``association``; ``init: random`` from N(0, I) tokens.
+    """
+
+    num_per_class: PositiveInt | None = 3  # None: fid.samples_per_class (the ADM protocol's count)
+    init: Literal["seed", "random"] = "seed"
+    seed_split: str = "train"
+    seed_set_size: PositiveInt = 500
+    association: Literal["random", "clip_top1", "clip_top1pct"] = "clip_top1pct"
+    template: str = "a photo of a {}"
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_slot(cls, v: str) -> str:
+        if "{}" not in v:
+            raise ValueError(f"expected a template with a {{}} for the class name, found {v!r}")
+        return v
+
+
+class TokenoptInpaint(Section):
+    """``tokenopt_inpaint``: masked-L1 inpainting of ``num_images`` random images of ``split``, per mask kind.
+
+    ``prompt`` (``{}`` = class name) adds ``clip_weight`` x CLIP to the reconstruction loss. Its loop has
+    its own settings: no crops or seed anchor are needed to fill a hole.
+    """
+
+    split: str = "val"
+    num_images: PositiveInt = 4
+    mask_kinds: list[Literal["center", "boxes", "half"]] = Field(default_factory=lambda: ["center", "half"],
+                                                                 min_length=1)
+    reset_period: Annotated[int, Field(ge=0)] = 5  # re-encode the known region every this many steps
+    prompt: str | None = None
+    clip_weight: Annotated[float, Field(ge=0)] = 1.0
+    optim: TokenoptLoop = TokenoptLoop(token_noise=0.05, reg_type="zero", reg_weight=0.01, num_augmentations=0)
+
+    @field_validator("mask_kinds")
+    @classmethod
+    def _distinct_kinds(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"expected distinct mask kinds, found {v}")
+        return v
+
+
+class Tokenopt(Section):
+    """The token-optimisation experiments (stages ``tokenopt_edit``, ``tokenopt_generate``, ``tokenopt_inpaint``).
+
+    ``tokenizer``: our TiTok (``<paths.models>/titok``) or an official snapshot folder; ``optim``: the loop
+    of editing and generation; ``batch_size``: images optimised together.
+    """
+
+    tokenizer: TokenizerChoice = TokenizerChoice()
+    optim: TokenoptLoop = TokenoptLoop()
+    batch_size: PositiveInt = 16
+    edit: TokenoptEdit = TokenoptEdit()
+    generate: TokenoptGenerate = TokenoptGenerate()
+    inpaint: TokenoptInpaint = TokenoptInpaint()
+
+
 class Resources(Section):
     """Cluster resources of one stage (SLURM through Snakemake's executor plugin; see the Snakefile).
 
@@ -439,6 +496,7 @@ class Params(Section):
     image_size: Annotated[int, Field(ge=16, le=1024, multiple_of=16)] = 64
     paths: Paths = Paths()
     prepare: Prepare = Prepare()
+    tokenopt: Tokenopt = Tokenopt()
     train_alit: TrainAlit = TrainAlit()
     eval_alit: EvalAlit = EvalAlit()
     train_vqgan: TrainVqgan = TrainVqgan()

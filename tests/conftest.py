@@ -20,7 +20,9 @@ def repo_files() -> list[str]:
     """Files a fresh clone would have: tracked plus untracked-but-not-ignored."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                          capture_output=True, check=True).stdout.decode()
-    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+    files = [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+    # Outputs of an earlier run in this checkout are not part of a clone.
+    return [f for f in files if not f.startswith("results/") or f == "results/README.md"]
 
 
 def pipeline_env(tmp: Path) -> dict[str, str]:

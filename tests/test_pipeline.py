@@ -20,8 +20,10 @@ def _run(args, cwd, **kw):
 
 
 def _lock_outs(repo: Path) -> dict[str, str]:
+    """md5 of every output, except the report's (it cites run ids and wall times, which differ per run)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])}
+    return {o["path"]: o["md5"] for name, st in lock["stages"].items() if name != "report"
+            for o in st.get("outs", [])}
 
 
 def _stage_names(repo: Path) -> set[str]:

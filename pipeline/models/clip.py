@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import InputError, MissingWeightsError
+from pipeline.models import clip_towers  # noqa: F401  (registers the demo's image tower with timm)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEMO_CONFIG = CONFIG_DIR / "clip_demo.json"

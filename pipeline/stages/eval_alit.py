@@ -62,9 +62,14 @@ def _check_counts(model: ALIT, counts: list[int], folder: Path) -> None:
                          f"of {per} up to {per * iters}")
 
 
+def _generator(model: ALIT, seed: int) -> torch.Generator:
+    """A seeded generator for the halting draws, on the model's device (torch.bernoulli needs that)."""
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+
 def _evaluate_split(model, images, counts, cfg, space, fid_batch, seed) -> dict:
     """Fixed-length and adaptive reconstruction metrics of one split."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = _generator(model, seed)
     fixed = aa.rollout(model, images, counts, batch_size=cfg.batch_size, generator=gen)
     tokens, adaptive_recon = aa.adaptive(model, images, cfg.threshold, cfg.criterion, batch_size=cfg.batch_size,
                                          generator=gen)
@@ -89,6 +94,7 @@ def run(params: Params) -> int:
     cfg = params.eval_alit
     start = time.perf_counter()
     model, folder = load_alit(params)
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     _check_counts(model, cfg.token_counts, folder)
     if not -model.config.num_layers <= cfg.attention_layer < model.config.num_layers:
         raise InputError(f"eval_alit.attention_layer: {cfg.attention_layer} out of range for a decoder of "
@@ -117,7 +123,7 @@ def run(params: Params) -> int:
 
         # task: a linear probe per token count
         train_latents = aa.rollout(model, probe_train.images, counts, batch_size=cfg.batch_size, pixels=False,
-                                   generator=torch.Generator().manual_seed(params.seed + 2)).latents
+                                   generator=_generator(model, params.seed + 2)).latents
         probe = {n: aa.linear_probe(train_latents[n], torch.from_numpy(probe_train.labels), ind["latents"][n],
                                     torch.from_numpy(val.labels), num_classes, max_iter=cfg.probe.max_iter,
                                     weight_decay=cfg.probe.weight_decay) for n in counts}
@@ -131,8 +137,8 @@ def run(params: Params) -> int:
 
         # token specialisation
         shown = to_float(torch.from_numpy(val.images[:cfg.attention_images]))
-        attn = aa.decoder_attention(model, shown, cfg.attention_layer,
-                                    generator=torch.Generator().manual_seed(params.seed + 3))
+        attn = aa.decoder_attention(model, shown.to(next(model.parameters()).device), cfg.attention_layer,
+                                    generator=_generator(model, params.seed + 3)).cpu()
         per = model.config.num_init_latent_tokens
         groups = aa.attention_per_group(attn, per)  # (B, G, N)
         aa.plot_attention(shown, ind["recon_last"][:cfg.attention_images], groups, per, tmp / "attention.png",

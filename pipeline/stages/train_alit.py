@@ -5,8 +5,9 @@
 (``train_alit.vqgan``, default ``<paths.models>/vqgan`` from ``train_vqgan``), copies the VQGAN's
 weights into ``alit.base_tokenizer.vqgan``, then trains on the prepared train split through the shared
 loop: stage 1 (latent distillation, VQGAN frozen) and, when ``stage2.steps > 0``, stage 2 (pixel
-losses, one iteration per step, cycling). Checkpoints go to ``<paths.models>/checkpoints/train_alit/
-stage{1,2}/`` (a killed or preempted run resumes there; they are removed once the model is saved).
+losses, one iteration per step, cycling). Checkpoints go to ``<paths.models>/checkpoints/
+train_alit-stage{1,2}-<hash of the parameters>/`` (a killed or preempted run resumes there; they are
+removed once the stage completes).
 
 ``train_alit.source: official``: loads an official ALIT checkpoint folder (``ALIT.from_pretrained``)
 and saves it in our format; nothing is trained.
@@ -17,22 +18,21 @@ and ``<paths.results>/train_alit/metrics.json`` (DVC metrics); logs to MLflow.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from pipeline.data.shards import ShardDataset
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.io import atomic_dir, write_json
 from pipeline.models.alit import ALIT, ALITConfig
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
-from pipeline.params import Params
+from pipeline.params import Optim, Params
+from pipeline.stages._common import checkpoint_dir, prefixed_logger, remove_checkpoints, training_images
 from pipeline.tracking import stage_run
 from pipeline.train.alit_recipes import CyclingReconstructionRecipe, LatentDistillationRecipe
-from pipeline.train.loop import TrainConfig, TrainResult, train
+from pipeline.train.loop import TrainConfig, train
 from pipeline.train.recipes import GANSettings
 
 STAGE = "train_alit"
@@ -75,58 +75,49 @@ def _flip(batch):
     return images, torch.tensor([b[1] for b in batch])
 
 
-def _train_config(stage, cfg, params: Params) -> TrainConfig:
-    return TrainConfig(steps=stage.steps, batch_size=stage.batch_size, lr=stage.lr, min_lr=stage.min_lr,
-                       warmup_steps=stage.warmup_steps, betas=tuple(cfg.betas), weight_decay=stage.weight_decay,
-                       grad_clip=cfg.grad_clip, precision=cfg.precision, ema_decay=cfg.ema_decay,
-                       ckpt_every=cfg.ckpt_every, log_every=max(1, min(50, stage.steps // 10)), seed=params.seed,
-                       num_workers=cfg.num_workers)
+def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tuple[dict, Path]:
+    """Train ``recipe`` with the ``optim`` section; EMA weights (if any) end up in the recipe's model.
 
-
-def _finish(recipe, result: TrainResult) -> None:
+    Returns the stage's metrics and its checkpoint folder (kept until both stages are done, so that a
+    run killed in stage 2 does not redo stage 1).
+    """
+    cfg = params.train_alit
+    ckpt = checkpoint_dir(params, f"{STAGE}-{name}", cfg.model, cfg.vqgan, *key)
+    start = time.perf_counter()
+    config = TrainConfig(seed=params.seed, **optim.model_dump(include=set(Optim.model_fields)))
+    result = train(recipe, training_images(params), config, ckpt, log_fn=prefixed_logger(run, f"{name}/"),
+                   collate_fn=_flip if cfg.hflip else None)
     if result.ema_state is not None:  # export the averaged weights, as the official evaluation does
         recipe.model.load_state_dict(result.ema_state)
+    return {"steps": result.step, "seconds": round(time.perf_counter() - start, 1),
+            **{k: float(v) for k, v in sorted(result.metrics.items())}}, ckpt
 
 
 def _train(params: Params, run) -> tuple[ALIT, dict]:
     cfg = params.train_alit
     alit = build_alit(params, load_base_vqgan(params))
-    data = ShardDataset(Path(params.paths.data) / "prepared", "train", seed=params.seed)
-    collate = _flip if cfg.hflip else None
-    ckpt = Path(params.paths.models) / "checkpoints" / STAGE
-    out: dict = {"source": "train", "model": cfg.model, "train_images": len(data),
-                 "parameters": sum(p.numel() for p in alit.parameters())}
-
-    start = time.perf_counter()
-    recipe1 = LatentDistillationRecipe(alit, cfg.stage1.iteration_weights)
-    result = train(recipe1, data, _train_config(cfg.stage1, cfg, params), ckpt / "stage1",
-                   log_fn=lambda m, s: run.log_metrics({f"stage1/{k}": v for k, v in m.items()}, step=s),
-                   collate_fn=collate)
-    _finish(recipe1, result)
-    out["stage1"] = {"steps": result.step, "seconds": round(time.perf_counter() - start, 1),
-                     **{k: result.metrics[k] for k in sorted(result.metrics)
-                        if k in ("loss", "code_accuracy_first", "code_accuracy_last")}}
-
-    s2 = cfg.stage2
-    if s2.steps:
-        start = time.perf_counter()
+    out: dict = {"source": "train", "model": cfg.model, "parameters": sum(p.numel() for p in alit.parameters())}
+    recipe1 = LatentDistillationRecipe(alit, cfg.iteration_weights)
+    stage1_key = (cfg.stage1, cfg.iteration_weights, cfg.hflip)
+    out["stage1"], ckpt1 = _run_stage("stage1", recipe1, cfg.stage1, params, run, *stage1_key)
+    done = [ckpt1]
+    if cfg.stage2.steps:
         perceptual = None
-        if s2.perceptual_weight:
+        if cfg.perceptual_vgg:
             from pipeline.models.losses import LPIPS
 
-            perceptual = LPIPS(s2.lpips_vgg, s2.lpips_lin)
-        gan = GANSettings(weight=s2.gan_weight, start=s2.gan_start, lecam_weight=0.0) if s2.gan_weight else None
-        recipe2 = CyclingReconstructionRecipe(alit, l1=s2.l1_weight, perceptual=perceptual,
-                                              perceptual_weight=s2.perceptual_weight, gan=gan,
-                                              train_vqgan=s2.train_vqgan)
-        result = train(recipe2, data, _train_config(s2, cfg, params), ckpt / "stage2",
-                       log_fn=lambda m, s: run.log_metrics({f"stage2/{k}": v for k, v in m.items()}, step=s),
-                       collate_fn=collate)
-        _finish(recipe2, result)
-        out["stage2"] = {"steps": result.step, "seconds": round(time.perf_counter() - start, 1),
-                         **{k: result.metrics[k] for k in sorted(result.metrics) if k in ("loss", "l1")}}
-    shutil.rmtree(ckpt, ignore_errors=True)  # complete: a rerun with other params must not resume from these
-    return alit, out
+            perceptual = LPIPS(cfg.perceptual_vgg, cfg.perceptual_lin)
+        gan = GANSettings(weight=cfg.gan_weight, start=cfg.gan_start, lecam_weight=0.0) if cfg.gan_weight else None
+        recipe2 = CyclingReconstructionRecipe(alit, l1=cfg.l1_weight, perceptual=perceptual,
+                                              perceptual_weight=cfg.perceptual_weight, gan=gan,
+                                              train_vqgan=cfg.train_vqgan)
+        stage2_key = (cfg.stage2, cfg.l1_weight, cfg.perceptual_vgg, cfg.perceptual_weight, cfg.gan_weight,
+                      cfg.gan_start, cfg.train_vqgan)
+        out["stage2"], ckpt2 = _run_stage("stage2", recipe2, cfg.stage2, params, run, *stage1_key, *stage2_key)
+        done.append(ckpt2)
+    for ckpt in done:
+        remove_checkpoints(ckpt)
+    return alit.cpu(), out
 
 
 def _official(params: Params) -> tuple[ALIT, dict]:

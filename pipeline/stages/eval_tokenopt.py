@@ -1,0 +1,235 @@
+"""Stage ``eval_tokenopt``: FID / IS / precision-recall, CLIP and judge scores of the token-optimisation results.
+
+Reads the images of ``tokenopt_generate``, ``tokenopt_edit`` and ``tokenopt_inpaint``
+(``<paths.data>/tokenopt/<stage>/``) and scores them:
+
+- **generation**, for the optimised images and, on the same prompts, three baselines: ``seeds`` (the
+  seed image the association picks, not optimised), ``seed_reconstructions`` (its TiTok decode, the
+  loop's start with ``init: seed``), ``random_tokens`` (decodes of N(0, I) tokens) and ``real_val``
+  (as many real val images, scored against their own class): FID, IS and precision/recall
+  (:func:`pipeline.metrics.fid.fidelity_metrics`, ADM protocol: ``fid_num_samples(params)`` samples,
+  or all generated ones when fewer were generated, as ``num_samples`` says), the CLIP score of the
+  objective CLIP and of the judge (SigLIP at paper scale) against the prompt, and the judge's zero-shot
+  top-1 accuracy on the prompted class;
+- **editing**: CLIP and judge scores against the prompt before (the source image) and after, the
+  fraction of edits that raised the score, and PSNR of the edit to its source; per prompt and overall;
+- **inpainting**, per mask kind, for the result (known pixels pasted back) and the loop's start: FID,
+  and L1 / PSNR on the filled region against the original; PSNR of the raw decode on the known region.
+
+FID reference statistics: the ADM reference batch when ``fid.adm_npz`` is set, otherwise the
+``fid.reference_split`` images, cached in ``<paths.data>/tokenopt/fid_reference.npz`` (a declared,
+persistent output). In the demo the judge is the objective CLIP itself (``judge_independent: false``)
+and the feature space is the demo CLIP's, so demo figures compare the rows with each other only. The
+``seeds`` baseline is drawn from ``tokenopt.generate.seed_split``; when that is also the reference split,
+its FID is optimistic (the seeds are reference images).
+
+Writes ``<paths.results>/eval_tokenopt/metrics.json`` (DVC metrics) and ``generation.csv`` (one row
+per generation method, a DVC plot); logs both to MLflow. No timings in the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+from pipeline.io import write_json, write_text
+from pipeline.metrics.clip_score import clip_score, zero_shot_classifier, zero_shot_logits
+from pipeline.metrics.evaluation import (
+    class_names,
+    feature_space,
+    fid_num_samples,
+    fid_reference,
+    judge_clip,
+    objective_clip,
+)
+from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics
+from pipeline.metrics.image_stats import l1, psnr
+from pipeline.models.clip import ClipModel
+from pipeline.params import Params
+from pipeline.stages import _tokenopt as common
+from pipeline.stages._common import results_dir
+from pipeline.tracking import stage_run
+
+STAGE = "eval_tokenopt"
+CHUNK = 1024  # images converted to float at a time (50k x 256 px as float would not fit)
+REAL_SPLIT = "val"
+GENERATION_COLUMNS = ("fid", "isc_mean", "precision", "recall", "clip_score", "judge_score", "judge_zero_shot_top1")
+
+
+def reference_cache(params: Params) -> Path:
+    """Where the FID reference statistics of this stage are cached (a persistent DVC output)."""
+    return Path(params.paths.data) / "tokenopt" / "fid_reference.npz"
+
+
+def _chunked(fn, images: np.ndarray, *args) -> torch.Tensor:
+    """``fn(images[i:j], *args[i:j])`` over chunks of ``CHUNK`` images, concatenated."""
+    return torch.cat([fn(images[i:i + CHUNK], *(a[i:i + CHUNK] for a in args)) for i in range(0, len(images), CHUNK)])
+
+
+def _mean(x: torch.Tensor) -> float:
+    return float(x.float().mean())
+
+
+class Scorer:
+    """The models and reference every score of this stage uses."""
+
+    def __init__(self, params: Params, objective: ClipModel, judge: ClipModel, space: FeatureSpace,
+                 reference: ReferenceStats, names: list[str]) -> None:
+        self.params, self.objective, self.judge, self.space, self.reference = params, objective, judge, space, reference
+        self.classifier = zero_shot_classifier(judge, names, params.clip.templates)
+
+    def clip(self, model: ClipModel, images: np.ndarray, prompts: list[str]) -> torch.Tensor:
+        return _chunked(lambda x, p: clip_score(model, x, list(p)), images, prompts)
+
+    def zero_shot_correct(self, images: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        logits = _chunked(lambda x: zero_shot_logits(self.judge, x, self.classifier), images)
+        return logits.argmax(1) == torch.as_tensor(labels)
+
+    def fidelity(self, images: np.ndarray, *, isc: bool = True, prc: bool = True) -> dict:
+        if len(images) < 2:  # a covariance needs two samples
+            return {"fid": None, "num_samples": len(images)}
+        f = self.params.fid
+        return fidelity_metrics(images, self.reference, self.space, isc=isc, prc=prc,
+                                isc_splits=min(f.isc_splits, len(images)), batch_size=f.batch_size)
+
+    def generation_row(self, images: np.ndarray, labels: np.ndarray, prompts: list[str]) -> dict:
+        return self.fidelity(images) | {
+            "clip_score": _mean(self.clip(self.objective, images, prompts)),
+            "judge_score": _mean(self.clip(self.judge, images, prompts)),
+            "judge_zero_shot_top1": _mean(self.zero_shot_correct(images, labels))}
+
+
+def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
+    arrays, records = common.load_samples(params, "tokenopt_generate")
+    protocol = fid_num_samples(params)
+    n = min(len(records), protocol)
+    keep = np.arange(len(records))
+    if len(records) > protocol:  # more than the protocol asks for: a fixed random subset, all classes kept
+        keep = np.sort(np.random.default_rng(params.seed).choice(len(records), protocol, replace=False))
+    labels = arrays["labels"][keep]
+    prompts = [records[i]["prompt"] for i in keep]
+    out: dict = {"num_samples": n, "protocol_num_samples": protocol, "init": records[0]["init"],
+                 "methods": {}}
+    for method, key in (("optimized", "images"), ("seeds", "seeds"), ("seed_reconstructions", "seed_reconstructions"),
+                        ("random_tokens", "random_tokens")):
+        out["methods"][method] = scorer.generation_row(arrays[key][keep], labels, prompts)
+    try:
+        real = common.sample_split(params, REAL_SPLIT, n, params.seed, "the real_val baseline")
+    except InputError as err:  # no val split, or a smaller one: the real row is left out, and why is recorded
+        out["methods"]["real_val"] = {"skipped": str(err)}
+    else:
+        prompts_real = [params.tokenopt.generate.template.format(names[int(c)]) for c in real.labels]
+        out["methods"]["real_val"] = scorer.generation_row(real.images, real.labels, prompts_real)
+    return out
+
+
+def _editing(params: Params, scorer: Scorer) -> dict:
+    arrays, records = common.load_samples(params, "tokenopt_edit")
+    source, edited = arrays["source"], arrays["edited"]
+    before_images = source[[r["index"] % len(source) for r in records]]
+    prompts = [r["prompt"] for r in records]
+    s = {"clip_before": scorer.clip(scorer.objective, before_images, prompts),
+         "clip_after": scorer.clip(scorer.objective, edited, prompts),
+         "judge_before": scorer.clip(scorer.judge, before_images, prompts),
+         "judge_after": scorer.clip(scorer.judge, edited, prompts),
+         "psnr_to_source": _chunked(psnr, edited, before_images)}
+
+    def summary(idx: list[int]) -> dict:
+        m = {k: _mean(v[idx]) for k, v in s.items()}
+        m["clip_improved_fraction"] = _mean(s["clip_after"][idx] > s["clip_before"][idx])
+        m["judge_improved_fraction"] = _mean(s["judge_after"][idx] > s["judge_before"][idx])
+        return m | {"num_images": len(idx)}
+
+    templates = list(dict.fromkeys(r["template"] for r in records))
+    return {"overall": summary(list(range(len(records)))),
+            "per_prompt": {t: summary([i for i, r in enumerate(records) if r["template"] == t]) for t in templates}}
+
+
+def _inpainting(params: Params, scorer: Scorer) -> dict:
+    arrays, records = common.load_samples(params, "tokenopt_inpaint")
+    original = arrays["original"]
+    out = {}
+    for kind in dict.fromkeys(r["mask"] for r in records):
+        idx = [i for i, r in enumerate(records) if r["mask"] == kind]
+        orig = torch.from_numpy(original[[records[i]["image_index"] for i in idx]])
+        known = torch.from_numpy(arrays["masks"][idx]).float()[:, None]  # (n, 1, H, W), 1 = known
+        hole = 1 - known
+        row: dict = {"num_images": len(idx), "known_fraction": _mean(known)}
+        for name, key in (("result", "inpainted"), ("start", "start")):
+            raw = torch.from_numpy(arrays[key][idx])
+            composite = known.permute(0, 2, 3, 1) * orig + hole.permute(0, 2, 3, 1) * raw  # (n, H, W, 3)
+            composite = composite.round().to(torch.uint8).numpy()
+            row[name] = scorer.fidelity(composite, isc=False, prc=False) | {
+                "l1_hole": _mean(l1(raw, orig, mask=hole)), "psnr_hole": _mean(psnr(raw, orig, mask=hole)),
+                "psnr_known": _mean(psnr(raw, orig, mask=known))}
+        out[kind] = row
+    return out
+
+
+def _finite(obj):
+    """JSON-safe: non-finite floats (a PSNR of identical images, say) become None."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def run(params: Params) -> int:
+    t0 = time.perf_counter()
+    for stage in ("tokenopt_generate", "tokenopt_edit", "tokenopt_inpaint"):
+        common.check_samples(params, stage)
+    dev = str(common.device())
+    names = class_names(params)
+    objective = objective_clip(params, dev)
+    judge = objective if params.clip.source == "train" else judge_clip(params, dev)
+    space = feature_space(params, objective)
+    reference = fid_reference(params, space, reference_cache(params))
+    scorer = Scorer(params, objective, judge, space, reference, names)
+
+    with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "fid": params.fid.model_dump(
+            mode="json"), "clip.templates": params.clip.templates, "seed": params.seed}) as mlrun:
+        metrics = _finite({
+            "feature_space": space.name, "judge": judge.name, "judge_independent": params.clip.source != "train",
+            "reference": {"source": reference.source, "num_images": reference.num_images}, "chance": 1 / len(names),
+            "generate": _generation(params, scorer, names), "edit": _editing(params, scorer),
+            "inpaint": _inpainting(params, scorer)})
+        out = results_dir(params, STAGE)
+        write_json(out / "metrics.json", metrics)
+        methods = metrics["generate"]["methods"]
+        table = "method," + ",".join(GENERATION_COLUMNS) + "\n" + "".join(
+            f"{m}," + ",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in GENERATION_COLUMNS) + "\n"
+            for m, row in methods.items() if "skipped" not in row)
+        write_text(out / "generation.csv", table)
+        mlrun.log_metrics({k: v for k, v in metrics.items() if k in ("generate", "edit", "inpaint")})
+        mlrun.log_metrics({"stage_seconds": time.perf_counter() - t0})
+        mlrun.log_artifact(out / "metrics.json", STAGE)
+        mlrun.log_artifact(out / "generation.csv", STAGE)
+
+    g = metrics["generate"]
+    print(f"{STAGE}: generation on {g['num_samples']} samples (protocol {g['protocol_num_samples']}), "
+          f"chance {metrics['chance']:.3f}")
+    for m, row in g["methods"].items():
+        if "skipped" not in row:
+            print(f"  {m:22s} " + "  ".join(f"{c} {_fmt(row.get(c))}" for c in GENERATION_COLUMNS))
+    e = metrics["edit"]["overall"]
+    print(f"  edit: CLIP {_fmt(e['clip_before'])} -> {_fmt(e['clip_after'])} (improved in "
+          f"{_fmt(e['clip_improved_fraction'])}), judge {_fmt(e['judge_before'])} -> {_fmt(e['judge_after'])}, "
+          f"PSNR to source {_fmt(e['psnr_to_source'])} dB")
+    for kind, row in metrics["inpaint"].items():
+        start, result = row["start"], row["result"]
+        print(f"  inpaint {kind}: hole PSNR {_fmt(start['psnr_hole'])} -> {_fmt(result['psnr_hole'])} dB, "
+              f"hole L1 {_fmt(start['l1_hole'])} -> {_fmt(result['l1_hole'])}, "
+              f"FID {_fmt(start['fid'])} -> {_fmt(result['fid'])}")
+    return 0

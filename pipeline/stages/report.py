@@ -1,0 +1,54 @@
+"""Stage ``report`` (last in dvc.yaml): the reviewer's report, see :mod:`pipeline.report`.
+
+Writes to ``<paths.results>/report/``, each file atomically:
+
+- ``report.md`` and ``report.html`` (self-contained: figures embedded as base64 PNG): a summary
+  table, then per experiment the table "reproduced vs paper" with a status per number, the stages'
+  figures, the demo's ground-truth checks, and the provenance (git commit, profile, dvc.lock hashes,
+  hardware, wall time and MLflow run id per stage);
+- ``report.json``: everything the two documents show, read by ``python -m pipeline verify``;
+- ``summary.json`` (DVC metrics): status counts and every reproduced number.
+
+The report cites no hash of its own outputs (they do not exist yet) and reads no clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline import report
+from pipeline.errors import InputError
+from pipeline.io import write_json, write_text
+from pipeline.params import Params
+from pipeline.tracking import stage_run
+
+STAGE = "report"
+
+
+def run(params: Params) -> int:
+    start = time.monotonic()
+    root = Path.cwd()
+    references = root / report.REFERENCES
+    if not references.is_file():
+        raise InputError(f"{references}: the paper numbers are missing (the file belongs to the repository)")
+    try:
+        data = report.build(root, references)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    out = Path(params.paths.results) / STAGE
+    with stage_run(STAGE, {"profile": params.profile, "references": report.REFERENCES}) as run:
+        write_text(out / "report.md", report.render_markdown(data, out, root))
+        write_text(out / "report.html", report.render_html(data, root))
+        write_text(out / "report.json", json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        summary = report.summary(data)
+        write_json(out / "summary.json", summary)
+        run.log_metrics({"numbers": summary["numbers"], "ground_truth": summary["ground_truth"]})
+        run.log_metrics({"seconds": time.monotonic() - start})
+        run.log_artifact(out / "report.html")
+    n = summary["numbers"]
+    print(f"{STAGE}: {sum(n.values())} paper numbers: " + ", ".join(f"{report.STATUS_TEXT[k]} {v}"
+                                                                     for k, v in n.items() if v))
+    print(f"wrote {out}/report.md, report.html, report.json, summary.json")
+    return 0

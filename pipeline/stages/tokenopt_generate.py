@@ -1,0 +1,139 @@
+"""Stage ``tokenopt_generate``: class-conditional generation by test-time token optimisation (token-opt E3/E4).
+
+For every class, ``tokenopt.generate.num_per_class`` images (``None``: ``fid.samples_per_class``, the
+ADM protocol's 50 at paper scale) are optimised towards the prompt ``template`` (``"a photo of a {}"``)
+with the objective CLIP (:func:`pipeline.experiments.tokenopt_tasks.generate_class_images`, loop
+settings ``tokenopt.optim``). ``init: seed`` starts each one from a seed image: the seed set is
+``seed_set_size`` random images of ``seed_split``, matched to the prompt by ``association``;
+``init: random`` starts from N(0, I) tokens.
+
+So that the numbers of ``eval_tokenopt`` mean something, the same stage writes two baselines, one image
+per generated image: ``seeds``, the seed image the association picks for its prompt (not optimised),
+and ``random_tokens``, the decode of N(0, I) tokens (exactly the starting point when ``init: random``);
+plus ``seed_reconstructions``, the decode of the seed's tokens (the starting point when ``init: seed``).
+
+Writes, atomically, ``<paths.data>/tokenopt/tokenopt_generate/``: ``images.npz`` (``images``, ``seeds``,
+``seed_reconstructions``, ``random_tokens``: uint8 (N, H, W, 3); ``labels``: (N,) class of the prompt)
+and ``records.json`` (class, prompt, split row of the seed, final loss); and
+``<paths.results>/tokenopt_generate/grid.png``: one column per class, one row per kind of image.
+Classes are optimised in chunks of about ``CHUNK_IMAGES`` images, converted to uint8 as they finish,
+so that 50,000 images at 256 px fit in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
+from pipeline.experiments.tokenopt_tasks import associate_seeds, generate_class_images
+from pipeline.io import atomic_dir
+from pipeline.metrics.evaluation import class_names, objective_clip
+from pipeline.models.titok import TiTok
+from pipeline.params import Params
+from pipeline.stages import _tokenopt as common
+from pipeline.stages._common import results_dir, save_image_grid, to_uint8
+from pipeline.tracking import stage_run
+
+STAGE = "tokenopt_generate"
+CHUNK_IMAGES = 1024
+GRID_CLASSES = 10
+
+
+@torch.no_grad()
+def _decode_in_batches(titok: TiTok, tokens: torch.Tensor, batch_size: int, post: bool) -> torch.Tensor:
+    """Tokens (N, C, 1, T) -> images (N, 3, H, W) in [0, 1] on the CPU."""
+    dev = titok.latent_tokens.device
+    return torch.cat([tokens_to_images(titok, t.to(dev), post_quantization=post)[0].float().clamp(0, 1).cpu()
+                      for t in tokens.split(batch_size)])
+
+
+@torch.no_grad()
+def _reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int, post: bool) -> torch.Tensor:
+    """The images the loop starts from when seeded with ``images`` (N, 3, H, W)."""
+    dev = titok.latent_tokens.device
+    tokens = torch.cat([images_to_tokens(titok, b.to(dev), post_quantization=post).cpu()
+                        for b in images.split(batch_size)])
+    return _decode_in_batches(titok, tokens, batch_size, post)
+
+
+def _random_tokens(titok: TiTok, n: int, seed: int, post: bool) -> torch.Tensor:
+    """The N(0, I) tokens ``generate_class_images`` starts from with seed ``seed`` (its first draw)."""
+    c = titok.config
+    channels = c.token_size * (2 if c.quantize_mode == "vae" and not post else 1)
+    return torch.randn(n, channels, 1, c.num_latent_tokens, generator=torch.Generator().manual_seed(seed))
+
+
+def run(params: Params) -> int:
+    cfg = params.tokenopt
+    g = cfg.generate
+    start = time.perf_counter()
+    torch.manual_seed(params.seed)
+    titok, folder = common.load_tokenizer(params)
+    dev = common.device()
+    titok.to(dev)
+    clip = objective_clip(params, str(dev))
+    names = class_names(params)
+    per_class = g.num_per_class or params.fid.samples_per_class
+    size = titok.config.image_size
+    seed_set = common.sample_split(params, g.seed_split, g.seed_set_size, params.seed,
+                                   "tokenopt.generate.seed_set_size")
+    seed_images = common.to_model_input(seed_set.images, size)  # (M, 3, S, S)
+    config = common.loop_config(cfg.optim, params.seed)
+    post = config.optimize_post_quantization
+    classes_per_chunk = max(1, CHUNK_IMAGES // per_class)
+    chunks = [range(c, min(c + classes_per_chunk, len(names))) for c in range(0, len(names), classes_per_chunk)]
+    batches = sum(-(-len(ch) * per_class // cfg.batch_size) for ch in chunks)
+
+    arrays: dict[str, list[np.ndarray]] = {"images": [], "seeds": [], "seed_reconstructions": [], "random_tokens": []}
+    records: list[dict] = []
+    with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "seed": params.seed,
+                           "fid.samples_per_class": params.fid.samples_per_class}) as mlrun, \
+            tqdm(total=config.num_iter * batches, desc=STAGE, mininterval=5) as bar:
+        mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
+        for k, chunk in enumerate(chunks):
+            chunk_config = replace(config, seed=config.seed + CHUNK_IMAGES * k)  # batch i of chunk k: + i
+            out = generate_class_images(titok, clip, [names[c] for c in chunk], per_class, chunk_config,
+                                        seed_images=seed_images if g.init == "seed" else None,
+                                        association=g.association, template=g.template, batch_size=cfg.batch_size,
+                                        progress=bar)
+            prompts = [r["prompt"] for r in out.records]
+            if g.init == "seed":
+                chosen = torch.tensor([r["seed_index"] for r in out.records])
+            else:  # the seed the association would have picked: the seeds baseline
+                generator = torch.Generator().manual_seed(chunk_config.seed)
+                chosen = associate_seeds(clip, seed_images, prompts, g.association, generator)
+            seeds = seed_images[chosen]
+            random_images = _decode_in_batches(titok, _random_tokens(titok, len(prompts), chunk_config.seed, post),
+                                               cfg.batch_size, post)
+            arrays["images"].append(to_uint8(out.images))
+            arrays["seeds"].append(to_uint8(seeds))
+            arrays["seed_reconstructions"].append(to_uint8(_reconstruct(titok, seeds, cfg.batch_size, post)))
+            arrays["random_tokens"].append(to_uint8(random_images))
+            for r, j in zip(out.records, chosen.tolist(), strict=True):
+                records.append({"index": len(records), "class_index": chunk[r["class_index"]],
+                                "class_name": r["class_name"], "prompt": r["prompt"], "init": g.init,
+                                "seed_split": g.seed_split, "seed_split_index": int(seed_set.indices[j]),
+                                "final_loss": r["final_loss"]})
+        stacked = {k: np.concatenate(v) for k, v in arrays.items()}
+        stacked["labels"] = np.array([r["class_index"] for r in records], dtype=np.int64)
+        with atomic_dir(common.samples_dir(params, STAGE)) as tmp:
+            common.save_samples(tmp, stacked, records)
+
+        first = [c * per_class for c in range(min(GRID_CLASSES, len(names)))]  # records are class-major
+        rows = [torch.from_numpy(stacked[key][first]).permute(0, 3, 1, 2).float() / 255
+                for key in ("seeds", "seed_reconstructions", "images", "random_tokens")]
+        grid = results_dir(params, STAGE) / "grid.png"
+        save_image_grid(rows, grid, ["seed", "seed recon", f"optimised ({g.init})", "random tokens"],
+                        "generation: " + ", ".join(names[c] for c in range(len(first))))
+        mean_loss = sum(r["final_loss"] for r in records) / len(records)
+        mlrun.log_metrics({"final_loss": mean_loss, "images": len(records),
+                           "stage_seconds": time.perf_counter() - start})
+        mlrun.log_artifact(grid, STAGE)
+    print(f"{STAGE}: {len(records)} images ({per_class} per class, init {g.init}), mean final loss {mean_loss:.4f}; "
+          f"wrote {common.samples_dir(params, STAGE)} and {grid}")
+    return 0

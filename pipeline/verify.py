@@ -1,0 +1,134 @@
+"""``python -m pipeline verify``: check a finished checkout against its report.
+
+Reads ``<paths.results>/report/report.json`` (written with report.md by the ``report`` stage) and checks:
+
+1. dvc.lock still has the hash the report cites (canonical JSON without the report stage's entry);
+2. every output the report cites exists, the md5 the report cites is the one in dvc.lock, and the
+   content on disk hashes to it. Hashes come from DVC's own code (``dvc_data`` build, honouring
+   .dvcignore): md5 of the content for a file, the ``.dir`` md5 for a folder;
+3. every figure shown has the md5 the report printed;
+4. every number shown equals the value in its metrics file now, and report.md shows it;
+5. summary.json agrees with report.json.
+
+Prints one line per problem and exits 1 if there is any, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline import report
+
+
+def dvc_hashes(root: Path, paths: set[str]) -> dict[str, str]:
+    """Current md5 (``.dir`` for folders) of the stage outputs at ``paths``, computed by DVC."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    found: dict[str, str] = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                rel = os.path.normpath(os.path.relpath(out.fs_path, str(root)))
+                if rel in paths and (root / rel).exists():
+                    _, _, obj = build(out.local_cache, out.fs_path, out.fs, out.hash_name, ignore=out.dvcignore,
+                                      dry_run=True)
+                    found[rel] = obj.hash_info.value
+    return found
+
+
+def _md_lines(md: str) -> dict[str, str]:
+    """report.md table lines keyed by the row id in their first cell."""
+    lines = {}
+    for line in md.splitlines():
+        if line.startswith("| `"):
+            lines.setdefault(line[3:].split("`", 1)[0], "")
+            lines[line[3:].split("`", 1)[0]] += line + "\n"
+    return lines
+
+
+def verify(root: Path) -> list[str]:
+    """The problems found in the checkout at ``root`` (empty: everything matches)."""
+    root = Path(root)
+    params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").is_file() else {}
+    results = (params or {}).get("paths", {}).get("results", "results")
+    out_dir = root / results / report.REPORT_STAGE
+    report_json = out_dir / "report.json"
+    if not report_json.is_file():
+        return [f"{report_json.relative_to(root)}: missing: run `dvc repro` (the report stage writes it)"]
+    data = json.loads(report_json.read_text())
+    problems: list[str] = []
+
+    lock_outs, lock_sha = report.read_lock(root)
+    cited_sha = data["provenance"]["dvc_lock_sha256"]
+    if lock_sha != cited_sha:
+        problems.append(f"dvc.lock: hash {lock_sha} (without the report stage), the report cites {cited_sha}: "
+                        "the pipeline changed after the report was written")
+
+    outputs = data["provenance"]["outputs"]
+    current = dvc_hashes(root, {o["path"] for o in outputs if (root / o["path"]).exists()})
+    for o in outputs:
+        path, cited = o["path"], o["md5"]
+        locked = (lock_outs.get(o["stage"]) or {}).get(path)
+        if not (root / path).exists():
+            problems.append(f"{path}: missing (stage {o['stage']})")
+        elif cited is None or locked is None:
+            problems.append(f"{path}: not recorded in dvc.lock (stage {o['stage']}): run `dvc repro` or `dvc commit`")
+        elif cited != locked:
+            problems.append(f"{path}: the report cites md5 {cited}, dvc.lock has {locked}")
+        elif current.get(path) != locked:
+            problems.append(f"{path}: content md5 {current.get(path)} does not match dvc.lock {locked} (modified)")
+
+    for e in data["experiments"]:
+        for f in e["figures"]:
+            p = root / f["path"]
+            if not p.is_file():
+                problems.append(f"{f['path']}: figure missing")
+            elif report.file_md5(p) != f["md5"]:
+                problems.append(f"{f['path']}: figure md5 {report.file_md5(p)}, the report shows {f['md5']}")
+
+    md_path = out_dir / "report.md"
+    md_rows = _md_lines(md_path.read_text()) if md_path.is_file() else {}
+    if not md_path.is_file():
+        problems.append(f"{md_path.relative_to(root)}: missing")
+    cache: dict[str, object] = {}
+    for n in report.numbers_cited(data):
+        if n["path"] not in cache:
+            cache[n["path"]] = report.read_json(root / n["path"])
+        metrics = cache[n["path"]]
+        if metrics is None:
+            problems.append(f"{n['path']}: missing (the report shows {n['key']} = {report.fmt(n['value'])})")
+            continue
+        now = report.lookup(metrics, n["key"])
+        if now is report.MISSING or now != n["value"]:
+            shown = "absent" if now is report.MISSING else report.fmt(now)
+            problems.append(f"{n['path']}: {n['key']} is {shown}, the report shows {report.fmt(n['value'])} "
+                            f"(row {n['id']})")
+        if md_path.is_file() and report.fmt(n["value"]) not in md_rows.get(n["id"], ""):
+            problems.append(f"{md_path.relative_to(root)}: row {n['id']} does not show {n['key']} = "
+                            f"{report.fmt(n['value'])}")
+
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file():
+        if json.loads(summary_path.read_text()) != json.loads(json.dumps(report.summary(data))):
+            problems.append(f"{summary_path.relative_to(root)}: does not match report.json")
+    else:
+        problems.append(f"{summary_path.relative_to(root)}: missing")
+    return problems
+
+
+def main(root: Path | str = ".") -> int:
+    """Print the problems, or a one-line confirmation; 1 if anything does not match."""
+    problems = verify(Path(root))
+    for p in problems:
+        print(f"MISMATCH {p}")
+    if problems:
+        print(f"verify: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("verify: every cited output matches dvc.lock and every number matches its metrics file")
+    return 0

@@ -1,0 +1,301 @@
+"""The reviewer's report and `verify`: a micro DVC checkout with two trivial stages, then unit checks of
+the status logic and of references/paper_numbers.yaml."""
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import pytest
+import yaml
+from conftest import ROOT, pipeline_env
+
+from pipeline import params as params_mod
+from pipeline import report
+
+
+def _png(value: int) -> bytes:
+    """A valid 2x2 grey PNG (no matplotlib: the fake stages must start fast)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + bytes([value, value]) for _ in range(2))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+STAGE_A = """
+import json, pathlib, sys
+sys.path.insert(0, ".")
+from tests_png import png
+out = pathlib.Path("results/a")
+(out / "figures").mkdir(parents=True, exist_ok=True)
+(out / "figures" / "curve.png").write_bytes(png(40))
+(out / "metrics.json").write_text(json.dumps({"score": 2.2, "num_images": 12, "stage_seconds": 0.5,
+    "attrs": {"blur": {"ok": True, "top": 0.9}, "brightness": {"ok": False, "top": 0.1}}}))
+"""
+
+STAGE_B = """
+import json, pathlib, sys
+sys.path.insert(0, ".")
+from tests_png import png
+from pipeline.tracking import stage_run
+out = pathlib.Path("results/b")
+out.mkdir(parents=True, exist_ok=True)
+with stage_run("make_b", {"x": 1}) as run:
+    (out / "plot.png").write_bytes(png(200))
+    (out / "metrics.json").write_text(json.dumps({"loss": 0.25}))
+    run.log_metrics({"seconds": 1.5})
+"""
+
+DVC_YAML = """
+stages:
+  make_a:
+    cmd: python make_a.py
+    deps: [make_a.py]
+    outs: [results/a/figures]
+    metrics: [{results/a/metrics.json: {cache: false}}]
+  make_b:
+    cmd: python make_b.py
+    deps: [make_b.py]
+    outs: [results/b/plot.png]
+    metrics: [{results/b/metrics.json: {cache: false}}]
+  report:
+    cmd: python -m pipeline report
+    deps: [results/a/metrics.json, results/a/figures, results/b/metrics.json, results/b/plot.png,
+           references/paper_numbers.yaml]
+    outs: [results/report/report.md, results/report/report.html, results/report/report.json]
+    metrics: [{results/report/summary.json: {cache: false}}]
+"""
+
+REFERENCES = {
+    "schema": 1,
+    "comparable_profiles": ["micro"],
+    "experiments": [
+        {"id": "alpha", "title": "Alpha (Someone, 2024)", "stages": ["make_a"], "numbers": [
+            {"id": "a_within", "what": "score", "value": 2.0, "source": "Table 1", "protocol": "p",
+             "tolerance": {"abs": 0.5}, "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"}},
+            {"id": "a_outside", "what": "score", "value": 1.0, "source": "Table 1", "protocol": "p",
+             "tolerance": {"rel": 0.1}, "better": "lower",
+             "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"}},
+            {"id": "a_unknown", "what": "score", "value": "unknown", "source": "Table 2", "protocol": "p",
+             "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"}},
+            {"id": "a_protocol", "what": "score at 50k", "value": 2.2, "source": "Table 1", "protocol": "50k",
+             "tolerance": {"abs": 0.1}, "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"},
+             "comparable": {"requires": {"num_images": 50000}}},
+            {"id": "a_none", "what": "gFID", "value": 2.77, "source": "README", "protocol": "ADM",
+             "tolerance": {"abs": 0.3}, "metric": None}]},
+        {"id": "beta", "title": "Beta (Other, 2025)", "stages": ["make_b", "never_added"], "numbers": [
+            {"id": "b_loss", "what": "loss", "value": 0.2, "source": "Fig. 3", "protocol": "q",
+             "tolerance": {"abs": 0.01}, "metric": {"stage": "make_b", "file": "b/metrics.json", "key": "loss"},
+             "comparable": {"profiles": ["paper"]}},
+            {"id": "b_renamed", "what": "old key", "value": 1.0, "source": "Fig. 3", "protocol": "q",
+             "tolerance": {"abs": 0.1}, "metric": {"stage": "make_b", "file": "b/metrics.json", "key": "old"}},
+            {"id": "b_notrun", "what": "later stage", "value": 3.0, "source": "Fig. 4", "protocol": "q",
+             "tolerance": {"abs": 0.1}, "metric": {"stage": "never_added", "file": "c/metrics.json", "key": "x"}}]},
+    ],
+    "ground_truth_checks": {"profiles": ["micro"], "checks": [
+        {"id": "attrs_ok", "title": "Attributes found", "stage": "make_a", "file": "a/metrics.json",
+         "key": "attrs.*.ok", "expect": {"op": "==", "value": True}, "show": {"top": "attrs.*.top"}},
+        {"id": "later", "title": "Later stage", "stage": "never_added", "file": "c/metrics.json", "key": "y",
+         "expect": {"op": ">", "value": 0}}]},
+}
+
+
+def _run(args, cwd, check=True):
+    env = pipeline_env(cwd)
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(map(str, args))}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished micro checkout: two trivial stages and the report, run by `dvc repro`."""
+    repo = tmp_path_factory.mktemp("checkout")
+    (repo / "tests_png.py").write_text(f"import struct, zlib\n{textwrap.dedent(_png_source())}\npng = _png\n")
+    (repo / "make_a.py").write_text(STAGE_A)
+    (repo / "make_b.py").write_text(STAGE_B)
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    (repo / "references").mkdir()
+    (repo / "references" / "paper_numbers.yaml").write_text(yaml.safe_dump(REFERENCES, sort_keys=False))
+    (repo / "params.yaml").write_text(params_mod.dump(params_mod.validate(params_mod.resolve_profile("micro"))))
+    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "micro"], repo)
+    _run(["dvc", "repro"], repo)
+    return repo
+
+
+def _png_source() -> str:
+    import inspect
+
+    return inspect.getsource(_png)
+
+
+def test_report_has_every_section(finished):
+    md = (finished / "results/report/report.md").read_text()
+    for section in ("# Reproduction report", "## Summary", "## Alpha (Someone, 2024)", "## Beta (Other, 2025)",
+                    "### Reproduced vs paper", "Sources and protocols:", "### Figures", "## Demo ground-truth checks",
+                    "## Provenance", "### Stages", "### Outputs cited (hash as recorded in dvc.lock)"):
+        assert section in md, section
+    lock = yaml.safe_load((finished / "dvc.lock").read_text())["stages"]
+    for stage in ("make_a", "make_b"):
+        for out in lock[stage]["outs"]:
+            assert f"| {out['path']} | {out['md5']} |" in md  # every output with its dvc.lock md5
+    assert "![results/a/figures/curve.png](../a/figures/curve.png)" in md
+    assert "Stages not in dvc.yaml: never_added." in md
+    commit = _run(["git", "rev-parse", "HEAD"], finished).stdout.strip()
+    assert commit in md
+    assert "profile: `micro`" in md
+
+    rows = {line.split("`")[1]: line for line in md.splitlines() if line.startswith("| `")}
+    assert "within tolerance" in rows["a_within"]
+    assert "outside tolerance (worse than the paper)" in rows["a_outside"]
+    assert "| unknown |" in rows["a_unknown"] and "unknown paper value" in rows["a_unknown"]
+    assert "not comparable at this profile (metrics num_images is 12" in rows["a_protocol"]
+    assert "not measured by this pipeline" in rows["a_none"]
+    assert "not comparable at this profile (profile micro" in rows["b_loss"]
+    assert "metric not in metrics file" in rows["b_renamed"]
+    assert "stage not run" in rows["b_notrun"]
+    assert "| pass |" in rows["attrs_ok[blur]"] and "| fail |" in rows["attrs_ok[brightness]"]
+    assert "stage not run" in rows["later"]
+
+    # wall time and MLflow run id per stage
+    stage_table = md.split("### Stages")[1].split("### Outputs cited")[0]
+    stages = {line.split(" | ")[0][2:]: line for line in stage_table.splitlines() if line.startswith("| make_")}
+    assert "| 0.5 |" in stages["make_a"] and "not recorded" in stages["make_a"]
+    data = json.loads((finished / "results/report/report.json").read_text())
+    run_b = next(s for s in data["provenance"]["stages"] if s["stage"] == "make_b")
+    assert run_b["seconds"] == 1.5 and len(run_b["mlflow_run_id"]) == 32
+    assert run_b["mlflow_run_id"] in stages["make_b"]
+
+    page = (finished / "results/report/report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 2
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+    assert "unknown paper value" in page
+
+    summary = json.loads((finished / "results/report/summary.json").read_text())
+    assert summary["numbers"]["within"] == 1 and summary["numbers"]["outside"] == 1
+    assert summary["numbers"]["unknown"] == 1 and summary["ground_truth"]["pass"] == 1
+    assert summary["reproduced"]["a_within"] == 2.2
+    assert "Data and pipelines are up to date." in _run(["dvc", "status"], finished).stdout
+
+
+def test_report_is_deterministic(finished, monkeypatch):
+    """Built again later in another process, everything but the provenance is byte-identical."""
+    monkeypatch.setattr(report, "mlflow_runs", lambda stages: ({}, "not recorded (test)"))
+    monkeypatch.setattr(report, "hardware", lambda: {})
+    monkeypatch.chdir(finished)
+    data = report.build(finished)
+    again = report.render_markdown(data, finished / "results/report", finished)
+    written = (finished / "results/report/report.md").read_text()
+    assert again.split("## Provenance")[0] == written.split("## Provenance")[0]
+    assert report.summary(data) == json.loads((finished / "results/report/summary.json").read_text())
+
+
+def test_verify_passes_then_catches_tampering(finished, tmp_path, capsys):
+    from pipeline import verify
+
+    ok = _run([sys.executable, "-m", "pipeline", "verify"], finished)
+    assert "verify: every cited output matches" in ok.stdout
+
+    repo = tmp_path / "tampered"
+    shutil.copytree(finished, repo, symlinks=True)
+    metrics = repo / "results/a/metrics.json"
+    metrics.write_text(metrics.read_text().replace("2.2", "2.3"))
+    bad = _run([sys.executable, "-m", "pipeline", "verify"], repo, check=False)
+    assert bad.returncode == 1
+    assert "MISMATCH results/a/metrics.json: content md5" in bad.stdout
+    assert "MISMATCH results/a/metrics.json: score is 2.3, the report shows 2.2" in bad.stdout
+
+    shutil.copy2(finished / "results/a/metrics.json", metrics)
+    (repo / "results/a/figures/curve.png").write_bytes(_png(41))
+    assert verify.main(repo) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH results/a/figures: content md5" in out
+    assert "MISMATCH results/a/figures/curve.png: figure md5" in out
+
+    shutil.copy2(finished / "results/a/figures/curve.png", repo / "results/a/figures/curve.png")
+    md = repo / "results/report/report.md"
+    md.write_text(md.read_text().replace("| 2.2 |", "| 1.9 |", 1))
+    assert verify.main(repo) == 1
+    assert "results/report/report.md: row a_within does not show score = 2.2" in capsys.readouterr().out
+
+    (repo / "results/report/report.md").unlink()
+    (repo / "results/b/plot.png").unlink()
+    assert verify.main(repo) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH results/b/plot.png: missing (stage make_b)" in out
+
+
+# --- unit checks -------------------------------------------------------------------------------------
+
+
+def _entry(value, tolerance=None, **kw):
+    return {"id": "x", "what": "w", "value": value, "source": "s", "protocol": "p", "tolerance": tolerance,
+            "metric": {"stage": "s", "file": "s/metrics.json", "key": "m.fid", **kw.pop("metric", {})}, **kw}
+
+
+@pytest.mark.parametrize(("measured", "paper", "tolerance", "status"), [
+    (2.30, 2.21, {"abs": 0.25}, "within"),
+    (2.46, 2.21, {"abs": 0.25}, "within"),
+    (2.47, 2.21, {"abs": 0.25}, "outside"),
+    (1.90, 2.21, {"abs": 0.25}, "outside"),
+    (9.0, 8.2, {"rel": 0.15}, "within"),
+    (9.5, 8.2, {"rel": 0.15}, "outside"),
+])
+def test_status_against_tolerance(tmp_path, measured, paper, tolerance, status):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s/metrics.json").write_text(json.dumps({"m": {"fid": measured}}))
+    row = report.evaluate_number(_entry(paper, tolerance, better="lower"), tmp_path, "paper", {}, ["paper"])
+    assert row["status"] == status and row["reproduced"] == measured
+    if status == "outside":
+        assert row["reason"] == ("worse than the paper" if measured > paper else "better than the paper")
+
+
+def test_status_scale_profile_params_and_unknown(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s/metrics.json").write_text(json.dumps({"m": {"fid": 0.556}}))
+    scaled = _entry(55.6, {"abs": 0.5}, metric={"scale": 100})
+    assert report.evaluate_number(scaled, tmp_path, "paper", {}, ["paper"])["status"] == "within"
+    demo = report.evaluate_number(scaled, tmp_path, "demo", {}, ["paper"])
+    assert demo["status"] == "not_comparable" and demo["reproduced"] == pytest.approx(55.6)
+    needs = _entry(55.6, {"abs": 0.5}, metric={"scale": 100}, comparable={"params": {"image_size": 256}})
+    row = report.evaluate_number(needs, tmp_path, "paper", {"image_size": 64}, ["paper"])
+    assert row["status"] == "not_comparable" and "params.yaml image_size is 64" in row["reason"]
+    unknown = report.evaluate_number(_entry("unknown"), tmp_path, "paper", {}, ["paper"])
+    assert unknown["status"] == "unknown" and unknown["value"] == 0.556
+    assert report._paper_text(unknown) == "unknown"
+    missing = report.evaluate_number(_entry("unknown"), tmp_path / "nowhere", "paper", {}, ["paper"])
+    assert missing["status"] == "unknown" and missing["reason"].startswith("stage not run")
+
+
+def test_reference_numbers_file():
+    refs = report.load_references(ROOT / report.REFERENCES)
+    numbers = {n["id"]: n for e in refs["experiments"] for n in e["numbers"]}
+    assert numbers["titok_l32_rfid"]["value"] == 2.21 and numbers["titok_b64_rfid"]["value"] == 1.70
+    assert numbers["titok_s128_rfid"]["value"] == 1.71 and numbers["titok_l32_gfid"]["value"] == 2.77
+    assert numbers["tokenopt_seed_fid"]["value"] == "unknown"
+    for n in numbers.values():
+        assert n["source"] and n["protocol"]
+        assert n["value"] == "unknown" or n.get("tolerance"), n["id"]
+
+
+def test_references_reject_bad_entries(tmp_path):
+    bad = {"experiments": [{"id": "e", "title": "t", "numbers": [
+        {"id": "n", "what": "w", "value": 2.0, "source": "s", "protocol": "p"}]}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="e.n: tolerance"):
+        report.load_references(tmp_path / "r.yaml")
+    bad["experiments"][0]["numbers"][0].update(value="about 2", tolerance={"abs": 1})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="number or 'unknown'"):
+        report.load_references(tmp_path / "r.yaml")
