@@ -139,12 +139,14 @@ class ClipWeights(Section):
 class ClipTraining(Section):
     """Contrastive training of the demo CLIP (``pipeline.train.clip``)."""
 
-    epochs: PositiveInt = 12
+    epochs: PositiveInt = 14
     batch_size: PositiveInt = 32
-    lr: Annotated[float, Field(gt=0)] = 1e-3
+    lr: Annotated[float, Field(gt=0)] = 3e-3
     min_lr: Annotated[float, Field(ge=0)] = 1e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    warmup_steps: Annotated[int, Field(ge=0)] = 40
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    init_logit_scale: Annotated[float, Field(gt=0, le=100)] | None = 50.0  # None: CLIP's 1/0.07
+    augment: bool = True  # random flips / 90-degree rotations of the training images
 
 
 class Clip(Section):

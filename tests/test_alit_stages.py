@@ -172,7 +172,8 @@ def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatc
     assert set(m["complexity"]) == {"spearman_png_bpp", "spearman_demo_complexity"}
     assert m["familiarity"]["split"] == "ood" and 32 <= m["familiarity"]["mean_tokens_ood"] <= 256
     assert set(m["probe"]["accuracy"]) == {"32", "64", "256"} and m["probe"]["chance"] == 0.1
-    assert len(m["specialisation"]["attention_mass_per_group"]) == 8
+    assert sum(m["specialisation"]["attention_share_per_group"]) == pytest.approx(1.0, abs=1e-4)
+    assert len(m["specialisation"]["attention_share_per_group"]) == 8
     rows = (out / "rfid_vs_tokens.csv").read_text().splitlines()
     assert rows[0] == "tokens,l1,psnr,rfid,probe_accuracy,ood_l1,ood_psnr,ood_rfid" and len(rows) == 4
     assert len((out / "per_image.csv").read_text().splitlines()) == 21

@@ -1,6 +1,7 @@
 """The token-optimisation stages end to end on a scratch set-up: edit, generate, inpaint, then eval_tokenopt."""
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,7 +36,11 @@ class FakeRun:
         self.metrics: dict = {}
 
     def log_metrics(self, metrics, step=None):
-        self.metrics |= metrics
+        from pipeline.tracking import _flatten
+
+        bad = [k for k in _flatten(metrics) if not re.fullmatch(r"[\w\-. :/]+", k)]
+        assert not bad, f"not valid MLflow metric names: {bad}"
+        self.metrics |= _flatten(metrics)
 
     def log_artifact(self, path, artifact_path=None):
         assert Path(path).is_file()
@@ -135,7 +140,8 @@ def test_four_stages_end_to_end(setup, fake_tracking):
     table = (results / "eval_tokenopt" / "generation.csv").read_text().splitlines()
     assert table[0].startswith("method,fid,") and len(table) == 6
     assert (Path(params.paths.data) / "tokenopt" / "fid_reference.npz").is_file()
-    assert "generate.methods.optimized.fid" not in fake_tracking["eval_tokenopt"].metrics  # logged nested
+    logged = fake_tracking["eval_tokenopt"].metrics
+    assert "generate.methods.optimized.fid" in logged and "edit.prompt_1.clip_after" in logged
     assert not list(Path(params.paths.data).glob("tokenopt/.*tmp*"))
 
 

@@ -171,7 +171,8 @@ def run(params: Params) -> int:
                     "adaptive": {k: ({str(t): c for t, c in v.items()} if k == "histogram" else v)
                                  for k, v in split["adaptive"].items()}}
 
-        mass = groups.sum(-1).mean(0)  # (G,): grid->token attention mass per group, averaged over images
+        mass = groups.sum(-1).mean(0)  # (G,): the grid positions' attention to each group, averaged over images
+        mass = mass / mass.sum()
         metrics = {
             "alit": str(folder), "tokens_per_iteration": per, "threshold": cfg.threshold, "criterion": cfg.criterion,
             "num_images": {cfg.split: len(val.labels), "probe_train": len(probe_train.labels),
@@ -187,7 +188,7 @@ def run(params: Params) -> int:
                 **public(far)},
             "probe": {"accuracy": {str(n): probe[n] for n in counts}, "chance": 1 / num_classes},
             "specialisation": {"attention_layer": cfg.attention_layer,
-                               "attention_mass_per_group": [round(float(m), 6) for m in mass]},
+                               "attention_share_per_group": [round(float(m), 6) for m in mass]},
         }
         metrics["stage_seconds"] = round(time.perf_counter() - start, 1)
         write_json(tmp / "metrics.json", metrics)

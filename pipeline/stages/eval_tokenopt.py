@@ -17,8 +17,8 @@ Reads the images of ``tokenopt_generate``, ``tokenopt_edit`` and ``tokenopt_inpa
   and L1 / PSNR on the filled region against the original; PSNR of the raw decode on the known region.
 
 FID reference statistics: the ADM reference batch when ``fid.adm_npz`` is set, otherwise the
-``fid.reference_split`` images, cached in ``<paths.data>/tokenopt/fid_reference.npz`` (a declared,
-persistent output). In the demo the judge is the objective CLIP itself (``judge_independent: false``)
+``fid.reference_split`` images, cached in ``<paths.data>/tokenopt/fid_reference.npz`` (an output of this
+stage). In the demo the judge is the objective CLIP itself (``judge_independent: false``)
 and the feature space is the demo CLIP's, so demo figures compare the rows with each other only. The
 ``seeds`` baseline is drawn from ``tokenopt.generate.seed_split``; when that is also the reference split,
 its FID is optimistic (the seeds are reference images).
@@ -62,7 +62,7 @@ GENERATION_COLUMNS = ("fid", "isc_mean", "precision", "recall", "clip_score", "j
 
 
 def reference_cache(params: Params) -> Path:
-    """Where the FID reference statistics of this stage are cached (a persistent DVC output)."""
+    """Where the FID reference statistics of this stage are cached (an output of this stage in dvc.yaml)."""
     return Path(params.paths.data) / "tokenopt" / "fid_reference.npz"
 
 
@@ -109,7 +109,7 @@ def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
     protocol = fid_num_samples(params)
     n = min(len(records), protocol)
     keep = np.arange(len(records))
-    if len(records) > protocol:  # more than the protocol asks for: a fixed random subset, all classes kept
+    if len(records) > protocol:  # more than the protocol asks for: a fixed random subset
         keep = np.sort(np.random.default_rng(params.seed).choice(len(records), protocol, replace=False))
     labels = arrays["labels"][keep]
     prompts = [records[i]["prompt"] for i in keep]
@@ -212,7 +212,10 @@ def run(params: Params) -> int:
             f"{m}," + ",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in GENERATION_COLUMNS) + "\n"
             for m, row in methods.items() if "skipped" not in row)
         write_text(out / "generation.csv", table)
-        mlrun.log_metrics({k: v for k, v in metrics.items() if k in ("generate", "edit", "inpaint")})
+        edit = metrics["edit"]  # prompts are no MLflow metric names: numbered in prompt order there
+        mlrun.log_metrics({"generate": metrics["generate"], "inpaint": metrics["inpaint"],
+                           "edit": {"overall": edit["overall"]} | {f"prompt_{i}": v for i, v in
+                                                                   enumerate(edit["per_prompt"].values())}})
         mlrun.log_metrics({"stage_seconds": time.perf_counter() - t0})
         mlrun.log_artifact(out / "metrics.json", STAGE)
         mlrun.log_artifact(out / "generation.csv", STAGE)
