@@ -96,11 +96,9 @@ def fmt(value: Any) -> str:
 
 
 def file_md5(path: Path) -> str:
-    h = hashlib.md5()
+    """Hex MD5 of a file's bytes (what dvc.lock records for a file output)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def read_json(path: Path) -> Any:

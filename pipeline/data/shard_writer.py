@@ -19,11 +19,8 @@ ROW_GROUP = 256  # rows per parquet row group: the unit of work of ShardDataset
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class ShardWriter:

@@ -91,6 +91,7 @@ def _evaluate_split(model, images, counts, cfg, space, fid_batch, seed) -> dict:
 
 
 def run(params: Params) -> int:
+    """Evaluate ALIT at every token count and at the adaptive length, with the analyses and figures."""
     cfg = params.eval_alit
     start = time.perf_counter()
     model, folder = load_alit(params)

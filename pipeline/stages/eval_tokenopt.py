@@ -187,6 +187,7 @@ def _fmt(v) -> str:
 
 
 def run(params: Params) -> int:
+    """Score the token-optimisation outputs (FID, IS, precision/recall, CLIP, judge) against baselines."""
     t0 = time.perf_counter()
     for stage in ("tokenopt_generate", "tokenopt_edit", "tokenopt_inpaint"):
         common.check_samples(params, stage)

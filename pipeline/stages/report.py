@@ -28,6 +28,7 @@ STAGE = "report"
 
 
 def run(params: Params) -> int:
+    """Write the reviewer's report (markdown, HTML, JSON) and its summary metrics."""
     start = time.monotonic()
     root = Path.cwd()
     references = root / report.REFERENCES

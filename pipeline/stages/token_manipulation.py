@@ -77,6 +77,7 @@ def _edit_grid(model: TiTok, images: torch.Tensor, encoded: tm.Encoded, recon: t
 
 
 def run(params: Params) -> int:
+    """Rank token positions per attribute, measure copy-paste edits, and write metrics and figures."""
     cfg = params.token_manipulation
     torch.manual_seed(params.seed)
     model, folder = load_tokenizer(params)

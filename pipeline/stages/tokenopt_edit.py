@@ -33,6 +33,7 @@ GRID_IMAGES = 8
 
 
 def run(params: Params) -> int:
+    """Edit real images towards text prompts by optimising their tokens; write images, records and a grid."""
     cfg = params.tokenopt
     e = cfg.edit
     start = time.perf_counter()

@@ -69,6 +69,7 @@ def _random_tokens(titok: TiTok, n: int, seed: int, post: bool) -> torch.Tensor:
 
 
 def run(params: Params) -> int:
+    """Generate class-conditional images by CLIP-guided token optimisation, with the baselines beside them."""
     cfg = params.tokenopt
     g = cfg.generate
     start = time.perf_counter()

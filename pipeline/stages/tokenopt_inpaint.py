@@ -48,6 +48,7 @@ def _start_images(titok, masked: torch.Tensor, batch_size: int, post: bool) -> t
 
 
 def run(params: Params) -> int:
+    """Fill masked regions by optimising tokens against the known pixels; write images, masks and a grid."""
     cfg = params.tokenopt
     p = cfg.inpaint
     start = time.perf_counter()

@@ -130,6 +130,7 @@ def _official(params: Params) -> tuple[ALIT, dict]:
 
 
 def run(params: Params) -> int:
+    """Train (or import) ALIT and write it with its training metrics."""
     start = time.perf_counter()
     logged = {"train_alit": params.train_alit.model_dump(mode="json"), "image_size": params.image_size,
               "seed": params.seed}

@@ -112,6 +112,7 @@ def _pretrained(params: Params) -> dict:
 
 
 def run(params: Params) -> int:
+    """Train the demo CLIP (or check the pretrained ones) and write it with its zero-shot accuracy."""
     start = time.perf_counter()
     with stage_run(STAGE, {"clip": params.clip.model_dump(mode="json"), "seed": params.seed}) as run:
         metrics = _train(params, run) if params.clip.source == "train" else _pretrained(params)
