@@ -116,8 +116,9 @@ for _s in STAGES:
 
 onsuccess:
     if not os.environ.get("PIPELINE_SKIP_DVC_COMMIT"):
-        print("Recording the outputs in dvc.lock: dvc commit -f")
-        subprocess.run(["dvc", "--wait-for-lock", "commit", "-f", "-q"], check=True)
+        print("Recording the outputs in dvc.lock: dvc commit -f --no-relink")
+        # --no-relink leaves the workspace files (and their mtimes, which Snakemake compares) untouched.
+        subprocess.run(["dvc", "--wait-for-lock", "commit", "-f", "-q", "--no-relink"], check=True)
         if any(s["stage"] == "report" for s in STAGES):
             # The report cites dvc.lock's hashes, which only exist after the commit: rebuild it now.
             print("Rebuilding the report against the committed lock: dvc repro -f -s report")

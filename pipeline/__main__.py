@@ -23,6 +23,20 @@ def _stage_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__) if not m.name.startswith("_"))
 
 
+def _pin_threads() -> None:
+    """Use the same number of CPU threads whoever launches the stage.
+
+    Float reductions on the CPU depend on the thread count, and Snakemake sets ``OMP_NUM_THREADS`` to a
+    rule's ``threads``; pinning torch to the machine's core count (or ``PIPELINE_TORCH_THREADS``) makes
+    ``dvc repro``, Snakemake and SLURM jobs write identical outputs for the same seed.
+    """
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("PIPELINE_TORCH_THREADS") or os.cpu_count() or 1))
+
+
 def _configure(args: argparse.Namespace) -> int:
     raw = params_mod.resolve_profile(args.profile)
     for assignment in args.set or []:
@@ -64,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-params":
         print(f"{args.params}: valid (profile {params.profile})")
         return 0
+    _pin_threads()
     stage = importlib.import_module(f"pipeline.stages.{args.command}")
     try:
         return stage.run(params) or 0

@@ -1,5 +1,7 @@
 """Shared test set-up: no network, quiet DVC, and a scratch copy of the repository for pipeline runs."""
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -7,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,3 +58,41 @@ def make_scratch_repo(dest: Path, profile: str = "micro") -> Path:
 def scratch_repo(tmp_path):
     """A scratch copy of the repository configured with the micro profile."""
     return make_scratch_repo(tmp_path / "repo")
+
+
+def _close(a, b, path: str, rel: float, diffs: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            diffs.append(f"{path}: keys {sorted(set(a) ^ set(b))}")
+        for k in set(a) & set(b):
+            _close(a[k], b[k], f"{path}.{k}", rel, diffs)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]", rel, diffs)
+    elif isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        if not math.isclose(a, b, rel_tol=rel, abs_tol=1e-6):
+            diffs.append(f"{path}: {a} != {b}")
+    elif a != b:
+        diffs.append(f"{path}: {a!r} != {b!r}")
+
+
+def assert_same_results(a: Path, b: Path, rel: float = 1e-3) -> None:
+    """Two finished runs of the pipeline agree: same outputs, identical data, equal metrics.
+
+    The prepared data must be byte-identical. Metrics must agree to ``rel``: with the thread count
+    pinned (pipeline/__main__.py) CPU training is bitwise reproducible, and the tolerance only
+    absorbs what a different BLAS path could change; the report is left out (it cites run ids).
+    """
+    locks = [yaml.safe_load((r / "dvc.lock").read_text())["stages"] for r in (a, b)]
+    outs = [{o["path"]: o["md5"] for name, st in lk.items() if name != "report" for o in st.get("outs", [])}
+            for lk in locks]
+    assert set(outs[0]) == set(outs[1]), f"different outputs: {set(outs[0]) ^ set(outs[1])}"
+    prepared = [p for p in outs[0] if p.endswith("/prepared")]
+    assert prepared and all(outs[0][p] == outs[1][p] for p in prepared), "prepared data differs"
+    diffs: list[str] = []
+    for path in sorted(p for p in outs[0] if p.endswith("metrics.json")):
+        _close(json.loads((a / path).read_text()), json.loads((b / path).read_text()), path, rel, diffs)
+    assert not diffs, "metrics differ:\n" + "\n".join(diffs[:40])
+    byte_diffs = sorted(p for p in outs[0] if outs[0][p] != outs[1][p])
+    if byte_diffs:
+        print(f"outputs equal in metrics but not byte-identical: {byte_diffs}")

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import ROOT, make_scratch_repo, pipeline_env
+from conftest import ROOT, assert_same_results, make_scratch_repo, pipeline_env
 
 pytestmark = pytest.mark.slurm
 
@@ -55,25 +55,6 @@ def _run(args, cwd, env=None, **kw):
     return proc
 
 
-def _lock_hashes(repo: Path) -> dict[str, str]:
-    """Every output (metrics included) of every stage in dvc.lock, by path."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])}
-
-
-def _differing_files(a: Path, b: Path) -> list[str]:
-    """Output files whose bytes differ between two runs (to say which output is not deterministic)."""
-    diff = []
-    for out in _lock_hashes(a):
-        pa, pb = a / out, b / out
-        files = sorted({p.relative_to(pa) for p in pa.rglob("*") if p.is_file()}) if pa.is_dir() else [Path()]
-        for rel in files:
-            fa, fb = pa / rel, pb / rel
-            if not fb.is_file() or fa.read_bytes() != fb.read_bytes():
-                diff.append(str(Path(out) / rel))
-    return diff
-
-
 def _job_state(job: str) -> str:
     out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True)
     return out.stdout.strip()
@@ -106,8 +87,7 @@ def test_slurm_pipeline_matches_dvc_repro(tmp_path, slurm):
     assert len(logs) == len(jobs), f"one kept SLURM log per job (profile: slurm-keep-successful-logs): {logs}"
     status = _run(["dvc", "status"], by_slurm)
     assert "Data and pipelines are up to date." in status.stdout, status.stdout
-    assert _lock_hashes(by_slurm) == _lock_hashes(by_dvc), \
-        f"SLURM and dvc repro must produce identical outputs; differing files: {_differing_files(by_dvc, by_slurm)}"
+    assert_same_results(by_dvc, by_slurm)
     lock = yaml.safe_load((by_slurm / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(yaml.safe_load((by_dvc / "dvc.lock").read_text())["stages"])
 
@@ -195,11 +175,13 @@ class _Resources(dict):
 
 def _sbatch_args(resources: dict, threads: int) -> str:
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     job = SimpleNamespace(resources=_Resources(resources), threads=threads)
     params = dict(run_uuid="x", slurm_logfile="x.log", comment_str="x", account="", partition="", workdir=None)
+    # The plugin appends the GPU request (--gpus / --gres) after the base submit string, as here.
     return get_submit_command(job, params, settings=SimpleNamespace(requeue=True, no_requeue=False, qos=None,
-                                                                    reservation=None))
+                                                                    reservation=None)) + set_gres_string(job)
 
 
 def test_dry_run_maps_paper_resources_to_sbatch(tmp_path):

@@ -83,6 +83,14 @@ def checkpoint_dir(params: Params, stage: str, *sections: Any) -> Path:
     return Path(params.paths.models) / "checkpoints" / f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
+TIMING_KEYS = ("images_per_s", "step_s")  # logged to MLflow only: outputs must not depend on the clock
+
+
+def final_metrics(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """The last logged training metrics for a metrics file: prefixed, without wall-clock timings."""
+    return {f"{prefix}{k}": float(v) for k, v in sorted(metrics.items()) if k not in TIMING_KEYS}
+
+
 def prefixed_logger(run: Any, prefix: str) -> Any:
     """A ``log_fn`` for the training loop that logs to ``run`` with every key prefixed."""
 

@@ -29,7 +29,7 @@ from pipeline.io import atomic_dir, write_json
 from pipeline.models.alit import ALIT, ALITConfig
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.params import Optim, Params
-from pipeline.stages._common import checkpoint_dir, prefixed_logger, remove_checkpoints, training_images
+from pipeline.stages._common import checkpoint_dir, final_metrics, prefixed_logger, remove_checkpoints, training_images
 from pipeline.tracking import stage_run
 from pipeline.train.alit_recipes import CyclingReconstructionRecipe, LatentDistillationRecipe
 from pipeline.train.loop import TrainConfig, train
@@ -89,8 +89,8 @@ def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tu
                    collate_fn=_flip if cfg.hflip else None)
     if result.ema_state is not None:  # export the averaged weights, as the official evaluation does
         recipe.model.load_state_dict(result.ema_state)
-    return {"steps": result.step, "seconds": round(time.perf_counter() - start, 1),
-            **{k: float(v) for k, v in sorted(result.metrics.items())}}, ckpt
+    run.log_metrics({f"{name}/seconds": time.perf_counter() - start})
+    return {"steps": result.step, **final_metrics(result.metrics)}, ckpt
 
 
 def _train(params: Params, run) -> tuple[ALIT, dict]:
@@ -138,8 +138,9 @@ def run(params: Params) -> int:
         alit, metrics = _official(params) if params.train_alit.source == "official" else _train(params, run)
         with atomic_dir(alit_dir(params)) as tmp:
             alit.save_pretrained(tmp)
-        metrics["stage_seconds"] = round(time.perf_counter() - start, 1)
         write_json(Path(params.paths.results) / STAGE / "metrics.json", metrics)
-        run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model", "folder")})
-    print(f"train_alit: wrote {alit_dir(params)} ({metrics['stage_seconds']} s)")
+        seconds = time.perf_counter() - start  # MLflow only: outputs must not depend on the clock
+        run.log_metrics({**{k: v for k, v in metrics.items() if k not in ("source", "model", "folder")},
+                         "stage_seconds": seconds})
+    print(f"train_alit: wrote {alit_dir(params)} ({seconds:.1f} s)")
     return 0

@@ -25,6 +25,7 @@ from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.stages._common import (
     checkpoint_dir,
+    final_metrics,
     prefixed_logger,
     prepared_root,
     remove_checkpoints,
@@ -66,7 +67,7 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
     titok = recipe.tokenizer.cpu()
     titok.load_pixel_decoder(vqgan)
     remove_checkpoints(ckpt)
-    return titok, {f"stage1/{k}": float(v) for k, v in result.metrics.items()}
+    return titok, final_metrics(result.metrics, "stage1/")
 
 
 def _stage2(params: Params, titok: TiTok, run) -> tuple[TiTok, dict[str, float]]:
@@ -87,7 +88,7 @@ def _stage2(params: Params, titok: TiTok, run) -> tuple[TiTok, dict[str, float]]
     if result.ema_state is not None:
         recipe.model.load_state_dict(result.ema_state)
     remove_checkpoints(ckpt)
-    return recipe.tokenizer.cpu(), {f"stage2/{k}": float(v) for k, v in result.metrics.items()}
+    return recipe.tokenizer.cpu(), final_metrics(result.metrics, "stage2/")
 
 
 def run(params: Params) -> int:

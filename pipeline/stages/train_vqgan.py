@@ -21,6 +21,7 @@ from pipeline.models.registry import build_model
 from pipeline.params import Params
 from pipeline.stages._common import (
     checkpoint_dir,
+    final_metrics,
     prepared_root,
     remove_checkpoints,
     results_dir,
@@ -78,7 +79,7 @@ def run(params: Params) -> int:
             if result.ema_state is not None:
                 recipe.model.load_state_dict(result.ema_state)
             vqgan = recipe.tokenizer.cpu()
-            train_metrics = {f"train/{k}": float(v) for k, v in result.metrics.items()}
+            train_metrics = final_metrics(result.metrics, "train/")
         val = to_float(load_split(prepared_root(params), "val").images)
         quality = reconstruction_quality(vqgan, val)
         with torch.no_grad():
