@@ -57,7 +57,7 @@ from torch import nn
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
-from pipeline.models.vit import Transformer
+from pipeline.models.vit import Transformer, init_vit_weights
 
 # Per-iteration weights of the code cross-entropy in stage 1 (official ``lambda_loss_weight``).
 ITERATION_LOSS_WEIGHTS = (2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0)
@@ -273,7 +273,7 @@ class ALIT(nn.Module):
                                      c.vqgan.codebook_size, c.max_latent_tokens)
         # the image tokens are [VQGAN features (z_channels) ; pixel patch embedding (the rest)]
         self.patch_embed = nn.Conv2d(3, w - c.vqgan.z_channels, kernel_size=c.patch_size, stride=c.patch_size)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
         self.quantize = VectorQuantizer(c.vq_codebook_size, c.vq_token_dim, c.vq_commitment_cost,
                                         use_l2_norm=True)
         self.base_tokenizer = BaseTokenizer(c.vqgan)
@@ -512,12 +512,3 @@ def _short(keys: list[str], n: int = 8) -> str:
     return str(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def _init_weights(module: nn.Module) -> None:
-    # official initialisation: truncated normal(0.02) for linear/conv, unit LayerNorms
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

@@ -53,7 +53,7 @@ from torch import nn
 
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig, VQGANDecoder, VQGANQuantizer
 from pipeline.models.quantizer import GaussianLatent, VectorQuantizer
-from pipeline.models.vit import Transformer
+from pipeline.models.vit import Transformer, init_vit_weights
 
 # (width, depth, heads) of the official size names
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -151,15 +151,6 @@ class TiTokConfig:
         return cls(**kwargs)
 
 
-def _init_vit(module: nn.Module) -> None:
-    # the official TiTok initialisation of its ViT parts
-    if isinstance(module, nn.Linear | nn.Conv2d):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class DepthToSpace(nn.Module):
@@ -253,8 +244,8 @@ class TiTok(nn.Module):
         self.latent_tokens = nn.Parameter(scale * torch.randn(cfg.num_latent_tokens, cfg.enc_width))
         self.encoder = TiTokEncoder(cfg)
         self.decoder = TiTokDecoder(cfg)
-        self.encoder.apply(_init_vit)
-        self.decoder.apply(_init_vit)
+        self.encoder.apply(init_vit_weights)
+        self.decoder.apply(init_vit_weights)
         if cfg.quantize_mode == "vq":
             self.quantize = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
                                             cfg.use_l2_norm)

@@ -72,3 +72,17 @@ class Transformer(nn.ModuleList):
         for block in self:
             x = block(x)
         return x
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """The official initialisation of ViT parts (TiTok, ALIT): truncated normal(0.02), unit LayerNorms.
+
+    Use as ``model.apply(init_vit_weights)``.
+    """
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
