@@ -19,6 +19,23 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TORCH_HOME", str(ROOT / ".pytest_cache" / "torch-home-empty"))
 
 
+# A tiny open_clip model config for tests (random init, builds offline in a fraction of a second).
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: more threads only add contention."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def repo_files() -> list[str]:
     """Files a fresh clone would have: tracked plus untracked-but-not-ignored."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,

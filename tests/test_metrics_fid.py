@@ -8,23 +8,15 @@ import pytest
 import scipy.linalg
 import torch
 import torch_fidelity
+from conftest import TINY_CLIP
 
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.metrics import fid
 from pipeline.metrics.images import UInt8Images
 from pipeline.models.clip import create_clip
 
-TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: more threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TINY = TINY_CLIP
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

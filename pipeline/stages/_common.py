@@ -64,6 +64,27 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
 
 
+def titok_dir(params: Params) -> Path:
+    """Where ``train_titok`` writes the tokenizer the experiments read by default."""
+    return Path(params.paths.models) / "titok"
+
+
+def load_chosen_titok(params: Params, choice: Any, key: str) -> tuple[Any, Path]:
+    """The TiTok a ``TokenizerChoice`` names (ours, or an official snapshot folder), in eval mode.
+
+    ``key`` is the choice's dotted path in params.yaml, used in the error message.
+    """
+    from pipeline.errors import InputError
+    from pipeline.models.titok import TiTok
+
+    folder = Path(choice.folder) if choice.source == "official" else titok_dir(params)
+    if choice.source != "official" and not (folder / "config.json").is_file():
+        raise InputError(f"{folder}/config.json: no TiTok there (ours comes from train_titok). Train it "
+                         f"first (`dvc repro train_titok`), or set {key}.source: official and {key}.folder "
+                         "to an official snapshot folder (config.json + model.safetensors)")
+    return TiTok.from_pretrained(folder).eval(), folder
+
+
 def train_config(optim: Optim, seed: int) -> TrainConfig:
     """The loop's config for one ``Optim`` section of params.yaml."""
     fields = optim.model_dump()

@@ -26,7 +26,7 @@ from pipeline.experiments.tokenopt import TokenOptConfig
 from pipeline.io import write_json
 from pipeline.models.titok import TiTok
 from pipeline.params import Params, TokenoptLoop
-from pipeline.stages._common import prepared_root
+from pipeline.stages._common import load_chosen_titok, prepared_root
 
 IMAGES_FILE = "images.npz"
 RECORDS_FILE = "records.json"
@@ -41,17 +41,11 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_tokenizer(params: Params) -> tuple[TiTok, Path]:
-    """The TiTok named by ``tokenopt.tokenizer``, in eval mode, on the CPU."""
-    choice = params.tokenopt.tokenizer
-    folder = Path(choice.folder) if choice.source == "official" else Path(params.paths.models) / "titok"
-    if not (folder / "config.json").is_file():
-        how = ("set tokenopt.tokenizer.folder to the snapshot folder (config.json + model.safetensors)"
-               if choice.source == "official" else
-               "train it first (`dvc repro train_titok`), or set tokenopt.tokenizer.source: official and "
-               "tokenopt.tokenizer.folder to an official snapshot folder")
-        raise InputError(f"{folder}/config.json: no TiTok there (tokenopt.tokenizer.source is {choice.source}): {how}")
-    return TiTok.from_pretrained(folder).eval(), folder
+def load_tokenizer(params: Params) -> tuple[TiTok, Path, torch.device]:
+    """The TiTok named by ``tokenopt.tokenizer``, in eval mode, on :func:`device`; also its folder and the device."""
+    titok, folder = load_chosen_titok(params, params.tokenopt.tokenizer, "tokenopt.tokenizer")
+    dev = device()
+    return titok.to(dev), folder, dev
 
 
 def loop_config(loop: TokenoptLoop, seed: int, **extra) -> TokenOptConfig:

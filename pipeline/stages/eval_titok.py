@@ -11,14 +11,13 @@ demo has no Inception weights; its numbers are therefore not comparable to the p
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
 from pipeline.io import write_json
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
-from pipeline.stages._common import prepared_root, results_dir, save_image_grid, to_float, to_uint8
+from pipeline.stages._common import prepared_root, results_dir, save_image_grid, titok_dir, to_float, to_uint8
 from pipeline.stages.train_titok import reconstruct
 from pipeline.tracking import stage_run
 
@@ -45,7 +44,7 @@ def run(params: Params) -> int:
     results = results_dir(params, STAGE)
     start = time.monotonic()
     with stage_run(STAGE, params.model_dump(mode="json")) as run:
-        titok = TiTok.from_pretrained(Path(params.paths.models) / "titok")
+        titok = TiTok.from_pretrained(titok_dir(params))
         data = load_split(prepared_root(params), cfg.split, limit=cfg.num_images)
         images = to_float(data.images)
         recon, codes = reconstruct(titok, images, batch_size=cfg.batch_size)

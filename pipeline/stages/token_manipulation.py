@@ -28,6 +28,7 @@ from pipeline.experiments import token_manipulation as tm
 from pipeline.io import atomic_dir, write_json
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
+from pipeline.stages._common import load_chosen_titok
 from pipeline.tracking import stage_run
 
 STAGE = "token_manipulation"
@@ -36,16 +37,7 @@ GRID_SINGLE_POSITIONS = 3  # top-ranked positions shown one by one in an edit gr
 
 def load_tokenizer(params: Params) -> tuple[TiTok, Path]:
     """The TiTok chosen in ``token_manipulation.tokenizer``, in eval mode."""
-    choice = params.token_manipulation.tokenizer
-    if choice.source == "official":
-        folder = Path(choice.folder)
-    else:
-        folder = Path(params.paths.models) / "titok"
-        if not (folder / "config.json").is_file():
-            raise InputError(f"{folder}/config.json: our trained TiTok is not there. Train it first (`dvc repro` "
-                             "runs the TiTok training stage), or set token_manipulation.tokenizer.source: official "
-                             "and token_manipulation.tokenizer.folder to an official snapshot folder")
-    return TiTok.from_pretrained(folder).eval(), folder
+    return load_chosen_titok(params, params.token_manipulation.tokenizer, "token_manipulation.tokenizer")
 
 
 def _edit_grid(model: TiTok, images: torch.Tensor, encoded: tm.Encoded, recon: torch.Tensor, attr: tm.Attribute,

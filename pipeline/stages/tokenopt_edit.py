@@ -38,9 +38,7 @@ def run(params: Params) -> int:
     e = cfg.edit
     start = time.perf_counter()
     torch.manual_seed(params.seed)
-    titok, folder = common.load_tokenizer(params)
-    dev = common.device()
-    titok.to(dev)
+    titok, folder, dev = common.load_tokenizer(params)
     clip = objective_clip(params, str(dev))
     names = class_names(params)
     sample = common.sample_split(params, e.split, e.num_images, params.seed, "tokenopt.edit.num_images")

@@ -74,9 +74,7 @@ def run(params: Params) -> int:
     g = cfg.generate
     start = time.perf_counter()
     torch.manual_seed(params.seed)
-    titok, folder = common.load_tokenizer(params)
-    dev = common.device()
-    titok.to(dev)
+    titok, folder, dev = common.load_tokenizer(params)
     clip = objective_clip(params, str(dev))
     names = class_names(params)
     per_class = g.num_per_class or params.fid.samples_per_class

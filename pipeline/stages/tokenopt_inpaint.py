@@ -53,9 +53,7 @@ def run(params: Params) -> int:
     p = cfg.inpaint
     start = time.perf_counter()
     torch.manual_seed(params.seed)
-    titok, folder = common.load_tokenizer(params)
-    dev = common.device()
-    titok.to(dev)
+    titok, folder, dev = common.load_tokenizer(params)
     names = class_names(params)
     sample = common.sample_split(params, p.split, p.num_images, params.seed, "tokenopt.inpaint.num_images")
     original = common.to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)

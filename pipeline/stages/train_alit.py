@@ -29,10 +29,17 @@ from pipeline.io import atomic_dir, write_json
 from pipeline.models.alit import ALIT, ALITConfig
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.params import Optim, Params
-from pipeline.stages._common import checkpoint_dir, final_metrics, prefixed_logger, remove_checkpoints, training_images
+from pipeline.stages._common import (
+    checkpoint_dir,
+    final_metrics,
+    prefixed_logger,
+    remove_checkpoints,
+    train_config,
+    training_images,
+)
 from pipeline.tracking import stage_run
 from pipeline.train.alit_recipes import CyclingReconstructionRecipe, LatentDistillationRecipe
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.loop import train
 from pipeline.train.recipes import GANSettings
 
 STAGE = "train_alit"
@@ -84,7 +91,7 @@ def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tu
     cfg = params.train_alit
     ckpt = checkpoint_dir(params, f"{STAGE}-{name}", cfg.model, cfg.vqgan, *key)
     start = time.perf_counter()
-    config = TrainConfig(seed=params.seed, **optim.model_dump(include=set(Optim.model_fields)))
+    config = train_config(optim, params.seed)
     result = train(recipe, training_images(params), config, ckpt, log_fn=prefixed_logger(run, f"{name}/"),
                    collate_fn=_flip if cfg.hflip else None)
     if result.ema_state is not None:  # export the averaged weights, as the official evaluation does

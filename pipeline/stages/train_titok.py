@@ -31,6 +31,7 @@ from pipeline.stages._common import (
     remove_checkpoints,
     results_dir,
     save_image_grid,
+    titok_dir,
     to_float,
     train_config,
     training_images,
@@ -97,7 +98,7 @@ def run(params: Params) -> int:
     from pipeline.metrics.image_stats import psnr
 
     cfg = params.train_titok
-    out_dir = Path(params.paths.models) / "titok"
+    out_dir = titok_dir(params)
     results = results_dir(params, STAGE)
     torch.manual_seed(params.seed)
     start = time.monotonic()
