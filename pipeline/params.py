@@ -245,12 +245,22 @@ class TrainTitok(Section):
     ``source: official`` imports a released checkpoint from ``folder`` instead of training one.
     Stage 2 (L2 + perceptual + GAN on pixels) runs when ``stage2.steps > 0``; its perceptual loss
     needs ``perceptual_vgg`` and ``perceptual_lin`` (local LPIPS files) and is off without them.
+
+    Stage 1's loss is ``CE(proxy codes) + quantizer_weight * VQ loss + pixel_weight * L2(pixels)``, the
+    pixels being the soft code mix decoded by the frozen VQGAN. The paper: ``quantizer_weight`` 1,
+    ``pixel_weight`` 0 (the paper profile). The demo, whose few hundred CPU steps are 1/3000 of the
+    paper's, adds the pixel term (a dense signal that makes the tokens carry each image's colours and
+    layout early) and drops the VQ loss, whose commitment term pulls every image's token onto the same
+    code at this stage; its ``titok_demo`` model restarts dead codes (``restart_dead_codes``).
     """
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
     model: str = "titok_demo"
-    stage1: Optim = Optim(steps=300, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4)
+    # demo: escapes the one-code-per-position start after ~300 steps (about 0.55 s per step on 2 cores)
+    stage1: Optim = Optim(steps=500, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4)
+    quantizer_weight: Annotated[float, Field(ge=0)] = 0.0
+    pixel_weight: Annotated[float, Field(ge=0)] = 10.0
     stage2: Optim = Optim(steps=0, batch_size=32, lr=1e-4, min_lr=1e-5, warmup_steps=0)
     perceptual_vgg: str | None = None  # torchvision vgg16-397923af.pth (local file)
     perceptual_lin: str | None = None  # LPIPS v0.1 vgg.pth linear layers (local file)
@@ -574,14 +584,19 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 
 
 def resolve_profile(name: str, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
-    """The complete parameters of profile ``name``, following its ``extends:`` chain."""
+    """The complete parameters of profile ``name``, following its ``extends:`` chain.
+
+    The chain starts from every schema default written out in full, so a profile or a ``--set``
+    that names one nested key (``train_titok.stage1.steps``) changes that key only, not its siblings.
+    """
     path = conf_dir / f"{name}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in conf_dir.glob("*.yaml")))
         raise ParamsError(f"{path}: no such profile (known profiles: {known})")
     raw = yaml.safe_load(path.read_text()) or {}
     base_name = raw.pop("extends", None)
-    resolved = _deep_merge(resolve_profile(base_name, conf_dir), raw) if base_name else raw
+    base = resolve_profile(base_name, conf_dir) if base_name else Params().model_dump(mode="json")
+    resolved = _deep_merge(base, raw)
     resolved["profile"] = name
     return resolved
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError, MissingWeightsError
@@ -203,3 +204,31 @@ def test_pytorch_model_bin_loads_without_unpickling_objects(tmp_path):
     torch.save({"state": object()}, folder / "pytorch_model.bin")
     with pytest.raises(InputError, match="pytorch_model.bin"):
         TiTok.from_pretrained(folder)
+
+
+def test_dead_codes_are_restarted_from_encoder_outputs_only_while_the_encoder_trains():
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, use_l2_norm=True, restart_dead_codes=True).train()
+    z = torch.randn(16, 4, 1, 1) * 0.01 + torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1)  # one cluster
+    frozen_codebook = q.embedding.weight.detach().clone()
+    for _ in range(40):
+        q(z)  # no grad on z: a frozen encoder (TiTok stage 2) never moves the codebook
+    assert torch.equal(q.embedding.weight, frozen_codebook)
+    for _ in range(40):
+        q(z.clone().requires_grad_(True))
+    used = q(z)[1]["min_encoding_indices"].unique()
+    restarted = F.normalize(q.embedding.weight, dim=1)[:, 0] > 0.99  # re-seeded on the cluster
+    assert restarted.sum() >= 7 and len(used) >= 2  # the images now spread over several codes
+    assert "usage_ema" in q.state_dict()
+    assert "usage_ema" not in VectorQuantizer(8, 4, use_l2_norm=True).state_dict()  # official layout
+    before = q.embedding.weight.detach().clone()
+    q.eval()(z.clone().requires_grad_(True))
+    assert torch.equal(before, q.embedding.weight)  # eval mode never restarts
+
+
+def test_demo_titok_uses_xavier_init_and_restarts_released_configs_do_not():
+    demo, released = build_model("titok_demo"), TiTokConfig()
+    assert demo.config.init == "xavier" and demo.config.restart_dead_codes
+    assert released.init == "vit" and not released.restart_dead_codes
+    assert demo.decoder.decoder_embed.weight.std() > 0.1  # xavier for 12 -> 96, against the official 0.02
+    assert build_model("titok_demo", init="vit").decoder.decoder_embed.weight.std() < 0.025

@@ -76,6 +76,17 @@ def test_set_dotted_overrides_and_unknown_profile(tmp_path):
         P.resolve_profile("nope")
 
 
+def test_a_nested_override_keeps_its_siblings():
+    demo = P.validate(P.resolve_profile("demo"))
+    raw = P.resolve_profile("demo")
+    P.set_dotted(raw, "train_titok.stage1.steps=7")
+    stage1 = P.validate(raw).train_titok.stage1
+    assert stage1.steps == 7
+    assert stage1.model_dump(exclude={"steps"}) == demo.train_titok.stage1.model_dump(exclude={"steps"})
+    micro = P.validate(P.resolve_profile("micro"))  # extends demo: what it does not name is the demo's
+    assert micro.train_alit.stage1.betas == demo.train_alit.stage1.betas
+
+
 def test_stage_refuses_to_start_on_invalid_params(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("seed: 0\nprepare:\n  shard_sise: 3\n")

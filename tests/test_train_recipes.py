@@ -73,6 +73,22 @@ def test_titok_two_stage(images, tmp_path):
     assert not torch.equal(decoder_before, stage2.decoder.ffn[0].weight)
 
 
+def test_stage1_pixel_term_goes_through_the_frozen_vqgan_decoder(images, tmp_path):
+    torch.manual_seed(0)
+    vqgan = build_model("vqgan_demo")
+    titok = build_model("titok_demo")
+    recipe = TiTokProxyCodeRecipe(titok, vqgan, quantizer_weight=0.0, pixel_weight=10.0)
+    assert torch.equal(titok.pixel_decoder.conv_in.weight, vqgan.decoder.conv_in.weight)  # the VQGAN's decoder
+    encoder_before = titok.encoder.conv_out.weight.detach().clone()
+    decoder_before = titok.pixel_decoder.conv_in.weight.detach().clone()
+    _, metrics = _train(recipe, images, tmp_path)
+    assert metrics["pixel_l2"] > 0 and metrics["quantizer"] == 0
+    assert not torch.equal(encoder_before, titok.encoder.conv_out.weight)
+    assert torch.equal(decoder_before, titok.pixel_decoder.conv_in.weight)  # frozen in stage 1
+    with pytest.raises(ValueError, match="pixel decoder"):
+        TiTokProxyCodeRecipe(build_model("titok_demo", pixel_decoder=False), vqgan, pixel_weight=1.0)
+
+
 def test_titok_single_stage_vae(tmp_path):
     torch.manual_seed(0)
     titok = build_model("titok_ll32_vae", image_size=32, enc_width=64, enc_depth=1, enc_heads=2,

@@ -2,13 +2,21 @@
 
 Public API
 ----------
-``VectorQuantizer(codebook_size, token_size, commitment_cost=0.25, use_l2_norm=False)``
+``VectorQuantizer(codebook_size, token_size, commitment_cost=0.25, use_l2_norm=False, restart_dead_codes=False)``
     ``forward(z)`` with ``z`` of shape (B, C, H, W) returns ``(z_q, info)``: ``z_q`` is the
     straight-through output ``z + sg(e - z)`` (same shape), ``info`` holds ``min_encoding_indices``
     (B, H, W) int64, ``quantizer_loss`` = ``commitment_loss`` + ``codebook_loss``, and the
     codebook-usage statistics ``perplexity`` and ``usage`` (fraction of codes used in the batch) plus
     ``code_counts`` (K,). ``get_codebook_entry(indices)`` looks codes up (l2-normalised when
     ``use_l2_norm``). State-dict key: ``embedding.weight`` (K, C), as in the official TiTok.
+    ``restart_dead_codes`` (not in the official TiTok, off in every released configuration): in
+    training mode, while the encoder trains (``z`` requires grad), a code left unused for about 30
+    steps (an EMA of its per-step count, decay ``RESTART_DECAY``, under ``RESTART_BELOW``) is
+    re-seeded with one of the batch's encoder outputs, as in Jukebox and CVQ-VAE. Small from-scratch
+    runs need it: at initialisation every image's token at a given position falls on the same code,
+    and the decoder never sees a difference to learn from. The EMA is then stored as ``usage_ema``
+    (K,); under DDP the counts are summed and the new codes taken from rank 0, so every rank keeps
+    the same codebook.
 ``DiagonalGaussian(params)``
     ``params`` (B, 2C, H, W) is split into mean and log-variance (clamped to [-30, 20]);
     ``sample()``, ``mode()``, ``kl()`` (summed over channel and H only: shape (B, W), i.e. per token in
@@ -27,7 +35,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import distributed as dist
 from torch import nn
+
+RESTART_DECAY = 0.9
+RESTART_BELOW = 0.03  # EMA count under which a code is dead: 1.0 * 0.9**33 < 0.03
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -50,14 +62,17 @@ class VectorQuantizer(nn.Module):
     """Nearest-neighbour VQ with optional l2-normalised codes, straight-through gradients."""
 
     def __init__(self, codebook_size: int, token_size: int, commitment_cost: float = 0.25,
-                 use_l2_norm: bool = False) -> None:
+                 use_l2_norm: bool = False, restart_dead_codes: bool = False) -> None:
         super().__init__()
         self.codebook_size = codebook_size
         self.token_size = token_size
         self.commitment_cost = commitment_cost
         self.use_l2_norm = use_l2_norm
+        self.restart_dead_codes = restart_dead_codes
         self.embedding = nn.Embedding(codebook_size, token_size)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        if restart_dead_codes:
+            self.register_buffer("usage_ema", torch.ones(codebook_size))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -74,6 +89,8 @@ class VectorQuantizer(nn.Module):
             z = z_flat.view(b, h, w, c)
         indices = nearest_code(z_flat, codebook)  # (B*H*W,)
         e = self.get_codebook_entry(indices).view(b, h, w, c)
+        if self.restart_dead_codes and self.training and z_flat.requires_grad:  # not with a frozen encoder
+            self._restart(z_flat.detach(), indices)
 
         commitment_loss = self.commitment_cost * torch.mean((e.detach() - z) ** 2)
         codebook_loss = torch.mean((e - z.detach()) ** 2)
@@ -88,6 +105,23 @@ class VectorQuantizer(nn.Module):
             **codebook_usage(indices, self.codebook_size),
         }
         return z_q, info
+
+    @torch.no_grad()
+    def _restart(self, z_flat: torch.Tensor, indices: torch.Tensor) -> None:
+        """Update the usage EMA with this batch's assignments and re-seed the dead codes from ``z_flat``."""
+        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.all_reduce(counts)
+        self.usage_ema.mul_(RESTART_DECAY).add_(counts, alpha=1 - RESTART_DECAY)
+        dead = (self.usage_ema < RESTART_BELOW).nonzero().flatten()
+        if len(dead) == 0:
+            return
+        seeds = z_flat[torch.randint(0, len(z_flat), (len(dead),)).to(z_flat.device)]
+        if distributed:
+            dist.broadcast(seeds, src=0)
+        self.embedding.weight.data[dead] = seeds.to(self.embedding.weight.dtype)
+        self.usage_ema[dead] = 1.0
 
     def get_codebook_entry(self, indices: torch.Tensor) -> torch.Tensor:
         """Codebook rows for integer ``indices`` of any shape -> (*indices.shape, C)."""

@@ -61,10 +61,12 @@ def _vqgan_demo() -> VQGANConfig:
 
 def _titok_demo() -> TiTokConfig:
     # Width 96 x 3 layers: a stage-1 step costs ~0.9 GFLOP per image, so the demo trains in minutes on CPU.
+    # Xavier init and dead-code restarts: with the official init and codebook, a few hundred steps
+    # leave every image with the same 32 codes (the decoder then outputs one grey image).
     return TiTokConfig(image_size=64, enc_width=96, enc_depth=3, enc_heads=4, enc_patch_size=8,
                        dec_width=96, dec_depth=3, dec_heads=4, dec_patch_size=4, num_latent_tokens=32,
-                       token_size=12, codebook_size=256, use_l2_norm=True, legacy=True, pixel_decoder=True,
-                       vqgan=_vqgan_demo())
+                       token_size=12, codebook_size=256, use_l2_norm=True, restart_dead_codes=True,
+                       init="xavier", legacy=True, pixel_decoder=True, vqgan=_vqgan_demo())
 
 
 CONFIGS: dict[str, Callable[[], TiTokConfig | VQGANConfig]] = {

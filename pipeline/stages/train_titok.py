@@ -59,8 +59,8 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
 
     cfg = params.train_titok
     titok = build_model(cfg.model, image_size=params.image_size, vqgan=vqgan.config)
-    recipe = TiTokProxyCodeRecipe(titok, vqgan)
-    ckpt = checkpoint_dir(params, f"{STAGE}-stage1", cfg.model, cfg.stage1)
+    recipe = TiTokProxyCodeRecipe(titok, vqgan, cfg.quantizer_weight, cfg.pixel_weight)
+    ckpt = checkpoint_dir(params, f"{STAGE}-stage1", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight)
     prefixed = prefixed_logger(run, "stage1/")
     result = train(recipe, training_images(params), train_config(cfg.stage1, params.seed), ckpt, log_fn=prefixed)
     if result.ema_state is not None:
@@ -82,7 +82,8 @@ def _stage2(params: Params, titok: TiTok, run) -> tuple[TiTok, dict[str, float]]
     perceptual = LPIPS(cfg.perceptual_vgg, cfg.perceptual_lin) if cfg.perceptual_vgg else None
     gan = GANSettings(weight=cfg.gan_weight, start=cfg.gan_start) if cfg.gan_weight > 0 else None
     recipe = TiTokDecoderRecipe(frozen, perceptual=perceptual, perceptual_weight=cfg.perceptual_weight, gan=gan)
-    ckpt = checkpoint_dir(params, f"{STAGE}-stage2", cfg.model, cfg.stage1, cfg.stage2, cfg.perceptual_vgg,
+    ckpt = checkpoint_dir(params, f"{STAGE}-stage2", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight,
+                          cfg.stage2, cfg.perceptual_vgg,
                           cfg.gan_weight, cfg.gan_start)
     prefixed = prefixed_logger(run, "stage2/")
     result = train(recipe, training_images(params), train_config(cfg.stage2, params.seed + 1), ckpt, log_fn=prefixed)

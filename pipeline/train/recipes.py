@@ -140,23 +140,34 @@ class _ProxyCodeNet(nn.Module):
             _, codes, _ = self.teacher.encode(images)  # (B, g*g) proxy codes
         tokens, info = self.tokenizer.encode(images)
         logits = self.tokenizer.decoder_logits(tokens)  # (B, K_proxy, g, g)
-        return {"logits": logits, "codes": codes, **info}
+        return {"logits": logits, "codes": codes, "images": images, **info}
 
 
 class TiTokProxyCodeRecipe(Recipe):
-    """Stage 1: predict the frozen VQGAN's codes of each image from TiTok's 1-D tokens."""
+    """Stage 1: predict the frozen VQGAN's codes of each image from TiTok's 1-D tokens.
 
-    def __init__(self, titok: TiTok, vqgan: MaskGITVQGAN, quantizer_weight: float = 1.0) -> None:
+    Loss: ``CE + quantizer_weight * VQ loss`` (the paper), plus ``pixel_weight`` times the L2 between
+    the image and its soft-code-mix reconstruction through the frozen VQGAN decoder (0 in the paper;
+    used by the short demo runs, see ``TrainTitok``).
+    """
+
+    def __init__(self, titok: TiTok, vqgan: MaskGITVQGAN, quantizer_weight: float = 1.0,
+                 pixel_weight: float = 0.0) -> None:
         super().__init__()
         if not titok.config.legacy:
             raise ValueError("stage 1 needs the legacy proxy-code head (TiTokConfig.legacy=True)")
         if titok.config.freeze_encoder:
             raise ValueError("stage 1 trains the encoder: build the TiTok with freeze_encoder=False")
-        if titok.config.pixel_decoder:  # not used before stage 2 (and DDP wants every trained param used)
+        if pixel_weight > 0 and not titok.config.pixel_decoder:
+            raise ValueError("pixel_weight > 0 needs a TiTok with a pixel decoder (config.pixel_decoder=True)")
+        if titok.config.pixel_decoder:  # frozen in stage 1 (and DDP wants every trained param used)
+            if pixel_weight > 0:
+                titok.load_pixel_decoder(vqgan)
             titok.pixel_decoder.requires_grad_(False)
             titok.pixel_quantize.requires_grad_(False)
         self.model = _ProxyCodeNet(titok, vqgan)
         self.quantizer_weight = quantizer_weight
+        self.pixel_weight = pixel_weight
 
     @property
     def tokenizer(self) -> TiTok:
@@ -168,8 +179,12 @@ class TiTokProxyCodeRecipe(Recipe):
         ce = F.cross_entropy(logits, target)
         quantizer = self.quantizer_weight * out["quantizer_loss"]
         accuracy = (logits.detach().argmax(dim=1) == target).float().mean()
-        return {"loss": ce + quantizer, "proxy_ce": ce, "quantizer": quantizer}, \
-            {"proxy_accuracy": accuracy, **_usage_metrics(out)}
+        losses = {"loss": ce + quantizer, "proxy_ce": ce, "quantizer": quantizer}
+        if self.pixel_weight > 0:
+            pixels = self.tokenizer.logits_to_pixels(logits)
+            losses["pixel_l2"] = self.pixel_weight * F.mse_loss(pixels.float(), out["images"].float())
+            losses["loss"] = losses["loss"] + losses["pixel_l2"]
+        return losses, {"proxy_accuracy": accuracy, **_usage_metrics(out)}
 
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         return param.ndim < 2 or any(k in name for k in _NO_DECAY)
