@@ -16,6 +16,7 @@ from pipeline.models.registry import build_model
 from pipeline.train.loop import TrainConfig, train
 from pipeline.train.recipes import (
     GANSettings,
+    ProxyCodeImages,
     TiTokDecoderRecipe,
     TiTokProxyCodeRecipe,
     TiTokSingleStageRecipe,
@@ -87,6 +88,23 @@ def test_stage1_pixel_term_goes_through_the_frozen_vqgan_decoder(images, tmp_pat
     assert torch.equal(decoder_before, titok.pixel_decoder.conv_in.weight)  # frozen in stage 1
     with pytest.raises(ValueError, match="pixel decoder"):
         TiTokProxyCodeRecipe(build_model("titok_demo", pixel_decoder=False), vqgan, pixel_weight=1.0)
+
+
+def test_precomputed_proxy_codes_are_the_teachers_and_replace_it(images, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    vqgan = build_model("vqgan_demo").eval()
+    cached = ProxyCodeImages(images, vqgan, batch_size=3)  # batches that do not divide the set
+    with torch.no_grad():
+        direct = vqgan.encode(images.tensors[0])[1]
+    assert torch.equal(cached.codes, direct) and cached[5]["codes"].shape == (16 * 16,)
+    recipe = TiTokProxyCodeRecipe(build_model("titok_demo"), vqgan)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran although the codes were given")
+
+    monkeypatch.setattr(vqgan, "encode", no_teacher)
+    _, metrics = _train(recipe, cached, tmp_path)
+    assert metrics["proxy_ce"] > 0
 
 
 def test_titok_single_stage_vae(tmp_path):

@@ -24,6 +24,7 @@ from pipeline.models.registry import build_model
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.stages._common import (
+    ImageTensors,
     checkpoint_dir,
     final_metrics,
     prefixed_logger,
@@ -55,14 +56,17 @@ def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tup
 
 def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float]]:
     from pipeline.train.loop import train
-    from pipeline.train.recipes import TiTokProxyCodeRecipe
+    from pipeline.train.recipes import ProxyCodeImages, TiTokProxyCodeRecipe
 
     cfg = params.train_titok
     titok = build_model(cfg.model, image_size=params.image_size, vqgan=vqgan.config)
     recipe = TiTokProxyCodeRecipe(titok, vqgan, cfg.quantizer_weight, cfg.pixel_weight)
     ckpt = checkpoint_dir(params, f"{STAGE}-stage1", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight)
     prefixed = prefixed_logger(run, "stage1/")
-    result = train(recipe, training_images(params), train_config(cfg.stage1, params.seed), ckpt, log_fn=prefixed)
+    data = training_images(params)
+    if isinstance(data, ImageTensors):  # fixed images held in memory: the teacher's codes once, not per step
+        data = ProxyCodeImages(data, vqgan)
+    result = train(recipe, data, train_config(cfg.stage1, params.seed), ckpt, log_fn=prefixed)
     if result.ema_state is not None:
         recipe.model.load_state_dict(result.ema_state)
     titok = recipe.tokenizer.cpu()

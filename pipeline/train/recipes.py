@@ -1,7 +1,8 @@
 """Per-model recipes for ``pipeline.train.loop.train``: which module trains and with which losses.
 
 - ``TiTokProxyCodeRecipe`` (two-stage TiTok, stage 1): cross-entropy of the TiTok decoder's logits
-  against the proxy codes a frozen MaskGIT-VQGAN gives the same image, + 1.0 x quantiser loss.
+  against the proxy codes a frozen MaskGIT-VQGAN gives the same image, + 1.0 x quantiser loss
+  (+ an optional pixel term). ``ProxyCodeImages`` precomputes those codes for a fixed in-memory set.
 - ``TiTokDecoderRecipe`` (two-stage TiTok, stage 2): encoder, codebook and latent tokens frozen; the
   ViT decoder, the pixel codebook and the pixel decoder learn L2 + perceptual + GAN on pixels.
 - ``TiTokSingleStageRecipe``: the whole TiTok (VQ or VAE, RGB head) on L2 + perceptual + GAN
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from pipeline.models.losses import LPIPS, LeCam, PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
@@ -124,6 +126,32 @@ class PixelRecipe(Recipe):
 
 # -- TiTok, two-stage -------------------------------------------------------------------------
 
+class ProxyCodeImages(Dataset):
+    """An in-memory image dataset with the frozen VQGAN's proxy codes computed once, up front.
+
+    Items are ``{"image": (3, H, W), "codes": (g*g,)}``; :class:`TiTokProxyCodeRecipe` then skips the
+    teacher. Only for fixed images (no augmentation): the official run recomputes the codes every step
+    because its random crops change them, as a streamed dataset here does.
+    """
+
+    def __init__(self, images: Dataset, vqgan: MaskGITVQGAN, batch_size: int = 128) -> None:
+        self.images = images
+        vqgan = vqgan.eval()
+        codes = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([batch_images(images[i]) for i in range(start, min(start + batch_size,
+                                                                                       len(images)))])
+                codes.append(vqgan.encode(batch)[1])
+        self.codes = torch.cat(codes)  # (N, g*g)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": batch_images(self.images[i]), "codes": self.codes[i]}
+
+
 class _ProxyCodeNet(nn.Module):
     def __init__(self, titok: TiTok, teacher: MaskGITVQGAN) -> None:
         super().__init__()
@@ -136,8 +164,11 @@ class _ProxyCodeNet(nn.Module):
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         images = batch_images(batch)
-        with torch.no_grad():
-            _, codes, _ = self.teacher.encode(images)  # (B, g*g) proxy codes
+        if isinstance(batch, Mapping) and "codes" in batch:  # precomputed (ProxyCodeImages)
+            codes = batch["codes"]
+        else:
+            with torch.no_grad():
+                _, codes, _ = self.teacher.encode(images)  # (B, g*g) proxy codes
         tokens, info = self.tokenizer.encode(images)
         logits = self.tokenizer.decoder_logits(tokens)  # (B, K_proxy, g, g)
         return {"logits": logits, "codes": codes, "images": images, **info}
