@@ -155,8 +155,6 @@ class TiTokConfig:
         return cls(**kwargs)
 
 
-
-
 class DepthToSpace(nn.Module):
     """(B, p*p*3, h, w) -> (B, 3, h*p, w*p) with channel index (p1*p + p2)*3 + c (colour fastest)."""
 

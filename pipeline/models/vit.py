@@ -84,9 +84,8 @@ def init_xavier_weights(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    else:
+        init_vit_weights(module)  # LayerNorms as the official initialisation
 
 
 def init_vit_weights(module: nn.Module) -> None:
