@@ -294,3 +294,15 @@ def test_adaptive_rejects_bad_arguments(model, tensors):
         adaptive_tokenize(model, tensors["input_images"], threshold=0.0)
     with pytest.raises(ValueError, match="max_iters"):
         adaptive_tokenize(model, tensors["input_images"], threshold=0.1, max_iters=9)
+
+
+def test_demo_alit_uses_xavier_and_restarts_released_configs_do_not():
+    demo, released = ALITConfig.named("alit_demo"), ALITConfig.named("alit_small")
+    assert demo.init == "xavier" and demo.restart_dead_codes
+    assert released.init == "vit" and not released.restart_dead_codes
+    assert demo.vqgan.restart_dead_codes  # the shared demo VQGAN, trained by train_vqgan
+    with pytest.raises(ValueError, match="init"):
+        dataclasses.replace(demo, init="kaiming")
+    model = ALIT(dataclasses.replace(demo, vqgan=dataclasses.replace(demo.vqgan, restart_dead_codes=False)))
+    assert model.pre_quantizer_mlp.weight.std() > 0.1  # xavier for 64 -> 12, against the official 0.02
+    assert "quantize.usage_ema" in model.state_dict()

@@ -104,3 +104,26 @@ def test_bare_weights_file_and_errors(tmp_path):
     model = MaskGITVQGAN.from_pretrained(tmp_path / "maskgit-vqgan-imagenet-f16-256.bin", ch=32,
                                          ch_mult=(1, 1, 2, 2, 2), z_channels=64, codebook_size=256)
     assert count_parameters(model) == 1_507_555
+
+
+def test_vqgan_dead_codes_restart_in_training_only_and_released_layout_has_no_usage_buffer():
+    torch.manual_seed(0)
+    config = VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, codebook_size=8, norm_groups=2,
+                         restart_dead_codes=True)
+    model = MaskGITVQGAN(config).train()
+    assert "quantize.usage_ema" in model.state_dict()
+    assert "quantize.usage_ema" not in build_model("maskgit_vqgan").state_dict()
+    h = torch.randn(4, 4, 2, 2) * 0.01 + 5.0  # every feature far from the U(-1/K, 1/K) codebook, one cluster
+    frozen = model.quantize.embedding.weight.detach().clone()
+    for _ in range(40):
+        model.quantize(h)  # no grad: a frozen encoder (TiTok's proxy codes, ALIT's stage 1) never restarts
+    assert torch.equal(model.quantize.embedding.weight, frozen)
+    model.quantize.requires_grad_(False)
+    for _ in range(40):
+        model.quantize(h.clone().requires_grad_(True))  # a trained encoder around a frozen codebook
+    assert torch.equal(model.quantize.embedding.weight, frozen)
+    model.quantize.requires_grad_(True)
+    for _ in range(40):
+        model.quantize(h.clone().requires_grad_(True))
+    assert (model.quantize.embedding.weight > 4.0).all(dim=1).sum() >= 7  # re-seeded on the cluster
+    assert len(model.quantize(h)[1].unique()) >= 2  # the features now spread over several codes

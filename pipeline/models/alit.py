@@ -57,7 +57,7 @@ from torch import nn
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
-from pipeline.models.vit import Transformer, init_vit_weights
+from pipeline.models.vit import Transformer, init_vit_weights, init_xavier_weights
 
 # Per-iteration weights of the code cross-entropy in stage 1 (official ``lambda_loss_weight``).
 ITERATION_LOSS_WEIGHTS = (2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0)
@@ -81,6 +81,8 @@ class ALITConfig:
     vq_commitment_cost: float = 0.25
     dynamic_halting: bool = True
     dynamic_halting_threshold: float = 0.55
+    restart_dead_codes: bool = False  # training-time restarts of the 1-D VQ (see VectorQuantizer); demo only
+    init: Literal["vit", "xavier"] = "vit"  # "vit": the official trunc-normal(0.02); "xavier": demo only
     vqgan: VQGANConfig = field(default_factory=lambda: _mage_vqgan())  # the released base tokenizer
 
     @property
@@ -96,6 +98,8 @@ class ALITConfig:
         return self.num_init_latent_tokens * (iteration + 1)
 
     def __post_init__(self) -> None:
+        if self.init not in ("vit", "xavier"):
+            raise ValueError(f"init must be 'vit' or 'xavier', got {self.init!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         vq_grid = self.image_size // 2 ** (len(self.vqgan.ch_mult) - 1)
@@ -168,8 +172,10 @@ def _alit_demo() -> ALITConfig:
     # one trained demo VQGAN serves TiTok and ALIT, and the token counts are the paper's 32..256.
     from pipeline.models.registry import model_config
 
+    # Xavier init and dead-code restarts, as titok_demo: with the official init every image's 1-D tokens
+    # fall on the same codes, and the decoder learns the same code map for all images.
     return ALITConfig(width=64, num_layers=2, num_heads=4, image_size=64, patch_size=4, vq_codebook_size=256,
-                      vq_token_dim=12, vqgan=model_config("vqgan_demo"))
+                      vq_token_dim=12, restart_dead_codes=True, init="xavier", vqgan=model_config("vqgan_demo"))
 
 
 ALIT_CONFIGS: dict[str, Callable[[], ALITConfig]] = {
@@ -273,9 +279,9 @@ class ALIT(nn.Module):
                                      c.vqgan.codebook_size, c.max_latent_tokens)
         # the image tokens are [VQGAN features (z_channels) ; pixel patch embedding (the rest)]
         self.patch_embed = nn.Conv2d(3, w - c.vqgan.z_channels, kernel_size=c.patch_size, stride=c.patch_size)
-        self.apply(init_vit_weights)
+        self.apply(init_xavier_weights if c.init == "xavier" else init_vit_weights)
         self.quantize = VectorQuantizer(c.vq_codebook_size, c.vq_token_dim, c.vq_commitment_cost,
-                                        use_l2_norm=True)
+                                        use_l2_norm=True, restart_dead_codes=c.restart_dead_codes)
         self.base_tokenizer = BaseTokenizer(c.vqgan)
 
     # ---- the recurrent rollout, one iteration at a time -------------------------------------------

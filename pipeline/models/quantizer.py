@@ -24,8 +24,9 @@ Public API
 ``GaussianLatent()``
     Parameter-free module wrapping ``DiagonalGaussian``: ``forward(params, sample=True)`` returns
     ``(sample or mean, info)`` with ``mean``, ``logvar``, ``std`` and ``kl`` (B, W).
-``nearest_code(z, codebook)`` and ``codebook_usage(indices, K)``
-    The shared nearest-neighbour search and usage statistics (also used by the MaskGIT-VQGAN quantiser).
+``nearest_code(z, codebook)``, ``codebook_usage(indices, K)`` and ``restart_dead_codes_(...)``
+    The shared nearest-neighbour search, usage statistics and dead-code restart (also used by the
+    MaskGIT-VQGAN quantiser).
 
 The quantiser always runs in float32 (autocast is switched off inside) so that code assignments do
 not depend on the training precision.
@@ -56,6 +57,30 @@ def codebook_usage(indices: torch.Tensor, codebook_size: int) -> dict[str, torch
     probs = counts / counts.sum().clamp_min(1)
     perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
     return {"perplexity": perplexity, "usage": (counts > 0).float().mean(), "code_counts": counts}
+
+
+@torch.no_grad()
+def restart_dead_codes_(codebook: torch.Tensor, usage_ema: torch.Tensor, z_flat: torch.Tensor,
+                        indices: torch.Tensor) -> None:
+    """Update ``usage_ema`` (K,) with this batch's code ``indices`` and re-seed the dead rows of
+    ``codebook`` (K, C) in place from random rows of ``z_flat`` (M, C), the batch's encoder outputs.
+
+    Under DDP the counts are summed over ranks and the seeds broadcast from rank 0, so every rank keeps
+    the same codebook.
+    """
+    counts = torch.bincount(indices, minlength=len(codebook)).float()
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.all_reduce(counts)
+    usage_ema.mul_(RESTART_DECAY).add_(counts, alpha=1 - RESTART_DECAY)
+    dead = (usage_ema < RESTART_BELOW).nonzero().flatten()
+    if len(dead) == 0:
+        return
+    seeds = z_flat[torch.randint(0, len(z_flat), (len(dead),)).to(z_flat.device)]
+    if distributed:
+        dist.broadcast(seeds, src=0)
+    codebook.data[dead] = seeds.to(codebook.dtype)
+    usage_ema[dead] = 1.0
 
 
 class VectorQuantizer(nn.Module):
@@ -90,7 +115,7 @@ class VectorQuantizer(nn.Module):
         indices = nearest_code(z_flat, codebook)  # (B*H*W,)
         e = self.get_codebook_entry(indices).view(b, h, w, c)
         if self.restart_dead_codes and self.training and z_flat.requires_grad:  # not with a frozen encoder
-            self._restart(z_flat.detach(), indices)
+            restart_dead_codes_(self.embedding.weight, self.usage_ema, z_flat.detach(), indices)
 
         commitment_loss = self.commitment_cost * torch.mean((e.detach() - z) ** 2)
         codebook_loss = torch.mean((e - z.detach()) ** 2)
@@ -105,23 +130,6 @@ class VectorQuantizer(nn.Module):
             **codebook_usage(indices, self.codebook_size),
         }
         return z_q, info
-
-    @torch.no_grad()
-    def _restart(self, z_flat: torch.Tensor, indices: torch.Tensor) -> None:
-        """Update the usage EMA with this batch's assignments and re-seed the dead codes from ``z_flat``."""
-        counts = torch.bincount(indices, minlength=self.codebook_size).float()
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            dist.all_reduce(counts)
-        self.usage_ema.mul_(RESTART_DECAY).add_(counts, alpha=1 - RESTART_DECAY)
-        dead = (self.usage_ema < RESTART_BELOW).nonzero().flatten()
-        if len(dead) == 0:
-            return
-        seeds = z_flat[torch.randint(0, len(z_flat), (len(dead),)).to(z_flat.device)]
-        if distributed:
-            dist.broadcast(seeds, src=0)
-        self.embedding.weight.data[dead] = seeds.to(self.embedding.weight.dtype)
-        self.usage_ema[dead] = 1.0
 
     def get_codebook_entry(self, indices: torch.Tensor) -> torch.Tensor:
         """Codebook rows for integer ``indices`` of any shape -> (*indices.shape, C)."""

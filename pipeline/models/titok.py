@@ -313,7 +313,7 @@ class TiTok(nn.Module):
     @torch.no_grad()
     def load_pixel_decoder(self, vqgan: MaskGITVQGAN) -> None:
         self.pixel_decoder.load_state_dict(vqgan.decoder.state_dict())
-        self.pixel_quantize.load_state_dict(vqgan.quantize.state_dict())
+        self.pixel_quantize.embedding.load_state_dict(vqgan.quantize.embedding.state_dict())  # no usage EMA
 
     @classmethod
     def from_pretrained(cls, folder, **overrides) -> TiTok:
