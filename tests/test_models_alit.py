@@ -114,13 +114,19 @@ def test_fixture_halting_draws_match_the_official_seeded_run(model, tensors):
 def test_fixture_training_losses(model, tensors):
     model.train()
     try:
-        total, logs = latent_distillation_loss(model(tensors["input_images"]), model.vqgan_codebook)
+        out = model(tensors["input_images"])
+        total, logs = latent_distillation_loss(out, model.vqgan_codebook)
     finally:
         model.eval()
     torch.testing.assert_close(total.detach(), tensors["train_total_loss"], atol=1e-4, rtol=1e-6)
     for kind in ("nll", "code", "quantization"):
         ours = torch.tensor([logs[f"{kind}_loss_{i}"] for i in ITERS])
         torch.testing.assert_close(ours, tensors[f"train_{kind}_loss_per_iter"], atol=1e-5, rtol=1e-5)
+    weights = torch.tensor([2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0])
+    per_iter = {kind: tensors[f"train_{kind}_loss_per_iter"] for kind in ("nll", "code", "quantization")}
+    demo_total, _ = latent_distillation_loss(out, model.vqgan_codebook, code_weight=30.0, quantizer_weight=0.0)
+    expected = (weights * per_iter["nll"]).sum() + 30.0 * per_iter["code"].sum()  # the demo's weighting
+    torch.testing.assert_close(demo_total.detach(), expected, atol=1e-3, rtol=1e-5)
     total.backward()
     assert model.encoder.transformer[0].attn.in_proj_weight.grad is not None
     assert model.base_tokenizer.vqgan.quantize.embedding.weight.grad is None  # soft codes use a detached codebook

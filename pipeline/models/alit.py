@@ -473,13 +473,15 @@ _PER_ITER_KEYS = ("logits", "soft_code", "vq_loss", "code_indices", "latent_toke
 
 
 def latent_distillation_loss(outputs: dict[str, Any], codebook: torch.Tensor,
-                             weights: Sequence[float] = ITERATION_LOSS_WEIGHTS,
-                             ) -> tuple[torch.Tensor, dict[str, float]]:
+                             weights: Sequence[float] = ITERATION_LOSS_WEIGHTS, code_weight: float = 1.0,
+                             quantizer_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage-1 loss of the official model: sum over decoded iterations i of
     ``weights[i] * CE(logits_i, code_targets) + MSE(codebook[targets], soft_code_i) + vq_loss_i``.
 
-    The official criterion also computes a label-smoothed term but returns the plain cross-entropy,
-    which is what is used here. ``codebook`` is the VQGAN codebook (K, z), detached.
+    ``code_weight`` and ``quantizer_weight`` scale the MSE and VQ terms (1 and 1 officially; the demo
+    changes them, see ``TrainAlit``). The official criterion also computes a label-smoothed term but
+    returns the plain cross-entropy, which is what is used here. ``codebook`` is the VQGAN codebook
+    (K, z), detached.
     """
     targets = outputs["code_targets"]  # (B, N)
     target_code = codebook[targets]  # (B, N, z)
@@ -489,7 +491,7 @@ def latent_distillation_loss(outputs: dict[str, Any], codebook: torch.Tensor,
                                                outputs["vq_loss"], strict=True):
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         code = (target_code - soft_code).pow(2).mean()
-        total = total + weights[it] * nll + code + vq_loss
+        total = total + weights[it] * nll + code_weight * code + quantizer_weight * vq_loss
         logs.update({f"nll_loss_{it}": nll.item(), f"code_loss_{it}": code.item(),
                      f"quantization_loss_{it}": vq_loss.item()})
     return total, logs

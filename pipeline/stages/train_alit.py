@@ -104,8 +104,8 @@ def _train(params: Params, run) -> tuple[ALIT, dict]:
     cfg = params.train_alit
     alit = build_alit(params, load_base_vqgan(params))
     out: dict = {"source": "train", "model": cfg.model, "parameters": sum(p.numel() for p in alit.parameters())}
-    recipe1 = LatentDistillationRecipe(alit, cfg.iteration_weights)
-    stage1_key = (cfg.stage1, cfg.iteration_weights, cfg.hflip)
+    recipe1 = LatentDistillationRecipe(alit, cfg.iteration_weights, cfg.code_weight, cfg.quantizer_weight)
+    stage1_key = (cfg.stage1, cfg.iteration_weights, cfg.code_weight, cfg.quantizer_weight, cfg.hflip)
     out["stage1"], ckpt1 = _run_stage("stage1", recipe1, cfg.stage1, params, run, *stage1_key)
     done = [ckpt1]
     if cfg.stage2.steps:

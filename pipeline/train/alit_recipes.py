@@ -3,7 +3,7 @@
 - ``LatentDistillationRecipe`` (stage 1): the base VQGAN is frozen; every iteration of the rollout is
   decoded and scored by ``latent_distillation_loss``: ``w_i * CE(logits_i, VQGAN codes) + MSE(soft
   code_i, target code) + VQ loss_i`` with the official per-iteration weights ``w`` (2.5, 2, 1.5, 1.25,
-  1, 1, 1, 1).
+  1, 1, 1, 1); the MSE and VQ terms can be re-weighted (``code_weight``, ``quantizer_weight``).
 - ``CyclingReconstructionRecipe`` (stage 2): everything trains (the VQGAN encoder and decoder too, as
   in the official full fine-tuning, unless ``train_vqgan=False``). Each optimiser step rolls out to one
   iteration, ``step % max_rollout_iters``, decodes it to pixels through the soft code mix, and scores it
@@ -59,20 +59,24 @@ class _Distillation(nn.Module):
 class LatentDistillationRecipe(Recipe):
     """Stage 1: the 1-D tokens of every iteration predict the frozen VQGAN's codes."""
 
-    def __init__(self, alit: ALIT, iteration_weights: Sequence[float] = ITERATION_LOSS_WEIGHTS) -> None:
+    def __init__(self, alit: ALIT, iteration_weights: Sequence[float] = ITERATION_LOSS_WEIGHTS,
+                 code_weight: float = 1.0, quantizer_weight: float = 1.0) -> None:
         super().__init__()
         if len(iteration_weights) < alit.config.max_rollout_iters:
             raise ValueError(f"{len(iteration_weights)} iteration weights for {alit.config.max_rollout_iters} "
                              "iterations")
         self.model = _Distillation(alit)
         self.iteration_weights = tuple(iteration_weights)
+        self.code_weight = code_weight
+        self.quantizer_weight = quantizer_weight
 
     @property
     def alit(self) -> ALIT:
         return self.model.alit
 
     def losses(self, out, batch, step):
-        total, logs = latent_distillation_loss(out, self.alit.vqgan_codebook, self.iteration_weights)
+        total, logs = latent_distillation_loss(out, self.alit.vqgan_codebook, self.iteration_weights,
+                                               self.code_weight, self.quantizer_weight)
         targets = out["code_targets"]
         last = len(out["logits"]) - 1
         metrics: dict[str, Any] = {k: v for k, v in logs.items() if k.startswith("nll_loss_")}
