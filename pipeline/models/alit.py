@@ -57,7 +57,7 @@ from torch import nn
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
-from pipeline.models.vit import Transformer, init_vit_weights, init_xavier_weights
+from pipeline.models.vit import Transformer, weight_init
 
 # Per-iteration weights of the code cross-entropy in stage 1 (official ``lambda_loss_weight``).
 ITERATION_LOSS_WEIGHTS = (2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0)
@@ -98,8 +98,7 @@ class ALITConfig:
         return self.num_init_latent_tokens * (iteration + 1)
 
     def __post_init__(self) -> None:
-        if self.init not in ("vit", "xavier"):
-            raise ValueError(f"init must be 'vit' or 'xavier', got {self.init!r}")
+        weight_init(self.init)  # a known initialiser name
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         vq_grid = self.image_size // 2 ** (len(self.vqgan.ch_mult) - 1)
@@ -279,7 +278,7 @@ class ALIT(nn.Module):
                                      c.vqgan.codebook_size, c.max_latent_tokens)
         # the image tokens are [VQGAN features (z_channels) ; pixel patch embedding (the rest)]
         self.patch_embed = nn.Conv2d(3, w - c.vqgan.z_channels, kernel_size=c.patch_size, stride=c.patch_size)
-        self.apply(init_xavier_weights if c.init == "xavier" else init_vit_weights)
+        self.apply(weight_init(c.init))
         self.quantize = VectorQuantizer(c.vq_codebook_size, c.vq_token_dim, c.vq_commitment_cost,
                                         use_l2_norm=True, restart_dead_codes=c.restart_dead_codes)
         self.base_tokenizer = BaseTokenizer(c.vqgan)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.quantizer import codebook_usage, nearest_code, restart_dead_codes_
+from pipeline.models.quantizer import Codebook, codebook_usage, nearest_code
 
 
 @dataclass
@@ -219,19 +219,12 @@ class VQGANDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, h*f, w*f), not clamped
 
 
-class VQGANQuantizer(nn.Module):
+class VQGANQuantizer(Codebook):
     """MaskGIT-VQGAN codebook (key ``embedding.weight``): plain squared-distance nearest neighbour."""
 
     def __init__(self, codebook_size: int, dim: int, commitment_cost: float = 0.25,
                  restart_dead_codes: bool = False) -> None:
-        super().__init__()
-        self.codebook_size = codebook_size
-        self.commitment_cost = commitment_cost
-        self.restart_dead_codes = restart_dead_codes
-        self.embedding = nn.Embedding(codebook_size, dim)
-        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        if restart_dead_codes:
-            self.register_buffer("usage_ema", torch.ones(codebook_size))
+        super().__init__(codebook_size, dim, commitment_cost, restart_dead_codes)
 
     def forward(self, h: torch.Tensor, return_loss: bool = False):
         """h (B, D, h, w) -> (z_q (B, D, h, w), indices (B, h*w), info)."""
@@ -240,11 +233,7 @@ class VQGANQuantizer(nn.Module):
             b, d, hh, ww = h.shape
             h_flat = h.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
             indices = nearest_code(h_flat, self.embedding.weight)
-            # only while encoder and codebook both train: never under a frozen codebook (TiTok's proxy
-            # codes, ALIT's base tokenizer, whose stage 2 fine-tunes the encoder around a fixed codebook)
-            codebook_trains = h_flat.requires_grad and self.embedding.weight.requires_grad
-            if self.restart_dead_codes and self.training and codebook_trains:
-                restart_dead_codes_(self.embedding.weight, self.usage_ema, h_flat.detach(), indices)
+            self.restart_dead_codes_(h_flat, indices)
             e = self.embedding(indices).view(b, hh, ww, d).permute(0, 3, 1, 2)  # (B, D, h, w)
             info = dict(codebook_usage(indices, self.codebook_size))
             if return_loss:

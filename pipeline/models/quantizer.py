@@ -9,14 +9,13 @@ Public API
     codebook-usage statistics ``perplexity`` and ``usage`` (fraction of codes used in the batch) plus
     ``code_counts`` (K,). ``get_codebook_entry(indices)`` looks codes up (l2-normalised when
     ``use_l2_norm``). State-dict key: ``embedding.weight`` (K, C), as in the official TiTok.
-    ``restart_dead_codes`` (not in the official TiTok, off in every released configuration): in
-    training mode, while the encoder trains (``z`` requires grad), a code left unused for about 30
-    steps (an EMA of its per-step count, decay ``RESTART_DECAY``, under ``RESTART_BELOW``) is
-    re-seeded with one of the batch's encoder outputs, as in Jukebox and CVQ-VAE. Small from-scratch
-    runs need it: at initialisation every image's token at a given position falls on the same code,
-    and the decoder never sees a difference to learn from. The EMA is then stored as ``usage_ema``
-    (K,); under DDP the counts are summed and the new codes taken from rank 0, so every rank keeps
-    the same codebook.
+    ``restart_dead_codes`` (not in the official TiTok, off in every released configuration): see
+    ``Codebook``; re-seeds unused codes from encoder outputs, as in Jukebox and CVQ-VAE. Small
+    from-scratch runs need it: at initialisation every image's token at a given position falls on the
+    same code, and the decoder never sees a difference to learn from.
+``Codebook(codebook_size, dim, commitment_cost, restart_dead_codes)``
+    The base of both quantisers (this one and the MaskGIT-VQGAN's): the ``embedding`` and its
+    training-time dead-code restarts (``restart_dead_codes_(z_flat, indices)``, buffer ``usage_ema``).
 ``DiagonalGaussian(params)``
     ``params`` (B, 2C, H, W) is split into mean and log-variance (clamped to [-30, 20]);
     ``sample()``, ``mode()``, ``kl()`` (summed over channel and H only: shape (B, W), i.e. per token in
@@ -24,9 +23,8 @@ Public API
 ``GaussianLatent()``
     Parameter-free module wrapping ``DiagonalGaussian``: ``forward(params, sample=True)`` returns
     ``(sample or mean, info)`` with ``mean``, ``logvar``, ``std`` and ``kl`` (B, W).
-``nearest_code(z, codebook)``, ``codebook_usage(indices, K)`` and ``restart_dead_codes_(...)``
-    The shared nearest-neighbour search, usage statistics and dead-code restart (also used by the
-    MaskGIT-VQGAN quantiser).
+``nearest_code(z, codebook)`` and ``codebook_usage(indices, K)``
+    The shared nearest-neighbour search and usage statistics (also used by the MaskGIT-VQGAN quantiser).
 
 The quantiser always runs in float32 (autocast is switched off inside) so that code assignments do
 not depend on the training precision.
@@ -59,45 +57,58 @@ def codebook_usage(indices: torch.Tensor, codebook_size: int) -> dict[str, torch
     return {"perplexity": perplexity, "usage": (counts > 0).float().mean(), "code_counts": counts}
 
 
-@torch.no_grad()
-def restart_dead_codes_(codebook: torch.Tensor, usage_ema: torch.Tensor, z_flat: torch.Tensor,
-                        indices: torch.Tensor) -> None:
-    """Update ``usage_ema`` (K,) with this batch's code ``indices`` and re-seed the dead rows of
-    ``codebook`` (K, C) in place from random rows of ``z_flat`` (M, C), the batch's encoder outputs.
+class Codebook(nn.Module):
+    """A codebook ``embedding`` (K, C), initialised U(-1/K, 1/K) as in the official TiTok and MaskGIT,
+    with the optional training-time dead-code restarts both quantisers share.
 
-    Under DDP the counts are summed over ranks and the seeds broadcast from rank 0, so every rank keeps
-    the same codebook.
+    ``restart_dead_codes``: in training mode, while both the encoder (``z_flat`` requires grad) and the
+    codebook train, a code left unused for about 30 steps (an EMA of its per-step count, decay
+    ``RESTART_DECAY``, under ``RESTART_BELOW``) is re-seeded with one of the batch's encoder outputs.
+    So a frozen encoder or a fixed codebook (TiTok's stage 2 and proxy codes, ALIT's base tokenizer,
+    whose stage 2 fine-tunes the encoder around its codebook) never moves it. The EMA is the buffer
+    ``usage_ema`` (K,), present only when restarts are on; under DDP the counts are summed over ranks and
+    the seeds broadcast from rank 0, so every rank keeps the same codebook.
     """
-    counts = torch.bincount(indices, minlength=len(codebook)).float()
-    distributed = dist.is_available() and dist.is_initialized()
-    if distributed:
-        dist.all_reduce(counts)
-    usage_ema.mul_(RESTART_DECAY).add_(counts, alpha=1 - RESTART_DECAY)
-    dead = (usage_ema < RESTART_BELOW).nonzero().flatten()
-    if len(dead) == 0:
-        return
-    seeds = z_flat[torch.randint(0, len(z_flat), (len(dead),)).to(z_flat.device)]
-    if distributed:
-        dist.broadcast(seeds, src=0)
-    codebook.data[dead] = seeds.to(codebook.dtype)
-    usage_ema[dead] = 1.0
+
+    def __init__(self, codebook_size: int, dim: int, commitment_cost: float, restart_dead_codes: bool) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.commitment_cost = commitment_cost
+        self.restart_dead_codes = restart_dead_codes
+        self.embedding = nn.Embedding(codebook_size, dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        if restart_dead_codes:
+            self.register_buffer("usage_ema", torch.ones(codebook_size))
+
+    @torch.no_grad()
+    def restart_dead_codes_(self, z_flat: torch.Tensor, indices: torch.Tensor) -> None:
+        """Count this batch's code ``indices`` (M,) and re-seed dead codes from rows of ``z_flat`` (M, C)."""
+        trains = self.training and z_flat.requires_grad and self.embedding.weight.requires_grad
+        if not (self.restart_dead_codes and trains):
+            return
+        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.all_reduce(counts)
+        self.usage_ema.mul_(RESTART_DECAY).add_(counts, alpha=1 - RESTART_DECAY)
+        dead = (self.usage_ema < RESTART_BELOW).nonzero().flatten()
+        if len(dead) == 0:
+            return
+        seeds = z_flat[torch.randint(0, len(z_flat), (len(dead),)).to(z_flat.device)]
+        if distributed:
+            dist.broadcast(seeds, src=0)
+        self.embedding.weight.data[dead] = seeds.to(self.embedding.weight.dtype)
+        self.usage_ema[dead] = 1.0
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Codebook):
     """Nearest-neighbour VQ with optional l2-normalised codes, straight-through gradients."""
 
     def __init__(self, codebook_size: int, token_size: int, commitment_cost: float = 0.25,
                  use_l2_norm: bool = False, restart_dead_codes: bool = False) -> None:
-        super().__init__()
-        self.codebook_size = codebook_size
+        super().__init__(codebook_size, token_size, commitment_cost, restart_dead_codes)
         self.token_size = token_size
-        self.commitment_cost = commitment_cost
         self.use_l2_norm = use_l2_norm
-        self.restart_dead_codes = restart_dead_codes
-        self.embedding = nn.Embedding(codebook_size, token_size)
-        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        if restart_dead_codes:
-            self.register_buffer("usage_ema", torch.ones(codebook_size))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -114,8 +125,7 @@ class VectorQuantizer(nn.Module):
             z = z_flat.view(b, h, w, c)
         indices = nearest_code(z_flat, codebook)  # (B*H*W,)
         e = self.get_codebook_entry(indices).view(b, h, w, c)
-        if self.restart_dead_codes and self.training and z_flat.requires_grad:  # not with a frozen encoder
-            restart_dead_codes_(self.embedding.weight, self.usage_ema, z_flat.detach(), indices)
+        self.restart_dead_codes_(z_flat, indices)
 
         commitment_loss = self.commitment_cost * torch.mean((e.detach() - z) ** 2)
         codebook_loss = torch.mean((e - z.detach()) ** 2)

@@ -53,7 +53,7 @@ from torch import nn
 
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig, VQGANDecoder, VQGANQuantizer
 from pipeline.models.quantizer import GaussianLatent, VectorQuantizer
-from pipeline.models.vit import Transformer, init_vit_weights, init_xavier_weights
+from pipeline.models.vit import Transformer, weight_init
 
 # (width, depth, heads) of the official size names
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -92,8 +92,7 @@ class TiTokConfig:
             self.vqgan = VQGANConfig(**self.vqgan)
         if self.quantize_mode not in ("vq", "vae"):
             raise ValueError(f"quantize_mode must be 'vq' or 'vae', got {self.quantize_mode!r}")
-        if self.init not in ("vit", "xavier"):
-            raise ValueError(f"init must be 'vit' or 'xavier', got {self.init!r}")
+        weight_init(self.init)  # a known initialiser name
         if self.pixel_decoder and not self.legacy:
             raise ValueError("pixel_decoder needs the legacy proxy-code head (legacy=True)")
         if self.quantize_mode == "vae" and (self.legacy or self.freeze_encoder):
@@ -246,9 +245,8 @@ class TiTok(nn.Module):
         self.latent_tokens = nn.Parameter(scale * torch.randn(cfg.num_latent_tokens, cfg.enc_width))
         self.encoder = TiTokEncoder(cfg)
         self.decoder = TiTokDecoder(cfg)
-        init = init_xavier_weights if cfg.init == "xavier" else init_vit_weights
-        self.encoder.apply(init)
-        self.decoder.apply(init)
+        self.encoder.apply(weight_init(cfg.init))
+        self.decoder.apply(weight_init(cfg.init))
         if cfg.quantize_mode == "vq":
             self.quantize = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
                                             cfg.use_l2_norm, cfg.restart_dead_codes)

@@ -11,9 +11,13 @@ Public API
     ``x + mlp(ln_2(x))`` (LayerNorm eps 1e-5), as the official ``ResidualAttentionBlock``.
 ``Transformer(width, depth, heads)``: an ``nn.ModuleList`` of blocks (keys ``{i}.ln_1...``) whose
     ``forward`` applies them in order.
+``init_vit_weights`` (official: trunc-normal 0.02), ``init_xavier_weights`` (the demo's) and
+    ``weight_init(name)``, the one a config's ``init`` field names (``"vit"`` / ``"xavier"``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,8 +81,9 @@ class Transformer(nn.ModuleList):
 def init_xavier_weights(module: nn.Module) -> None:
     """Xavier-uniform weights (fan-in and fan-out over the flattened kernel), zero biases, unit LayerNorms.
 
-    A demo choice (``TiTokConfig.init="xavier"``): about 5x the official 0.02 std at width 96, so
-    image content reaches the 1-D tokens and the tokens reach the decoder outputs from the first steps.
+    A demo choice (``init="xavier"`` in ``TiTokConfig`` / ``ALITConfig``): about 5x the official 0.02
+    std at width 96, so image content reaches the 1-D tokens and the tokens reach the decoder outputs
+    from the first steps.
     """
     if isinstance(module, nn.Linear | nn.Conv2d):
         nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
@@ -100,3 +105,13 @@ def init_vit_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+WEIGHT_INITS: dict[str, Callable[[nn.Module], None]] = {"vit": init_vit_weights, "xavier": init_xavier_weights}
+
+
+def weight_init(name: str) -> Callable[[nn.Module], None]:
+    """The initialiser a model config names in its ``init`` field (for ``model.apply``)."""
+    if name not in WEIGHT_INITS:
+        raise ValueError(f"init must be one of {sorted(WEIGHT_INITS)}, got {name!r}")
+    return WEIGHT_INITS[name]
