@@ -206,9 +206,23 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def mlflow_runs(stages: list[str]) -> tuple[dict[str, dict], str | None]:
-    """Latest finished MLflow run per stage (by tag ``pipeline.stage``); ``({}, why)`` when unavailable."""
-    from pipeline.tracking import EXPERIMENT, tracking_uri
+def _matches_lock(tags: dict[str, str], lock: dict[str, str | None]) -> bool:
+    """Whether a run's ``dvc.md5.<path>`` tags agree with every file output recorded in dvc.lock."""
+    from pipeline.tracking import OUTPUT_TAG
+
+    tagged = {k.removeprefix(OUTPUT_TAG): v for k, v in tags.items() if k.startswith(OUTPUT_TAG)}
+    return bool(tagged) and all(lock.get(path) == md5 for path, md5 in tagged.items())
+
+
+def mlflow_runs(stages: list[str], lock_outs: dict[str, dict[str, str | None]]
+                ) -> tuple[dict[str, dict], str | None]:
+    """The MLflow run per stage (tag ``pipeline.stage``) whose output md5 tags match dvc.lock.
+
+    A stage whose runs carry no output tags (directory outputs only, e.g. ``prepare``) gets its latest
+    finished run, flagged ``matched: False``; a stage none of whose runs match gets no run id.
+    Returns ``({}, why)`` when MLflow is unavailable.
+    """
+    from pipeline.tracking import EXPERIMENT, OUTPUT_TAG, tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -224,14 +238,24 @@ def mlflow_runs(stages: list[str]) -> tuple[dict[str, dict], str | None]:
             return {}, "not recorded (no MLflow experiment)"
         runs = {}
         for stage in stages:
-            found = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            found = client.search_runs([exp.experiment_id], max_results=200,
+                                       order_by=["attributes.start_time DESC"],
                                        filter_string=f"tags.`pipeline.stage` = '{stage}' and "
                                                      "attributes.status = 'FINISHED'")
-            if found:
-                r = found[0]
-                runs[stage] = {"run_id": r.info.run_id, "seconds": r.data.metrics.get("seconds"),
-                               "host": r.data.tags.get("host"), "git_commit": r.data.tags.get("git.commit"),
-                               "invocation": r.data.tags.get("pipeline.invocation")}
+            if not found:
+                continue
+            lock = lock_outs.get(stage) or {}
+            match = next((r for r in found if _matches_lock(r.data.tags, lock)), None)
+            tagged = any(k.startswith(OUTPUT_TAG) for r in found for k in r.data.tags)
+            if match is None and tagged:
+                runs[stage] = {"run_id": None, "matched": False, "seconds": None, "host": None,
+                               "invocation": None}
+                continue
+            r = match or found[0]
+            runs[stage] = {"run_id": r.info.run_id, "matched": match is not None,
+                           "seconds": r.data.metrics.get("seconds"), "host": r.data.tags.get("host"),
+                           "git_commit": r.data.tags.get("git.commit"),
+                           "invocation": r.data.tags.get("pipeline.invocation")}
         return runs, None
     except Exception as err:  # noqa: BLE001 - any tracking failure only means "not recorded"
         return {}, f"not recorded (MLflow: {type(err).__name__}: {str(err)[:200]})"
@@ -397,7 +421,7 @@ def build(root: Path, references: Path | None = None) -> dict:
     for c in checks:
         c["path"] = os.path.relpath(results / c["file"], root)
 
-    runs, runs_note = mlflow_runs(list(stages))
+    runs, runs_note = mlflow_runs(list(stages), lock_outs)
     per_stage = []
     for stage in stages:
         run = runs.get(stage)
@@ -411,6 +435,7 @@ def build(root: Path, references: Path | None = None) -> dict:
                         break
         per_stage.append({"stage": stage, "in_lock": stage in lock_outs, "seconds": seconds,
                           "mlflow_run_id": run["run_id"] if run else None,
+                          "mlflow_matched": run["matched"] if run else None,
                           "host": run.get("host") if run else None,
                           "invocation": run.get("invocation") if run else None})
 
@@ -522,9 +547,17 @@ def _sources(rows: list[dict]) -> list[tuple[str, str, str]]:
     return [(r["id"], r["source"], r["protocol"]) for r in rows]
 
 
+def _run_text(s: dict, note: str) -> str:
+    if s["mlflow_matched"] is None:
+        return note
+    if s["mlflow_run_id"] is None:
+        return "no run matches dvc.lock"
+    return s["mlflow_run_id"] + ("" if s["mlflow_matched"] else " (latest; no file outputs to match)")
+
+
 def _stage_row(s: dict, note: str) -> list[Any]:
     return [s["stage"], fmt(s["seconds"]) if s["seconds"] is not None else "not recorded",
-            s["mlflow_run_id"] or note, s["host"] or "not recorded", "yes" if s["in_lock"] else "no"]
+            _run_text(s, note), s["host"] or "not recorded", "yes" if s["in_lock"] else "no"]
 
 
 def _output_row(o: dict) -> list[Any]:

@@ -5,6 +5,11 @@ Tracking URI: ``MLFLOW_TRACKING_URI`` if set (e.g. ``http://host:5000`` for many
 tag ``pipeline.invocation``: taken from ``PIPELINE_INVOCATION`` when the launcher sets it (the
 Snakefile does), otherwise derived from the ``dvc repro`` / ``snakemake`` process that started the
 stage, so that all stages of one ``dvc repro`` are grouped.
+
+On success every run also gets the metric ``seconds`` (wall time of the stage body) and one tag
+``dvc.md5.<path>`` per file output that dvc.yaml declares for the stage (metrics, plots, plain file
+outs), holding the file's md5 as dvc.lock records it: the report uses them to name the run that
+produced the outputs in dvc.lock, not merely the latest one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +26,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "tokenizer-repro"
+OUTPUT_TAG = "dvc.md5."
 
 
 def tracking_uri() -> str:
@@ -140,4 +147,21 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
         items = list(flat.items())
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i:i + 100]))
+        start = time.perf_counter()
         yield StageRun(run.info.run_id)
+        mlflow.log_metric("seconds", time.perf_counter() - start)
+        mlflow.set_tags({OUTPUT_TAG + path: md5 for path, md5 in output_digests(stage).items()})
+
+
+def output_digests(stage: str, root: Path | None = None) -> dict[str, str]:
+    """``{path: md5}`` of the stage's file outputs in dvc.yaml that exist (directories are skipped)."""
+    import yaml
+
+    from pipeline.report import dvc_stages, file_md5
+
+    root = Path.cwd() if root is None else root
+    params_file = root / "params.yaml"
+    params = (yaml.safe_load(params_file.read_text()) or {}) if params_file.is_file() else {}
+    declared = dvc_stages(root, params).get(os.environ.get("DVC_STAGE", stage)) or {}
+    paths = [p for kind in ("outs", "metrics", "plots") for p in declared.get(kind, [])]
+    return {p: file_md5(root / p) for p in paths if (root / p).is_file()}

@@ -26,6 +26,8 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(mlflow_uri, tmp_pat
     client = MlflowClient(mlflow_uri)
     data = client.get_run(run.run_id).data
     assert data.params == {"seed": "0", "prepare.shard_size": "10", "prepare.root": "null"}
+    seconds = data.metrics.pop("seconds")  # the stage body's wall time, logged by stage_run itself
+    assert 0 <= seconds < 60
     assert data.metrics == {"images": 12.0, "nested.psnr": 20.5}
     assert data.tags["dvc.stage"] == "prepare"
     assert data.tags["slurm.job_id"] == "4242"

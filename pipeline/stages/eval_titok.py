@@ -10,8 +10,6 @@ demo has no Inception weights; its numbers are therefore not comparable to the p
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from pipeline.io import write_json
@@ -42,7 +40,6 @@ def run(params: Params) -> int:
 
     cfg = params.eval_titok
     results = results_dir(params, STAGE)
-    start = time.monotonic()
     with stage_run(STAGE, params.model_dump(mode="json")) as run:
         titok = TiTok.from_pretrained(titok_dir(params))
         data = load_split(prepared_root(params), cfg.split, limit=cfg.num_images)
@@ -66,7 +63,6 @@ def run(params: Params) -> int:
                         title=f"{STAGE}: {cfg.split} reconstructions from {titok.config.num_latent_tokens} tokens "
                               f"(PSNR {quality['psnr']:.2f} dB, rFID {fidelity['fid']:.2f})")
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
-        run.log_metrics({"seconds": time.monotonic() - start})
         run.log_artifact(results / "reconstructions.png")
         write_json(results / "metrics.json", metrics)
     print(f"{STAGE}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}, rFID {fidelity['fid']:.2f}, "

@@ -30,7 +30,6 @@ per generation method, a DVC plot); logs both to MLflow. No timings in the outpu
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +187,6 @@ def _fmt(v) -> str:
 
 def run(params: Params) -> int:
     """Score the token-optimisation outputs (FID, IS, precision/recall, CLIP, judge) against baselines."""
-    t0 = time.perf_counter()
     for stage in ("tokenopt_generate", "tokenopt_edit", "tokenopt_inpaint"):
         common.check_samples(params, stage)
     dev = str(common.device())
@@ -217,7 +215,6 @@ def run(params: Params) -> int:
         mlrun.log_metrics({"generate": metrics["generate"], "inpaint": metrics["inpaint"],
                            "edit": {"overall": edit["overall"]} | {f"prompt_{i}": v for i, v in
                                                                    enumerate(edit["per_prompt"].values())}})
-        mlrun.log_metrics({"stage_seconds": time.perf_counter() - t0})
         mlrun.log_artifact(out / "metrics.json", STAGE)
         mlrun.log_artifact(out / "generation.csv", STAGE)
 

@@ -15,7 +15,6 @@ The report cites no hash of its own outputs (they do not exist yet) and reads no
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from pipeline import report
@@ -29,7 +28,6 @@ STAGE = "report"
 
 def run(params: Params) -> int:
     """Write the reviewer's report (markdown, HTML, JSON) and its summary metrics."""
-    start = time.monotonic()
     root = Path.cwd()
     references = root / report.REFERENCES
     if not references.is_file():
@@ -46,7 +44,6 @@ def run(params: Params) -> int:
         summary = report.summary(data)
         write_json(out / "summary.json", summary)
         run.log_metrics({"numbers": summary["numbers"], "ground_truth": summary["ground_truth"]})
-        run.log_metrics({"seconds": time.monotonic() - start})
         run.log_artifact(out / "report.html")
     n = summary["numbers"]
     print(f"{STAGE}: {sum(n.values())} paper numbers: " + ", ".join(f"{report.STATUS_TEXT[k]} {v}"

@@ -15,8 +15,6 @@ with the objective CLIP (:func:`pipeline.experiments.tokenopt_tasks.edit_images`
 
 from __future__ import annotations
 
-import time
-
 import torch
 from tqdm import tqdm
 
@@ -36,7 +34,6 @@ def run(params: Params) -> int:
     """Edit real images towards text prompts by optimising their tokens; write images, records and a grid."""
     cfg = params.tokenopt
     e = cfg.edit
-    start = time.perf_counter()
     torch.manual_seed(params.seed)
     titok, folder, dev = common.load_tokenizer(params)
     clip = objective_clip(params, str(dev))
@@ -66,8 +63,7 @@ def run(params: Params) -> int:
         grid = results_dir(params, STAGE) / "grid.png"
         save_image_grid(rows, grid, ["source", *e.prompts], "text-guided editing: one row per prompt")
         mean_loss = sum(r["final_loss"] for r in records) / len(records)
-        mlrun.log_metrics({"final_loss": mean_loss, "images": len(records),
-                           "stage_seconds": time.perf_counter() - start})
+        mlrun.log_metrics({"final_loss": mean_loss, "images": len(records)})
         mlrun.log_artifact(grid, STAGE)
     print(f"{STAGE}: {n} images x {len(e.prompts)} prompts, mean final loss {mean_loss:.4f}; "
           f"wrote {common.samples_dir(params, STAGE)} and {grid}")

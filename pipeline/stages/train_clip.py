@@ -21,7 +21,6 @@ Both write ``<paths.results>/clip/metrics.json`` (DVC metrics) and log to MLflow
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -113,12 +112,10 @@ def _pretrained(params: Params) -> dict:
 
 def run(params: Params) -> int:
     """Train the demo CLIP (or check the pretrained ones) and write it with its zero-shot accuracy."""
-    start = time.perf_counter()
     with stage_run(STAGE, {"clip": params.clip.model_dump(mode="json"), "seed": params.seed}) as run:
         metrics = _train(params, run) if params.clip.source == "train" else _pretrained(params)
         write_json(Path(params.paths.results) / "clip" / "metrics.json", metrics)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model")})
-        run.log_metrics({"stage_seconds": time.perf_counter() - start})
     top1 = metrics.get("zero_shot_top1", metrics.get("objective", {}).get("zero_shot_top1"))
     print(f"train_clip: zero-shot top-1 on val {top1:.3f} (chance {metrics['chance']:.3f})")
     return 0
