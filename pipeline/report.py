@@ -218,8 +218,9 @@ def mlflow_runs(stages: list[str], lock_outs: dict[str, dict[str, str | None]]
                 ) -> tuple[dict[str, dict], str | None]:
     """The MLflow run per stage (tag ``pipeline.stage``) whose output md5 tags match dvc.lock.
 
-    A stage whose runs carry no output tags (directory outputs only, e.g. ``prepare``) gets its latest
-    finished run, flagged ``matched: False``; a stage none of whose runs match gets no run id.
+    A stage whose runs carry no output tags (directory outputs only, e.g. ``prepare``, or runs older
+    than the tags) gets its latest finished run, flagged ``matched: False``; a stage none of whose runs
+    match gets no run id.
     Returns ``({}, why)`` when MLflow is unavailable.
     """
     from pipeline.tracking import EXPERIMENT, OUTPUT_TAG, tracking_uri
@@ -552,7 +553,7 @@ def _run_text(s: dict, note: str) -> str:
         return note
     if s["mlflow_run_id"] is None:
         return "no run matches dvc.lock"
-    return s["mlflow_run_id"] + ("" if s["mlflow_matched"] else " (latest; no file outputs to match)")
+    return s["mlflow_run_id"] + ("" if s["mlflow_matched"] else " (latest run; no output md5 tags to match)")
 
 
 def _stage_row(s: dict, note: str) -> list[Any]:
