@@ -102,7 +102,7 @@ def test_four_stages_end_to_end(setup, fake_tracking):
         assert stage.run(params) == 0
     for stage in ("tokenopt_edit", "tokenopt_generate", "tokenopt_inpaint"):
         assert (results / stage / "grid.png").stat().st_size > 0
-        assert fake_tracking[stage].metrics["images"] > 0 and "stage_seconds" in fake_tracking[stage].metrics
+        assert fake_tracking[stage].metrics["images"] > 0
 
     arrays, records = _samples(params, "tokenopt_edit")
     assert arrays["source"].shape == (3, SIZE, SIZE, 3) and arrays["edited"].shape == (6, SIZE, SIZE, 3)
