@@ -193,7 +193,7 @@ def run(params: Params) -> int:
         }
         write_json(tmp / "metrics.json", metrics)
         seconds = time.perf_counter() - start  # MLflow only: outputs must not depend on the clock
-        mlrun.log_metrics({**{k: v for k, v in metrics.items() if k not in ("alit", "criterion")}})
+        mlrun.log_metrics({k: v for k, v in metrics.items() if k not in ("alit", "criterion")})
         for f in sorted(tmp.iterdir()):
             mlrun.log_artifact(f)
 

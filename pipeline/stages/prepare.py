@@ -176,7 +176,7 @@ def run(params: Params) -> int:
         start = time.perf_counter()
         manifest = prepare(params, out, opened=opened)
         seconds = time.perf_counter() - start  # logged, not in the manifest: the outputs stay reproducible
-        metrics = {"num_classes": len(manifest["classes"]), "seconds": seconds}
+        metrics = {"num_classes": len(manifest["classes"])}
         for split, info in manifest["splits"].items():
             metrics |= {f"{split}.count": info["count"], f"{split}.skipped": info["skipped"],
                         f"{split}.repaired": info["repaired"], f"{split}.shards": len(info["shards"])}
