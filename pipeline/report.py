@@ -206,22 +206,14 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def _matches_lock(tags: dict[str, str], lock: dict[str, str | None]) -> bool:
-    """Whether a run's ``dvc.md5.<path>`` tags agree with every file output recorded in dvc.lock."""
-    from pipeline.tracking import OUTPUT_TAG
-
-    tagged = {k.removeprefix(OUTPUT_TAG): v for k, v in tags.items() if k.startswith(OUTPUT_TAG)}
-    return bool(tagged) and all(lock.get(path) == md5 for path, md5 in tagged.items())
-
-
 def mlflow_runs(stages: list[str], lock_outs: dict[str, dict[str, str | None]]
                 ) -> tuple[dict[str, dict], str | None]:
-    """The MLflow run per stage (tag ``pipeline.stage``) whose output md5 tags match dvc.lock.
+    """The newest finished MLflow run per stage (tag ``pipeline.stage``) that produced dvc.lock's outputs.
 
-    A stage whose runs carry no output tags (directory outputs only, e.g. ``prepare``, or runs older
-    than the tags) gets its latest finished run, flagged ``matched: False``; a stage none of whose runs
-    match gets no run id.
-    Returns ``({}, why)`` when MLflow is unavailable.
+    A run qualifies when its ``dvc.md5.<path>`` tags equal dvc.lock's md5 for every file output of the
+    stage (``matched: True``); a stage with no file output in the lock (directories only, e.g.
+    ``prepare``) gets its newest run (``matched: False``); a stage none of whose runs qualify gets
+    ``run_id: None``. Returns ``({}, why)`` when MLflow is unavailable.
     """
     from pipeline.tracking import EXPERIMENT, OUTPUT_TAG, tracking_uri
 
@@ -239,24 +231,20 @@ def mlflow_runs(stages: list[str], lock_outs: dict[str, dict[str, str | None]]
             return {}, "not recorded (no MLflow experiment)"
         runs = {}
         for stage in stages:
-            found = client.search_runs([exp.experiment_id], max_results=200,
-                                       order_by=["attributes.start_time DESC"],
-                                       filter_string=f"tags.`pipeline.stage` = '{stage}' and "
-                                                     "attributes.status = 'FINISHED'")
-            if not found:
-                continue
-            lock = lock_outs.get(stage) or {}
-            match = next((r for r in found if _matches_lock(r.data.tags, lock)), None)
-            tagged = any(k.startswith(OUTPUT_TAG) for r in found for k in r.data.tags)
-            if match is None and tagged:
+            files = {path: md5 for path, md5 in (lock_outs.get(stage) or {}).items()
+                     if md5 and not md5.endswith(".dir")}  # DVC marks directory hashes with ".dir"
+            query = " and ".join([f"tags.`pipeline.stage` = '{stage}'", "attributes.status = 'FINISHED'",
+                                  *(f"tags.`{OUTPUT_TAG}{path}` = '{md5}'" for path, md5 in files.items())])
+            found = client.search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+            if found:
+                r = found[0]
+                runs[stage] = {"run_id": r.info.run_id, "matched": bool(files),
+                               "seconds": r.data.metrics.get("seconds"), "host": r.data.tags.get("host"),
+                               "invocation": r.data.tags.get("pipeline.invocation")}
+            elif files:
                 runs[stage] = {"run_id": None, "matched": False, "seconds": None, "host": None,
                                "invocation": None}
-                continue
-            r = match or found[0]
-            runs[stage] = {"run_id": r.info.run_id, "matched": match is not None,
-                           "seconds": r.data.metrics.get("seconds"), "host": r.data.tags.get("host"),
-                           "git_commit": r.data.tags.get("git.commit"),
-                           "invocation": r.data.tags.get("pipeline.invocation")}
         return runs, None
     except Exception as err:  # noqa: BLE001 - any tracking failure only means "not recorded"
         return {}, f"not recorded (MLflow: {type(err).__name__}: {str(err)[:200]})"
@@ -553,7 +541,7 @@ def _run_text(s: dict, note: str) -> str:
         return note
     if s["mlflow_run_id"] is None:
         return "no run matches dvc.lock"
-    return s["mlflow_run_id"] + ("" if s["mlflow_matched"] else " (latest run; no output md5 tags to match)")
+    return s["mlflow_run_id"] + ("" if s["mlflow_matched"] else " (latest run; no file outputs to match)")
 
 
 def _stage_row(s: dict, note: str) -> list[Any]:

@@ -142,7 +142,8 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
         except mlflow.exceptions.MlflowException:
             pass  # created concurrently by another stage
     mlflow.set_experiment(name)
-    with mlflow.start_run(run_name=stage, tags=run_tags(stage)) as run:
+    tags = run_tags(stage)
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
         flat = {k: ("null" if v is None else str(v))[:6000] for k, v in _flatten(params).items()}
         items = list(flat.items())
         for i in range(0, len(items), 100):
@@ -150,11 +151,11 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
         start = time.perf_counter()
         yield StageRun(run.info.run_id)
         mlflow.log_metric("seconds", time.perf_counter() - start)
-        mlflow.set_tags({OUTPUT_TAG + path: md5 for path, md5 in output_digests(stage).items()})
+        mlflow.set_tags({OUTPUT_TAG + path: md5 for path, md5 in output_digests(tags["dvc.stage"]).items()})
 
 
-def output_digests(stage: str, root: Path | None = None) -> dict[str, str]:
-    """``{path: md5}`` of the stage's file outputs in dvc.yaml that exist (directories are skipped)."""
+def output_digests(dvc_stage: str, root: Path | None = None) -> dict[str, str]:
+    """``{path: md5}`` of the file outputs dvc.yaml declares for ``dvc_stage`` that exist (not directories)."""
     import yaml
 
     from pipeline.report import dvc_stages, file_md5
@@ -162,6 +163,6 @@ def output_digests(stage: str, root: Path | None = None) -> dict[str, str]:
     root = Path.cwd() if root is None else root
     params_file = root / "params.yaml"
     params = (yaml.safe_load(params_file.read_text()) or {}) if params_file.is_file() else {}
-    declared = dvc_stages(root, params).get(os.environ.get("DVC_STAGE", stage)) or {}
+    declared = dvc_stages(root, params).get(dvc_stage) or {}
     paths = [p for kind in ("outs", "metrics", "plots") for p in declared.get(kind, [])]
     return {p: file_md5(root / p) for p in paths if (root / p).is_file()}

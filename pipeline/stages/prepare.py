@@ -175,7 +175,7 @@ def run(params: Params) -> int:
     with stage_run("prepare", params.model_dump(mode="json")) as tracked:
         start = time.perf_counter()
         manifest = prepare(params, out, opened=opened)
-        seconds = time.perf_counter() - start  # logged, not in the manifest: the outputs stay reproducible
+        seconds = time.perf_counter() - start  # for images/s; not in the manifest, which stays reproducible
         metrics = {"num_classes": len(manifest["classes"])}
         for split, info in manifest["splits"].items():
             metrics |= {f"{split}.count": info["count"], f"{split}.skipped": info["skipped"],

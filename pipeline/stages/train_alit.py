@@ -146,7 +146,7 @@ def run(params: Params) -> int:
         with atomic_dir(alit_dir(params)) as tmp:
             alit.save_pretrained(tmp)
         write_json(Path(params.paths.results) / STAGE / "metrics.json", metrics)
-        seconds = time.perf_counter() - start  # MLflow only: outputs must not depend on the clock
+        seconds = time.perf_counter() - start  # printed only (stage_run logs the wall time)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model", "folder")})
     print(f"train_alit: wrote {alit_dir(params)} ({seconds:.1f} s)")
     return 0
