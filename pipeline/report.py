@@ -13,8 +13,9 @@ What drives the report:
   *without the report stage's entry*: DVC rewrites that entry after the report has run, so the raw
   file can never match a hash written by the report, and citing it would make the report depend on
   its previous run;
-- MLflow (latest finished run per ``pipeline.stage`` tag): run ids, wall time (metric ``seconds``),
-  host; "not recorded" when there is no tracking store.
+- MLflow: per stage, the newest finished run whose ``dvc.md5.<path>`` tags equal dvc.lock's md5 for
+  every file output (:mod:`pipeline.tracking`): run id, wall time (metric ``seconds``), host; "not
+  recorded" when there is no tracking store.
 
 Nothing here depends on the clock: given the same inputs and provenance the outputs are identical.
 """
@@ -27,12 +28,13 @@ import html
 import json
 import os
 import platform
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline.dvcfile import dvc_stages, file_md5
 
 REFERENCES = "references/paper_numbers.yaml"
 REPORT_STAGE = "report"
@@ -95,12 +97,6 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def file_md5(path: Path) -> str:
-    """Hex MD5 of a file's bytes (what dvc.lock records for a file output)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
-
-
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -141,31 +137,6 @@ def load_references(path: Path) -> dict:
         if c["expect"].get("op") not in OPS:
             raise ValueError(f"{path}: ground_truth_checks.{c['id']}: op must be one of {list(OPS)}")
     return refs
-
-
-_VAR = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
-
-
-def _resolve(text: str, params: dict) -> str:
-    def sub(m: re.Match) -> str:
-        value = lookup(params, m.group(1))
-        return m.group(0) if value is MISSING else str(value)
-
-    return _VAR.sub(sub, text)
-
-
-def _entry_path(entry: Any) -> str:
-    return next(iter(entry)) if isinstance(entry, dict) else str(entry)
-
-
-def dvc_stages(root: Path, params: dict) -> dict[str, dict[str, list[str]]]:
-    """``{stage: {"outs": [...], "metrics": [...], "plots": [...]}}`` from dvc.yaml, paths resolved."""
-    data = yaml.safe_load((root / "dvc.yaml").read_text()) if (root / "dvc.yaml").is_file() else None
-    stages: dict[str, dict[str, list[str]]] = {}
-    for name, st in ((data or {}).get("stages") or {}).items():
-        stages[name] = {kind: [os.path.normpath(_resolve(_entry_path(e), params)) for e in st.get(kind) or []]
-                        for kind in ("outs", "metrics", "plots")}
-    return stages
 
 
 def read_lock(root: Path) -> tuple[dict[str, dict[str, str | None]], str | None]:

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.dvcfile import output_digests
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "tokenizer-repro"
 OUTPUT_TAG = "dvc.md5."
@@ -152,17 +154,3 @@ def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
         yield StageRun(run.info.run_id)
         mlflow.log_metric("seconds", time.perf_counter() - start)
         mlflow.set_tags({OUTPUT_TAG + path: md5 for path, md5 in output_digests(tags["dvc.stage"]).items()})
-
-
-def output_digests(dvc_stage: str, root: Path | None = None) -> dict[str, str]:
-    """``{path: md5}`` of the file outputs dvc.yaml declares for ``dvc_stage`` that exist (not directories)."""
-    import yaml
-
-    from pipeline.report import dvc_stages, file_md5
-
-    root = Path.cwd() if root is None else root
-    params_file = root / "params.yaml"
-    params = (yaml.safe_load(params_file.read_text()) or {}) if params_file.is_file() else {}
-    declared = dvc_stages(root, params).get(dvc_stage) or {}
-    paths = [p for kind in ("outs", "metrics", "plots") for p in declared.get(kind, [])]
-    return {p: file_md5(root / p) for p in paths if (root / p).is_file()}

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import report
+from pipeline.dvcfile import file_md5
 
 
 def dvc_hashes(root: Path, paths: set[str]) -> dict[str, str]:
@@ -89,8 +90,8 @@ def verify(root: Path) -> list[str]:
             p = root / f["path"]
             if not p.is_file():
                 problems.append(f"{f['path']}: figure missing")
-            elif report.file_md5(p) != f["md5"]:
-                problems.append(f"{f['path']}: figure md5 {report.file_md5(p)}, the report shows {f['md5']}")
+            elif file_md5(p) != f["md5"]:
+                problems.append(f"{f['path']}: figure md5 {file_md5(p)}, the report shows {f['md5']}")
 
     md_path = out_dir / "report.md"
     md_rows = _md_lines(md_path.read_text()) if md_path.is_file() else {}

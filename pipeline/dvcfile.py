@@ -1,0 +1,62 @@
+"""What ``dvc.yaml`` declares, read without DVC: the file outputs of each stage and their md5.
+
+Shared by the report (which cites every output with its md5 from dvc.lock) and the tracking module
+(which tags each MLflow run with the md5 of the outputs it wrote, so the report can name the run behind
+dvc.lock). Paths are resolved from ``params.yaml`` the way DVC resolves ``${...}``: a plain dotted
+lookup; a reference params.yaml does not define is left as written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OUTPUT_KINDS = ("outs", "metrics", "plots")
+_VAR = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 of a file's bytes (what dvc.lock records for a file output)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def _resolve(text: str, params: dict) -> str:
+    def sub(m: re.Match) -> str:
+        value: Any = params
+        for part in m.group(1).split("."):
+            if not (isinstance(value, dict) and part in value):
+                return m.group(0)
+            value = value[part]
+        return str(value)
+
+    return _VAR.sub(sub, text)
+
+
+def _entry_path(entry: Any) -> str:
+    return next(iter(entry)) if isinstance(entry, dict) else str(entry)
+
+
+def dvc_stages(root: Path, params: dict) -> dict[str, dict[str, list[str]]]:
+    """``{stage: {"outs": [...], "metrics": [...], "plots": [...]}}`` from dvc.yaml, paths resolved."""
+    data = yaml.safe_load((root / "dvc.yaml").read_text()) if (root / "dvc.yaml").is_file() else None
+    stages: dict[str, dict[str, list[str]]] = {}
+    for name, st in ((data or {}).get("stages") or {}).items():
+        stages[name] = {kind: [os.path.normpath(_resolve(_entry_path(e), params)) for e in st.get(kind) or []]
+                        for kind in OUTPUT_KINDS}
+    return stages
+
+
+def output_digests(dvc_stage: str, root: Path | None = None) -> dict[str, str]:
+    """``{path: md5}`` of the file outputs dvc.yaml declares for ``dvc_stage`` that exist (not directories)."""
+    root = Path.cwd() if root is None else root
+    params_file = root / "params.yaml"
+    params = (yaml.safe_load(params_file.read_text()) or {}) if params_file.is_file() else {}
+    declared = dvc_stages(root, params).get(dvc_stage) or {}
+    paths = [p for kind in OUTPUT_KINDS for p in declared.get(kind, [])]
+    return {p: file_md5(root / p) for p in paths if (root / p).is_file()}
