@@ -2,8 +2,8 @@
 
 Shared by the report (which cites every output with its md5 from dvc.lock) and the tracking module
 (which tags each MLflow run with the md5 of the outputs it wrote, so the report can name the run behind
-dvc.lock). Paths are resolved from ``params.yaml`` the way DVC resolves ``${...}``: a plain dotted
-lookup; a reference params.yaml does not define is left as written.
+dvc.lock). Paths are resolved from ``params.yaml`` the way DVC resolves ``${...}``: a dotted
+:func:`lookup`; a reference params.yaml does not define is left as written.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 OUTPUT_KINDS = ("outs", "metrics", "plots")
+MISSING = object()
 _VAR = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
 
@@ -26,14 +27,25 @@ def file_md5(path: Path) -> str:
         return hashlib.file_digest(f, "md5").hexdigest()
 
 
+def lookup(obj: Any, dotted: str) -> Any:
+    """``obj["a"]["b"]`` for ``"a.b"`` (a digit part indexes a list); :data:`MISSING` when any part is absent.
+
+    The lookup of DVC's ``${...}`` references, and of the report's metric keys.
+    """
+    for part in dotted.split("."):
+        if isinstance(obj, dict) and part in obj:
+            obj = obj[part]
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return MISSING
+    return obj
+
+
 def _resolve(text: str, params: dict) -> str:
     def sub(m: re.Match) -> str:
-        value: Any = params
-        for part in m.group(1).split("."):
-            if not (isinstance(value, dict) and part in value):
-                return m.group(0)
-            value = value[part]
-        return str(value)
+        value = lookup(params, m.group(1))
+        return m.group(0) if value is MISSING else str(value)
 
     return _VAR.sub(sub, text)
 

@@ -34,11 +34,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.dvcfile import dvc_stages, file_md5
+from pipeline.dvcfile import MISSING, dvc_stages, file_md5, lookup
 
 REFERENCES = "references/paper_numbers.yaml"
 REPORT_STAGE = "report"
-MISSING = object()
 
 STATUS_TEXT = {
     "within": "within tolerance",
@@ -57,18 +56,6 @@ OPS = {"==": lambda a, b: a == b, ">": lambda a, b: a > b, ">=": lambda a, b: a 
 
 # ---------------------------------------------------------------------------------------------------
 # small helpers
-
-
-def lookup(obj: Any, dotted: str) -> Any:
-    """``obj["a"]["b"]`` for ``"a.b"``; :data:`MISSING` when any part is absent."""
-    for part in dotted.split("."):
-        if isinstance(obj, dict) and part in obj:
-            obj = obj[part]
-        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
-            obj = obj[int(part)]
-        else:
-            return MISSING
-    return obj
 
 
 def expand(obj: Any, pattern: str) -> list[tuple[str | None, str]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import report
-from pipeline.dvcfile import file_md5
+from pipeline.dvcfile import MISSING, file_md5, lookup
 
 
 def dvc_hashes(root: Path, paths: set[str]) -> dict[str, str]:
@@ -105,9 +105,9 @@ def verify(root: Path) -> list[str]:
         if metrics is None:
             problems.append(f"{n['path']}: missing (the report shows {n['key']} = {report.fmt(n['value'])})")
             continue
-        now = report.lookup(metrics, n["key"])
-        if now is report.MISSING or now != n["value"]:
-            shown = "absent" if now is report.MISSING else report.fmt(now)
+        now = lookup(metrics, n["key"])
+        if now is MISSING or now != n["value"]:
+            shown = "absent" if now is MISSING else report.fmt(now)
             problems.append(f"{n['path']}: {n['key']} is {shown}, the report shows {report.fmt(n['value'])} "
                             f"(row {n['id']})")
         if md_path.is_file() and report.fmt(n["value"]) not in md_rows.get(n["id"], ""):

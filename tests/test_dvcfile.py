@@ -9,10 +9,11 @@ from pipeline.dvcfile import dvc_stages, output_digests
 
 
 def _repo(tmp_path: Path) -> Path:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"results": "res", "models": "mod"}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"results": "res", "models": "mod"},
+                                                          "splits": ["train", "val"]}))
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": {
         "cmd": "x",
-        "outs": ["${paths.models}/net", "${paths.unknown}/kept"],
+        "outs": ["${paths.models}/net", "${paths.unknown}/kept", "${paths.models}/${splits.1}.npz"],
         "metrics": [{"${paths.results}/train/metrics.json": {"cache": False}}],
         "plots": ["${ paths.results }/train/curve.png"],
     }}}))
@@ -25,7 +26,7 @@ def _repo(tmp_path: Path) -> Path:
 def test_dvc_stages_resolves_params_and_keeps_unknown_references(tmp_path):
     root = _repo(tmp_path)
     stages = dvc_stages(root, yaml.safe_load((root / "params.yaml").read_text()))
-    assert stages["train"] == {"outs": ["mod/net", "${paths.unknown}/kept"],
+    assert stages["train"] == {"outs": ["mod/net", "${paths.unknown}/kept", "mod/val.npz"],
                                "metrics": ["res/train/metrics.json"], "plots": ["res/train/curve.png"]}
 
 
