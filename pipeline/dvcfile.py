@@ -1,9 +1,10 @@
 """What ``dvc.yaml`` declares, read without DVC: the file outputs of each stage and their md5.
 
-Shared by the report (which cites every output with its md5 from dvc.lock) and the tracking module
-(which tags each MLflow run with the md5 of the outputs it wrote, so the report can name the run behind
-dvc.lock). Paths are resolved from ``params.yaml`` the way DVC resolves ``${...}``: a dotted
-:func:`lookup`; a reference params.yaml does not define is left as written.
+Shared by the report (which cites every output with its md5 from dvc.lock), ``verify`` (which checks
+the cited figures and numbers against the checkout) and the tracking module (which tags each MLflow run
+with the md5 of the outputs it wrote, so the report can name the run behind dvc.lock). Paths are
+resolved from ``params.yaml`` the way DVC resolves ``${...}``: a dotted :func:`lookup`; a reference
+params.yaml does not define is left as written.
 """
 
 from __future__ import annotations
