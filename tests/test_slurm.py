@@ -148,8 +148,10 @@ def test_interrupted_training_job_resumes_from_checkpoint(tmp_path, slurm, inter
         return re.search(r"Restarts=([1-9])", info) is not None and "JobState=PENDING" in info
 
     _wait(requeued, 120, "the job to be requeued", job, run_dir)
-    # SLURM holds a requeued job for 120 s (BeginTime); let it start now.
-    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+    # SLURM holds a requeued job for 120 s (BeginTime); let it start in 3 s, not now: slurmd revokes the
+    # old run's credential when it ends, and a new run launched within that same second is killed as
+    # "Job credential revoked" (slurmctld.log; FAILED, exit 1, no output), a race of this shortcut only.
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now+3"], capture_output=True)
     _wait(lambda: _job_state(job) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 400,
           "the requeued job to finish", job, run_dir)
     logs = "\n".join(p.read_text()[-3000:] for p in run_dir.glob("slurm-*.out"))
