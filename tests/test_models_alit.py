@@ -304,11 +304,16 @@ def test_adaptive_rejects_bad_arguments(model, tensors):
 
 def test_demo_alit_uses_xavier_and_restarts_released_configs_do_not():
     demo, released = ALITConfig.named("alit_demo"), ALITConfig.named("alit_small")
-    assert demo.init == "xavier" and demo.restart_dead_codes
+    assert demo.init == "xavier_centred" and demo.restart_dead_codes
     assert released.init == "vit" and not released.restart_dead_codes
     assert demo.vqgan.restart_dead_codes  # the shared demo VQGAN, trained by train_vqgan
     with pytest.raises(ValueError, match="init"):
         dataclasses.replace(demo, init="kaiming")
     model = ALIT(dataclasses.replace(demo, vqgan=dataclasses.replace(demo.vqgan, restart_dead_codes=False)))
     assert model.pre_quantizer_mlp.weight.std() > 0.1  # xavier for 64 -> 12, against the official 0.02
+    # centred patch embedding: a mid-grey image embeds to zero (xavier alone: to the bias, zero, plus W * 0.5)
+    grey = torch.full((1, 3, 64, 64), 0.5)
+    assert model.patch_embed(grey).abs().max() < 1e-5
+    plain = ALIT(dataclasses.replace(model.config, init="xavier"))
+    assert plain.patch_embed(grey).abs().max() > 0.1
     assert "quantize.usage_ema" in model.state_dict()

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.models.maskgit_vqgan import VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
-from pipeline.models.registry import build_model, count_parameters
+from pipeline.models.registry import build_model, count_parameters, model_config
 from pipeline.models.titok import TiTok, TiTokConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -226,9 +226,68 @@ def test_dead_codes_are_restarted_from_encoder_outputs_only_while_the_encoder_tr
     assert torch.equal(before, q.embedding.weight)  # eval mode never restarts
 
 
-def test_demo_titok_uses_xavier_init_and_restarts_released_configs_do_not():
+def test_demo_titok_starts_local_with_restarts_released_configs_do_not():
     demo, released = build_model("titok_demo"), TiTokConfig()
-    assert demo.config.init == "xavier" and demo.config.restart_dead_codes
-    assert released.init == "vit" and not released.restart_dead_codes
-    assert demo.decoder.decoder_embed.weight.std() > 0.1  # xavier for 12 -> 96, against the official 0.02
+    assert demo.config.init == "local" and demo.config.restart_dead_codes and not demo.config.scrambles_tokens
+    assert released.init == "vit" and not released.restart_dead_codes and released.scrambles_tokens
+    assert demo.decoder.decoder_embed.weight[48:].std() > 0.1  # xavier for 12 -> 96 (rows 0-47: position codes)
     assert build_model("titok_demo", init="vit").decoder.decoder_embed.weight.std() < 0.025
+    with pytest.raises(ValueError, match="legacy_reshape=False"):
+        model_config("titok_demo", legacy_reshape=True)
+
+
+def _first_block_attention(model, images):
+    """Attention probabilities (B, heads, L, L) of the first encoder and the first decoder block."""
+    import pipeline.models.vit as vit
+
+    seen, sdpa = [], vit.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    vit.F.scaled_dot_product_attention = spy
+    try:
+        with torch.no_grad():
+            model.decoder_logits(model.encode(images)[0])
+    finally:
+        vit.F.scaled_dot_product_attention = sdpa
+    return seen[0], seen[model.config.enc_depth]
+
+
+def test_local_init_routes_each_grid_cell_through_its_own_token():
+    torch.manual_seed(0)
+    model = build_model("titok_demo").eval()
+    images = torch.rand(2, 3, 64, 64)
+    enc, dec = _first_block_attention(model, images)
+    # encoder: latent i (grid cell (i // 8, i % 8) of 4 x 8) over the 8 x 8 patches; patch cell (r // 2, c)
+    patches = torch.arange(64)
+    patch_cell = (patches // 8) // 2 * 8 + patches % 8
+    latent_rows = enc[:, :, 65:, 1:65]  # (B, h, 32, 64)
+    own = latent_rows * (patch_cell[None, :] == torch.arange(32)[:, None])
+    assert own.sum(-1).mean() > 0.9, own.sum(-1).mean()
+    # decoder: mask token at (r, c) of 16 x 16 over the 32 latents; its cell (r // 4, c // 2)
+    masks = torch.arange(256)
+    mask_cell = (masks // 16) // 4 * 8 + (masks % 16) // 2
+    mask_rows = dec[:, :, 1:257, 257:]  # (B, h, 256, 32)
+    assert mask_rows.gather(-1, mask_cell.view(1, 1, 256, 1).expand(2, 4, 256, 1)).mean() > 0.9
+    # and the layouts that would undo it: the xavier model attends uniformly
+    enc_x, _ = _first_block_attention(build_model("titok_demo", init="xavier").eval(), images)
+    assert (enc_x[:, :, 65:, 1:65] * (patch_cell[None, :] == torch.arange(32)[:, None])).sum(-1).mean() < 0.2
+
+
+def test_centred_patch_embedding_makes_the_tokens_depend_on_the_image():
+    torch.manual_seed(0)
+    colours = 0.3 + 0.4 * torch.rand(16, 3, 1, 1)  # away from 0 and 1, as most photographs
+    images = (colours + 0.1 * torch.randn(16, 3, 64, 64)).clamp(0, 1)
+
+    def image_share(model):  # the share of the tokens' energy that varies across images
+        with torch.no_grad():
+            z = model.encode_continuous(images)
+        return (z.var(0).sum() / (z**2).mean(0).sum()).item()
+
+    local = build_model("titok_demo")
+    uncentred = build_model("titok_demo")
+    uncentred.load_state_dict(local.state_dict())
+    torch.nn.init.zeros_(uncentred.encoder.patch_embed.bias)
+    assert image_share(local) > 4 * image_share(uncentred), (image_share(local), image_share(uncentred))

@@ -36,7 +36,8 @@ Public API
 Official quirks reproduced:
 
 * Legacy encoder: the (B, N, W) latent slice is reinterpreted as (B, W, N, 1) by a plain reshape,
-  without a transpose, before the 1x1 ``conv_out``.
+  without a transpose, before the 1x1 ``conv_out`` (``legacy_reshape``, by default as ``legacy``; the
+  demo turns it off to keep its proxy-code head with token ``j`` = latent ``j``).
 * Decoder sequence order is [class, g*g mask tokens, N latent tokens]; the learnable latent queries
   ``latent_tokens`` are a top-level parameter, outside ``encoder``.
 * Non-legacy pixel head: depth-to-space with the colour channel fastest, ``(p1*p + p2)*3 + c``
@@ -53,6 +54,7 @@ from torch import nn
 
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig, VQGANDecoder, VQGANQuantizer
 from pipeline.models.quantizer import GaussianLatent, VectorQuantizer
+from pipeline.models.titok_init import init_local_attention
 from pipeline.models.vit import Transformer, weight_init
 
 # (width, depth, heads) of the official size names
@@ -81,8 +83,12 @@ class TiTokConfig:
     use_l2_norm: bool = True
     commitment_cost: float = 0.25
     restart_dead_codes: bool = False  # training-time codebook restarts (see VectorQuantizer); demo only
-    init: Literal["vit", "xavier"] = "vit"  # "vit": the official trunc-normal(0.02); "xavier": demo
+    # "vit": the official trunc-normal(0.02); "xavier"; "local": xavier plus position-local attention
+    # (pipeline.models.titok_init), how the demo leaves the mean-colour saddle
+    init: Literal["vit", "xavier", "local"] = "vit"
     legacy: bool = True
+    # the encoder's (N, W) -> (W, N) reshape quirk; None: as ``legacy`` (every official model)
+    legacy_reshape: bool | None = None
     pixel_decoder: bool = True
     freeze_encoder: bool = False
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
@@ -92,7 +98,10 @@ class TiTokConfig:
             self.vqgan = VQGANConfig(**self.vqgan)
         if self.quantize_mode not in ("vq", "vae"):
             raise ValueError(f"quantize_mode must be 'vq' or 'vae', got {self.quantize_mode!r}")
-        weight_init(self.init)  # a known initialiser name
+        weight_init("xavier" if self.init == "local" else self.init)  # a known initialiser name
+        if self.init == "local" and self.scrambles_tokens:
+            raise ValueError("init='local' needs legacy_reshape=False: the legacy reshape mixes every latent "
+                             "token into every output token, which undoes the position-local start")
         if self.pixel_decoder and not self.legacy:
             raise ValueError("pixel_decoder needs the legacy proxy-code head (legacy=True)")
         if self.quantize_mode == "vae" and (self.legacy or self.freeze_encoder):
@@ -100,6 +109,11 @@ class TiTokConfig:
         for name, patch in (("enc_patch_size", self.enc_patch_size), ("dec_patch_size", self.dec_patch_size)):
             if self.image_size % patch:
                 raise ValueError(f"{name}={patch} does not divide image_size={self.image_size}")
+
+    @property
+    def scrambles_tokens(self) -> bool:
+        """Whether the encoder applies the official legacy (N, W) -> (W, N) reshape quirk."""
+        return self.legacy if self.legacy_reshape is None else self.legacy_reshape
 
     @property
     def enc_grid(self) -> int:
@@ -194,7 +208,7 @@ class TiTokEncoder(nn.Module):
         x = self.transformer(self.ln_pre(x))
         n = latent_tokens.shape[0]
         x = self.ln_post(x[:, -n:])  # (B, N, W)
-        if self.cfg.legacy:
+        if self.cfg.scrambles_tokens:
             x = x.reshape(b, -1, n, 1)  # official quirk: reinterpret (N, W) as (W, N), no transpose
         else:
             x = x.transpose(1, 2).unsqueeze(-1)  # (B, W, N, 1)
@@ -245,8 +259,11 @@ class TiTok(nn.Module):
         self.latent_tokens = nn.Parameter(scale * torch.randn(cfg.num_latent_tokens, cfg.enc_width))
         self.encoder = TiTokEncoder(cfg)
         self.decoder = TiTokDecoder(cfg)
-        self.encoder.apply(weight_init(cfg.init))
-        self.decoder.apply(weight_init(cfg.init))
+        module_init = weight_init("xavier" if cfg.init == "local" else cfg.init)
+        self.encoder.apply(module_init)
+        self.decoder.apply(module_init)
+        if cfg.init == "local":
+            init_local_attention(self)
         if cfg.quantize_mode == "vq":
             self.quantize = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
                                             cfg.use_l2_norm, cfg.restart_dead_codes)
