@@ -113,3 +113,24 @@ def assert_same_results(a: Path, b: Path, rel: float = 1e-3) -> None:
     byte_diffs = sorted(p for p in outs[0] if outs[0][p] != outs[1][p])
     if byte_diffs:
         print(f"outputs equal in metrics but not byte-identical: {byte_diffs}")
+
+
+def attention_maps(run) -> list:
+    """The softmax attention (B, heads, L, L) of every ``vit.Attention`` call made by ``run()``, in order."""
+    import torch
+
+    import pipeline.models.vit as vit
+
+    seen, sdpa = [], vit.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    vit.F.scaled_dot_product_attention = spy
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        vit.F.scaled_dot_product_attention = sdpa
+    return seen

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import attention_maps
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError, MissingWeightsError
@@ -302,18 +303,36 @@ def test_adaptive_rejects_bad_arguments(model, tensors):
         adaptive_tokenize(model, tensors["input_images"], threshold=0.1, max_iters=9)
 
 
-def test_demo_alit_uses_xavier_and_restarts_released_configs_do_not():
+def test_demo_alit_starts_local_with_restarts_released_configs_do_not():
     demo, released = ALITConfig.named("alit_demo"), ALITConfig.named("alit_small")
-    assert demo.init == "xavier_centred" and demo.restart_dead_codes
+    assert demo.init == "local" and demo.restart_dead_codes
     assert released.init == "vit" and not released.restart_dead_codes
     assert demo.vqgan.restart_dead_codes  # the shared demo VQGAN, trained by train_vqgan
     with pytest.raises(ValueError, match="init"):
         dataclasses.replace(demo, init="kaiming")
     model = ALIT(dataclasses.replace(demo, vqgan=dataclasses.replace(demo.vqgan, restart_dead_codes=False)))
     assert model.pre_quantizer_mlp.weight.std() > 0.1  # xavier for 64 -> 12, against the official 0.02
-    # centred patch embedding: a mid-grey image embeds to zero (xavier alone: to the bias, zero, plus W * 0.5)
-    grey = torch.full((1, 3, 64, 64), 0.5)
-    assert model.patch_embed(grey).abs().max() < 1e-5
-    plain = ALIT(dataclasses.replace(model.config, init="xavier"))
-    assert plain.patch_embed(grey).abs().max() > 0.1
     assert "quantize.usage_ema" in model.state_dict()
+
+
+def _first_block_attention(model, images):
+    """Attention probabilities (B, heads, L, L) of the first encoder and the first decoder block."""
+    maps = attention_maps(lambda: model(images, num_iters=1))
+    return maps[0], maps[model.config.num_layers]
+
+
+def test_local_alit_init_routes_each_grid_cell_through_its_own_latent():
+    torch.manual_seed(0)
+    demo = ALITConfig.named("alit_demo")
+    model = ALIT(dataclasses.replace(demo, vqgan=dataclasses.replace(demo.vqgan, restart_dead_codes=False))).eval()
+    images = torch.rand(2, 3, 64, 64)
+    enc, dec = _first_block_attention(model, images)
+    grid = torch.arange(256)  # 16 x 16 image tokens; cell (r // 4, c // 2) of the 4 x 8 latent grid
+    cell = (grid // 16) // 4 * 8 + (grid % 16) // 2
+    own = enc[:, :, 257:, 1:257] * (cell[None, :] == torch.arange(32)[:, None])  # latents over image tokens
+    assert own.sum(-1).mean() > 0.9, own.sum(-1).mean()
+    mask_rows = dec[:, :, 1:257, 257:]  # (B, h, 256 mask tokens, 32 latents)
+    assert mask_rows.gather(-1, cell.view(1, 1, 256, 1).expand(2, 4, 256, 1)).mean() > 0.9
+    plain = ALIT(dataclasses.replace(model.config, init="xavier")).eval()
+    enc_x, _ = _first_block_attention(plain, images)
+    assert (enc_x[:, :, 257:, 1:257] * (cell[None, :] == torch.arange(32)[:, None])).sum(-1).mean() < 0.2

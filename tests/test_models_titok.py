@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import attention_maps
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError, MissingWeightsError
@@ -238,21 +239,8 @@ def test_demo_titok_starts_local_with_restarts_released_configs_do_not():
 
 def _first_block_attention(model, images):
     """Attention probabilities (B, heads, L, L) of the first encoder and the first decoder block."""
-    import pipeline.models.vit as vit
-
-    seen, sdpa = [], vit.F.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):
-        seen.append((q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1))
-        return sdpa(q, k, v, *args, **kwargs)
-
-    vit.F.scaled_dot_product_attention = spy
-    try:
-        with torch.no_grad():
-            model.decoder_logits(model.encode(images)[0])
-    finally:
-        vit.F.scaled_dot_product_attention = sdpa
-    return seen[0], seen[model.config.enc_depth]
+    maps = attention_maps(lambda: model.decoder_logits(model.encode(images)[0]))
+    return maps[0], maps[model.config.enc_depth]
 
 
 def test_local_init_routes_each_grid_cell_through_its_own_token():

@@ -55,9 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import InputError, MissingWeightsError
+from pipeline.models.local_init import init_local_attention_alit
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
-from pipeline.models.vit import Transformer, centre_patch_embedding_, weight_init
+from pipeline.models.vit import Transformer, weight_init
 
 # Per-iteration weights of the code cross-entropy in stage 1 (official ``lambda_loss_weight``).
 ITERATION_LOSS_WEIGHTS = (2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0)
@@ -82,10 +83,10 @@ class ALITConfig:
     dynamic_halting: bool = True
     dynamic_halting_threshold: float = 0.55
     restart_dead_codes: bool = False  # training-time restarts of the 1-D VQ (see VectorQuantizer); demo only
-    # "vit": the official trunc-normal(0.02); demo only: "xavier", and "xavier_centred", which also centres
-    # the pixel patch embedding (vit.centre_patch_embedding_); without it the demo ALIT on a VQGAN whose
-    # codes carry shapes outputs one and the same image for every input
-    init: Literal["vit", "xavier", "xavier_centred"] = "vit"
+    # "vit": the official trunc-normal(0.02); demo only: "xavier", and "local", xavier plus a position-local
+    # start (pipeline.models.local_init), without which the demo ALIT outputs one and the same image for
+    # every input
+    init: Literal["vit", "xavier", "local"] = "vit"
     vqgan: VQGANConfig = field(default_factory=lambda: _mage_vqgan())  # the released base tokenizer
 
     @property
@@ -98,7 +99,7 @@ class ALITConfig:
 
     @property
     def _module_init(self) -> str:
-        return "xavier" if self.init == "xavier_centred" else self.init
+        return "xavier" if self.init == "local" else self.init
 
     def tokens_at(self, iteration: int) -> int:
         """Number of 1-D tokens after 0-based ``iteration``."""
@@ -179,12 +180,10 @@ def _alit_demo() -> ALITConfig:
     from pipeline.models.registry import model_config
 
     # Xavier init and dead-code restarts: with the official init every image's 1-D tokens fall on the same
-    # codes, and the decoder learns the same code map for all images. A centred patch embedding, as
-    # titok_demo's: without it only 3% of the 1-D latents' energy depends on the image at init, and on
-    # the demo VQGAN stage 1 ends with one output image for every input (val L1 0.22 instead of 0.11).
+    # codes, and the decoder learns the same code map for all images. A position-local start, as
+    # titok_demo's: without it, on the demo VQGAN, stage 1 ends with one output image for every input.
     return ALITConfig(width=64, num_layers=2, num_heads=4, image_size=64, patch_size=4, vq_codebook_size=256,
-                      vq_token_dim=12, restart_dead_codes=True, init="xavier_centred",
-                      vqgan=model_config("vqgan_demo"))
+                      vq_token_dim=12, restart_dead_codes=True, init="local", vqgan=model_config("vqgan_demo"))
 
 
 ALIT_CONFIGS: dict[str, Callable[[], ALITConfig]] = {
@@ -289,8 +288,8 @@ class ALIT(nn.Module):
         # the image tokens are [VQGAN features (z_channels) ; pixel patch embedding (the rest)]
         self.patch_embed = nn.Conv2d(3, w - c.vqgan.z_channels, kernel_size=c.patch_size, stride=c.patch_size)
         self.apply(weight_init(c._module_init))
-        if c.init == "xavier_centred":
-            centre_patch_embedding_(self.patch_embed)
+        if c.init == "local":
+            init_local_attention_alit(self)
         self.quantize = VectorQuantizer(c.vq_codebook_size, c.vq_token_dim, c.vq_commitment_cost,
                                         use_l2_norm=True, restart_dead_codes=c.restart_dead_codes)
         self.base_tokenizer = BaseTokenizer(c.vqgan)

@@ -68,7 +68,7 @@ def _vqgan_demo() -> VQGANConfig:
 def _titok_demo() -> TiTokConfig:
     # Width 96 x 3 layers: a stage-1 step costs ~0.9 GFLOP per image, so the demo trains in minutes on CPU.
     # Dead-code restarts: with the official codebook, a few hundred steps leave every image with the same
-    # 32 codes. init="local" (pipeline.models.titok_init): from xavier or the official init the model
+    # 32 codes. init="local" (pipeline.models.local_init): from xavier or the official init the model
     # stays where every token carries the image's mean colour; the local start needs token j = latent j,
     # hence legacy_reshape=False (the proxy-code head and pixel decoder stay the legacy ones).
     return TiTokConfig(image_size=64, enc_width=96, enc_depth=3, enc_heads=4, enc_patch_size=8,

@@ -52,9 +52,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from pipeline.models.local_init import init_local_attention
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig, VQGANDecoder, VQGANQuantizer
 from pipeline.models.quantizer import GaussianLatent, VectorQuantizer
-from pipeline.models.titok_init import init_local_attention
 from pipeline.models.vit import Transformer, weight_init
 
 # (width, depth, heads) of the official size names
@@ -84,7 +84,7 @@ class TiTokConfig:
     commitment_cost: float = 0.25
     restart_dead_codes: bool = False  # training-time codebook restarts (see VectorQuantizer); demo only
     # "vit": the official trunc-normal(0.02); "xavier"; "local": xavier plus position-local attention
-    # (pipeline.models.titok_init), how the demo leaves the mean-colour saddle
+    # (pipeline.models.local_init), how the demo leaves the mean-colour saddle
     init: Literal["vit", "xavier", "local"] = "vit"
     legacy: bool = True
     # the encoder's (N, W) -> (W, N) reshape quirk; None: as ``legacy`` (every official model)
