@@ -97,16 +97,12 @@ class ALITConfig:
     def num_image_tokens(self) -> int:
         return self.grid_size**2
 
-    @property
-    def _module_init(self) -> str:
-        return "xavier" if self.init == "local" else self.init
-
     def tokens_at(self, iteration: int) -> int:
         """Number of 1-D tokens after 0-based ``iteration``."""
         return self.num_init_latent_tokens * (iteration + 1)
 
     def __post_init__(self) -> None:
-        weight_init(self._module_init)  # a known initialiser name
+        weight_init(self.init)  # a known initialiser name
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         vq_grid = self.image_size // 2 ** (len(self.vqgan.ch_mult) - 1)
@@ -287,7 +283,7 @@ class ALIT(nn.Module):
                                      c.vqgan.codebook_size, c.max_latent_tokens)
         # the image tokens are [VQGAN features (z_channels) ; pixel patch embedding (the rest)]
         self.patch_embed = nn.Conv2d(3, w - c.vqgan.z_channels, kernel_size=c.patch_size, stride=c.patch_size)
-        self.apply(weight_init(c._module_init))
+        self.apply(weight_init(c.init))
         if c.init == "local":
             init_local_attention_alit(self)
         self.quantize = VectorQuantizer(c.vq_codebook_size, c.vq_token_dim, c.vq_commitment_cost,

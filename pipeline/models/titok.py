@@ -98,7 +98,7 @@ class TiTokConfig:
             self.vqgan = VQGANConfig(**self.vqgan)
         if self.quantize_mode not in ("vq", "vae"):
             raise ValueError(f"quantize_mode must be 'vq' or 'vae', got {self.quantize_mode!r}")
-        weight_init("xavier" if self.init == "local" else self.init)  # a known initialiser name
+        weight_init(self.init)  # a known initialiser name
         if self.init == "local" and self.scrambles_tokens:
             raise ValueError("init='local' needs legacy_reshape=False: the legacy reshape mixes every latent "
                              "token into every output token, which undoes the position-local start")
@@ -259,9 +259,8 @@ class TiTok(nn.Module):
         self.latent_tokens = nn.Parameter(scale * torch.randn(cfg.num_latent_tokens, cfg.enc_width))
         self.encoder = TiTokEncoder(cfg)
         self.decoder = TiTokDecoder(cfg)
-        module_init = weight_init("xavier" if cfg.init == "local" else cfg.init)
-        self.encoder.apply(module_init)
-        self.decoder.apply(module_init)
+        self.encoder.apply(weight_init(cfg.init))
+        self.decoder.apply(weight_init(cfg.init))
         if cfg.init == "local":
             init_local_attention(self)
         if cfg.quantize_mode == "vq":

@@ -12,7 +12,9 @@ Public API
 ``Transformer(width, depth, heads)``: an ``nn.ModuleList`` of blocks (keys ``{i}.ln_1...``) whose
     ``forward`` applies them in order.
 ``init_vit_weights`` (official: trunc-normal 0.02), ``init_xavier_weights`` (the demo's) and
-    ``weight_init(name)``, the one a config's ``init`` field names (``"vit"`` / ``"xavier"``).
+    ``weight_init(name)``, the one a config's ``init`` field names (``"vit"`` / ``"xavier"`` /
+    ``"local"``: xavier weights, which the model then rearranges into a position-local start with
+    ``pipeline.models.local_init``).
 ``centre_patch_embedding_(conv, pixel_mean=0.5)``: a demo initialisation of a patch embedding's bias.
 """
 
@@ -121,7 +123,8 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-WEIGHT_INITS: dict[str, Callable[[nn.Module], None]] = {"vit": init_vit_weights, "xavier": init_xavier_weights}
+WEIGHT_INITS: dict[str, Callable[[nn.Module], None]] = {
+    "vit": init_vit_weights, "xavier": init_xavier_weights, "local": init_xavier_weights}
 
 
 def weight_init(name: str) -> Callable[[nn.Module], None]:
