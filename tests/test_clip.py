@@ -148,6 +148,31 @@ def test_tiny_clip_trains_and_scores(tiny):
     assert torch.allclose(clip_score(tiny, images[:1], captions[0]), scores[:1])
 
 
+def test_class_prompt_term_teaches_what_captions_alone_do_not(tiny):
+    # Red and blue images, all captioned "a photo": the captions never tell the classes apart, so only
+    # the class-prompt (UniCL) term can teach them.
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    labels = torch.arange(n) % 2
+    images = torch.randint(0, 40, (n, 16, 16, 3), generator=g).to(torch.uint8)
+    images[labels == 0, :, :, 0] += 160
+    images[labels == 1, :, :, 2] += 160
+    captions = ["a photo"] * n
+    prompts = ["a photo of a first", "a photo of a second"]
+
+    def accuracy(label_weight: float) -> float:
+        clip = create_clip(tiny.name)
+        cfg = ClipTrainConfig(epochs=10, batch_size=16, lr=3e-3, warmup_steps=4, augment=False,
+                              label_weight=label_weight)
+        train_clip(clip, images, captions, cfg, labels=labels, label_texts=prompts)
+        return zero_shot_accuracy(clip, images, labels, ["first", "second"])
+
+    assert accuracy(1.0) > 0.9
+    assert accuracy(0.0) < 0.75
+    with pytest.raises(ValueError, match="label_weight"):
+        train_clip(tiny, images, captions, ClipTrainConfig(label_weight=1.0))
+
+
 def test_cosine_score_is_symmetric_and_bounded():
     a, b = torch.randn(10, 16), torch.randn(10, 16)
     assert torch.allclose(cosine_score(a, b), cosine_score(b, a))
@@ -160,7 +185,7 @@ def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
     from pathlib import Path
 
     from pipeline import params as P
-    from pipeline.metrics.evaluation import feature_space, fid_num_samples, fid_reference, judge_clip
+    from pipeline.metrics.evaluation import feature_space, fid_num_samples, fid_reference, judge_clip, objective_clip
     from pipeline.stages import train_clip as stage
     from pipeline.stages.prepare import prepare
 
@@ -174,10 +199,18 @@ def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "results" / "clip" / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["val_images"] == 20 and metrics["chance"] == pytest.approx(0.1)
     assert 0 <= metrics["zero_shot_top1"] <= 1
+    # the judge: another config, another seed, its own accuracy
+    judge_metrics = metrics["judge"]
+    assert judge_metrics["model"] == "clip_judge_demo" != metrics["model"]
+    assert judge_metrics["seed"] == params.seed + 1 and 0 <= judge_metrics["zero_shot_top1"] <= 1
     assert not any("seconds" in k for k in metrics)  # timings go to MLflow: metrics.json is reproducible
     assert (tmp_path / "results" / "clip" / "train_loss.csv").read_text().startswith("step,loss\n0,")
-    clip = judge_clip(params)  # the demo judge is the trained CLIP, read back from models/clip
-    assert clip.image_size == (64, 64)
+    clip = judge_clip(params)  # the demo judge, read back from models/clip/judge
+    assert clip.image_size == (64, 64) and clip.name == "clip_judge_demo"
+    objective = objective_clip(params)
+    assert objective.name == "clip_demo"
+    assert set(clip.model.state_dict()).isdisjoint(  # different image towers: no shared parameter names
+        k for k in objective.model.state_dict() if k.startswith("visual."))
     space = feature_space(params, clip)
     ref = fid_reference(params, space, tmp_path / "ref.npz", split="val")
     assert ref.num_images == 20 and fid_num_samples(params) == 20

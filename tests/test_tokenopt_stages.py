@@ -66,6 +66,7 @@ def setup(tmp_path_factory):
                       dec_depth=1, dec_heads=2, dec_patch_size=8, num_latent_tokens=8, token_size=4,
                       codebook_size=16, legacy=False, pixel_decoder=False)).save_pretrained(root / "models" / "titok")
     save_clip(create_clip(params.clip.config), root / "models" / "clip")
+    save_clip(create_clip(params.clip.judge_config), root / "models" / "clip" / "judge")
     return params
 
 
@@ -110,8 +111,10 @@ def test_four_stages_end_to_end(setup, fake_tracking):
     assert records[4]["prompt"] == f"a photo of a red {records[4]['class_name']}" and records[4]["prompt_index"] == 1
 
     arrays, records = _samples(params, "tokenopt_generate")
-    assert set(arrays) == {"images", "seeds", "seed_reconstructions", "random_tokens", "labels"}
+    assert set(arrays) == {"images", "images_random_init", "seeds", "seed_reconstructions", "random_tokens",
+                           "labels"}
     assert arrays["images"].shape == (10, SIZE, SIZE, 3) and arrays["labels"].tolist() == list(range(10))
+    assert arrays["images_random_init"].shape == (10, SIZE, SIZE, 3)
     assert records[3]["prompt"] == "a photo of a star" and records[3]["init"] == "seed"
     assert all(0 <= r["seed_split_index"] < 30 for r in records)
 
@@ -123,22 +126,27 @@ def test_four_stages_end_to_end(setup, fake_tracking):
     metrics = json.loads((results / "eval_tokenopt" / "metrics.json").read_text())
     gen = metrics["generate"]
     assert gen["num_samples"] == 10 and gen["protocol_num_samples"] == 10 and metrics["chance"] == 0.1
-    assert set(gen["methods"]) == {"optimized", "seeds", "seed_reconstructions", "random_tokens", "real_val"}
+    assert set(gen["methods"]) == {"optimized", "optimized_random_init", "seeds", "seed_reconstructions",
+                                   "random_tokens", "real_val"}
     keys = {"fid", "isc_mean", "precision", "recall", "clip_score", "judge_score", "judge_zero_shot_top1"}
     for row in gen["methods"].values():
         assert keys <= set(row)
         assert row["fid"] >= 0 and 0 <= row["judge_zero_shot_top1"] <= 1
-    assert metrics["judge_independent"] is False
+    # the judge is the second demo CLIP (another tower), not the objective
+    assert metrics["judge_independent"] is True and metrics["judge"] == "clip_judge_demo"
     edit = metrics["edit"]
     assert edit["overall"]["num_images"] == 6 and set(edit["per_prompt"]) == {"a bright photo of a {}",
                                                                               "a photo of a red {}"}
     assert {"clip_before", "clip_after", "judge_before", "judge_after", "psnr_to_source"} <= set(edit["overall"])
+    bright, red = edit["per_prompt"]["a bright photo of a {}"], edit["per_prompt"]["a photo of a red {}"]
+    assert bright["num_brightness_prompts"] == 3 and 0 <= bright["brightness_as_prompted_fraction"] <= 1
+    assert red["num_brightness_prompts"] == 0 and red["brightness_as_prompted_fraction"] is None
     for kind in ("center", "boxes"):
         row = metrics["inpaint"][kind]
         assert row["num_images"] == 3 and 0 < row["known_fraction"] < 1
         assert {"fid", "l1_hole", "psnr_hole", "psnr_known"} <= set(row["result"]) and "psnr_hole" in row["start"]
     table = (results / "eval_tokenopt" / "generation.csv").read_text().splitlines()
-    assert table[0].startswith("method,fid,") and len(table) == 6
+    assert table[0].startswith("method,fid,") and len(table) == 7
     assert (Path(params.paths.data) / "tokenopt" / "fid_reference.npz").is_file()
     logged = fake_tracking["eval_tokenopt"].metrics
     assert "generate.methods.optimized.fid" in logged and "edit.prompt_1.clip_after" in logged

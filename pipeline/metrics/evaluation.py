@@ -1,11 +1,12 @@
 """What the evaluation stages call: the CLIP models and the FID set-up that ``params.yaml`` names.
 
 - :func:`objective_clip` / :func:`judge_clip`: the CLIP that token optimisation maximises and the
-  independent judge that scores its results. Demo: both are the CLIP trained by ``train_clip``
-  (``<paths.models>/clip``; there is no second model in the demo, so the judge is not independent
-  there). Paper: ``clip.objective`` (ViT-B-32 ``laion2b_s34b_b79k``) and ``clip.judge`` (SigLIP).
-- :func:`feature_space`: the FID feature space: the demo CLIP's image encoder with zero-shot IS logits
-  over the class names, or ADM's Inception (local weights).
+  independent judge that scores its results. Demo: the two models ``train_clip`` trains
+  (``<paths.models>/clip`` and ``<paths.models>/clip/judge``: other image tower, other seed; no
+  optimisation ever sees the judge). Paper: ``clip.objective`` (ViT-B-32 ``laion2b_s34b_b79k``) and
+  ``clip.judge`` (SigLIP).
+- :func:`feature_space`: the FID feature space: the demo judge's image encoder with zero-shot IS
+  logits over the class names, or ADM's Inception (local weights).
 - :func:`fid_reference`: reference statistics from ``fid.adm_npz`` when set, else from the first
   ``fid.reference_images`` images of a prepared split, cached in a file the caller names.
 - :func:`fid_num_samples`: ``fid.samples_per_class`` x number of classes (50 x 1000 = 50k at paper scale).
@@ -27,32 +28,33 @@ from pipeline.metrics.fid import (
 from pipeline.models.clip import ClipModel, load_clip
 from pipeline.params import Params
 
+JUDGE_SUBDIR = "judge"  # the demo judge's folder inside trained_clip_dir
+
 
 def trained_clip_dir(params: Params) -> Path:
     """Where ``train_clip`` writes the demo CLIP (open_clip ``local-dir`` layout)."""
     return Path(params.paths.models) / "clip"
 
 
-def _trained(params: Params, device: str) -> ClipModel:
-    folder = trained_clip_dir(params)
+def _trained(folder: Path, config: str, device: str) -> ClipModel:
     if not (folder / "open_clip_config.json").is_file():
         raise InputError(f"{folder}/open_clip_config.json: the demo CLIP is not there. Run `dvc repro train_clip` "
                          "(or `python -m pipeline train_clip`) first")
-    return load_clip(params.clip.config, folder, device=device)
+    return load_clip(config, folder, device=device)
 
 
 def objective_clip(params: Params, device: str = "cpu") -> ClipModel:
     """The CLIP that guides token optimisation (frozen, eval mode)."""
     if params.clip.source == "train":
-        return _trained(params, device)
+        return _trained(trained_clip_dir(params), params.clip.config, device)
     w = params.clip.objective
     return load_clip(w.model, w.weights, tag=w.tag, device=device)
 
 
 def judge_clip(params: Params, device: str = "cpu") -> ClipModel:
-    """The model that scores optimised images (SigLIP at paper scale; the demo CLIP in the demo)."""
+    """The model that scores optimised images (SigLIP at paper scale; the demo judge CLIP in the demo)."""
     if params.clip.source == "train":
-        return _trained(params, device)
+        return _trained(trained_clip_dir(params) / JUDGE_SUBDIR, params.clip.judge_config, device)
     w = params.clip.judge
     return load_clip(w.model, w.weights, tag=w.tag, device=device)
 
@@ -64,10 +66,10 @@ def class_names(params: Params) -> list[str]:
 
 
 def feature_space(params: Params, clip: ClipModel | None = None) -> FeatureSpace:
-    """The FID feature space of ``fid.feature_space`` (``clip``: the demo CLIP, loaded if not given)."""
+    """The FID feature space of ``fid.feature_space`` (``clip``: the judge's, loaded if not given)."""
     if params.fid.feature_space == "inception":
         return inception_feature_space(params.fid.inception_weights)
-    clip = clip if clip is not None else objective_clip(params)
+    clip = clip if clip is not None else judge_clip(params)
     return clip_feature_space(clip, class_names(params), templates=params.clip.templates)
 
 

@@ -3,9 +3,11 @@
 On ``eval_titok.split`` (val by default): rFID and IS of the reconstructions against the originals of
 the same images (the tokenizer rFID convention: reconstructed 50k ImageNet val vs the val images,
 unlike gFID which uses ADM's training-set statistics), precision / recall, PSNR, SSIM, L1, and the
-codebook usage of the 1D tokens (fraction of codes used, perplexity). The feature space is
-``fid.feature_space``: ADM's Inception at paper scale, the demo CLIP's image encoder in the demo (the
-demo has no Inception weights; its numbers are therefore not comparable to the paper's).
+codebook usage of the 1D tokens (fraction of codes used, perplexity), and the judge's zero-shot
+top-1 on the originals and on the reconstructions (does a reconstruction keep what makes its class?).
+The feature space is ``fid.feature_space``: ADM's Inception at paper scale, the demo judge's image
+encoder in the demo (the demo has no Inception weights; its numbers are therefore not comparable to
+the paper's).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
 def run(params: Params) -> int:
     """Reconstruct the evaluation split and write the metrics and a reconstruction grid."""
     from pipeline.data.shards import load_split
-    from pipeline.metrics.evaluation import feature_space
+    from pipeline.metrics.clip_score import zero_shot_accuracy
+    from pipeline.metrics.evaluation import class_names, feature_space, judge_clip
     from pipeline.metrics.fid import fidelity_metrics, reference_stats
     from pipeline.metrics.image_stats import l1, psnr, ssim
 
@@ -48,7 +51,14 @@ def run(params: Params) -> int:
         quality = {"psnr": psnr(recon, images).mean().item(), "ssim": ssim(recon, images).mean().item(),
                    "l1": l1(recon, images).mean().item()}
         usage = codebook_usage(codes, titok.config.codebook_size)
-        space = feature_space(params)
+        judge = judge_clip(params)
+        names, labels = class_names(params), torch.from_numpy(data.labels)
+        judged = {"judge_top1_originals": zero_shot_accuracy(judge, images, labels, names, params.clip.templates),
+                  "judge_top1_reconstructions": zero_shot_accuracy(judge, recon, labels, names,
+                                                                   params.clip.templates)}
+        judged["judge_accuracy_ratio"] = judged["judge_top1_reconstructions"] / max(judged["judge_top1_originals"],
+                                                                                    1e-9)
+        space = feature_space(params, judge)
         reference = reference_stats(space, images=data.images, batch_size=params.fid.batch_size,
                                     prc_images=params.fid.prc_images)
         fidelity = fidelity_metrics(to_uint8(recon), reference, space, isc_splits=params.fid.isc_splits,
@@ -57,7 +67,7 @@ def run(params: Params) -> int:
                    "feature_space": params.fid.feature_space,
                    "rfid": fidelity["fid"], "is": fidelity.get("isc_mean"), "is_std": fidelity.get("isc_std"),
                    "precision": fidelity.get("precision"), "recall": fidelity.get("recall"),
-                   **quality, **usage}
+                   **quality, **judged, **usage}
         n = min(cfg.grid_images, len(images))
         save_image_grid([images[:n], recon[:n]], results / "reconstructions.png", labels=["input", "TiTok"],
                         title=f"{STAGE}: {cfg.split} reconstructions from {titok.config.num_latent_tokens} tokens "
@@ -66,5 +76,6 @@ def run(params: Params) -> int:
         run.log_artifact(results / "reconstructions.png")
         write_json(results / "metrics.json", metrics)
     print(f"{STAGE}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}, rFID {fidelity['fid']:.2f}, "
-          f"codebook usage {usage['codebook_usage']:.2f}")
+          f"codebook usage {usage['codebook_usage']:.2f}, judge top-1 {judged['judge_top1_originals']:.3f} "
+          f"(originals) / {judged['judge_top1_reconstructions']:.3f} (reconstructions)")
     return 0

@@ -3,7 +3,8 @@
 Reads the images of ``tokenopt_generate``, ``tokenopt_edit`` and ``tokenopt_inpaint``
 (``<paths.data>/tokenopt/<stage>/``) and scores them:
 
-- **generation**, for the optimised images and, on the same prompts, three baselines: ``seeds`` (the
+- **generation**, for the optimised images (and ``optimized_random_init``, the same prompts optimised
+  from N(0, I) tokens, when ``tokenopt_generate`` ran it) and, on the same prompts, the baselines: ``seeds`` (the
   seed image the association picks, not optimised), ``seed_reconstructions`` (its TiTok decode, the
   loop's start with ``init: seed``), ``random_tokens`` (decodes of N(0, I) tokens) and ``real_val``
   (as many real val images, scored against their own class): FID, IS and precision/recall
@@ -13,13 +14,16 @@ Reads the images of ``tokenopt_generate``, ``tokenopt_edit`` and ``tokenopt_inpa
   top-1 accuracy on the prompted class;
 - **editing**: CLIP and judge scores against the prompt before (the source image) and after, the
   fraction of edits that raised the score, and PSNR of the edit to its source; per prompt and overall;
+  for prompts that ask for brightness ("bright" / "dark", :func:`brightness_direction`), the measured
+  mean brightness before and after and the fraction of images moved in the prompted direction;
 - **inpainting**, per mask kind, for the result (known pixels pasted back) and the loop's start: FID,
   and L1 / PSNR on the filled region against the original; PSNR of the raw decode on the known region.
 
 FID reference statistics: the ADM reference batch when ``fid.adm_npz`` is set, otherwise the
 ``fid.reference_split`` images, cached in ``<paths.data>/tokenopt/fid_reference.npz`` (an output of this
-stage). In the demo the judge is the objective CLIP itself (``judge_independent: false``)
-and the feature space is the demo CLIP's, so demo figures compare the rows with each other only. The
+stage). In the demo the judge is the second CLIP that ``train_clip`` trains (another image tower and
+seed; no optimisation sees it) and the feature space is the judge's, so demo FDs compare the rows
+with each other only. ``judge_independent`` records that judge and objective are different models. The
 ``seeds`` baseline is drawn from ``tokenopt.generate.seed_split``; when that is also the reference split,
 its FID is optimistic (the seeds are reference images).
 
@@ -47,7 +51,7 @@ from pipeline.metrics.evaluation import (
     objective_clip,
 )
 from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics
-from pipeline.metrics.image_stats import l1, psnr
+from pipeline.metrics.image_stats import l1, mean_brightness, psnr
 from pipeline.models.clip import ClipModel
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
@@ -114,9 +118,10 @@ def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
     prompts = [records[i]["prompt"] for i in keep]
     out: dict = {"num_samples": n, "protocol_num_samples": protocol, "init": records[0]["init"],
                  "methods": {}}
-    for method, key in (("optimized", "images"), ("seeds", "seeds"), ("seed_reconstructions", "seed_reconstructions"),
-                        ("random_tokens", "random_tokens")):
-        out["methods"][method] = scorer.generation_row(arrays[key][keep], labels, prompts)
+    for method, key in (("optimized", "images"), ("optimized_random_init", "images_random_init"), ("seeds", "seeds"),
+                        ("seed_reconstructions", "seed_reconstructions"), ("random_tokens", "random_tokens")):
+        if key in arrays:
+            out["methods"][method] = scorer.generation_row(arrays[key][keep], labels, prompts)
     try:
         real = common.sample_split(params, REAL_SPLIT, n, params.seed, "the real_val baseline")
     except InputError as err:  # no val split, or a smaller one: the real row is left out, and why is recorded
@@ -125,6 +130,12 @@ def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
         prompts_real = [params.tokenopt.generate.template.format(names[int(c)]) for c in real.labels]
         out["methods"]["real_val"] = scorer.generation_row(real.images, real.labels, prompts_real)
     return out
+
+
+def brightness_direction(template: str) -> int:
+    """+1 for a prompt asking for a brighter image, -1 for a darker one, 0 when it does not say."""
+    words = set(template.lower().replace(",", " ").split())
+    return int("bright" in words or "brighter" in words) - int("dark" in words or "darker" in words)
 
 
 def _editing(params: Params, scorer: Scorer) -> dict:
@@ -136,13 +147,19 @@ def _editing(params: Params, scorer: Scorer) -> dict:
          "clip_after": scorer.clip(scorer.objective, edited, prompts),
          "judge_before": scorer.clip(scorer.judge, before_images, prompts),
          "judge_after": scorer.clip(scorer.judge, edited, prompts),
-         "psnr_to_source": _chunked(psnr, edited, before_images)}
+         "psnr_to_source": _chunked(psnr, edited, before_images),
+         "brightness_before": _chunked(mean_brightness, before_images),
+         "brightness_after": _chunked(mean_brightness, edited)}
+    direction = torch.tensor([brightness_direction(r["template"]) for r in records])
+    moved = torch.sign(s["brightness_after"] - s["brightness_before"]) == direction
 
     def summary(idx: list[int]) -> dict:
         m = {k: _mean(v[idx]) for k, v in s.items()}
         m["clip_improved_fraction"] = _mean(s["clip_after"][idx] > s["clip_before"][idx])
         m["judge_improved_fraction"] = _mean(s["judge_after"][idx] > s["judge_before"][idx])
-        return m | {"num_images": len(idx)}
+        asked = [i for i in idx if direction[i] != 0]
+        m["brightness_as_prompted_fraction"] = _mean(moved[asked]) if asked else None
+        return m | {"num_images": len(idx), "num_brightness_prompts": len(asked)}
 
     templates = list(dict.fromkeys(r["template"] for r in records))
     return {"overall": summary(list(range(len(records)))),
@@ -192,15 +209,15 @@ def run(params: Params) -> int:
     dev = str(common.device())
     names = class_names(params)
     objective = objective_clip(params, dev)
-    judge = objective if params.clip.source == "train" else judge_clip(params, dev)
-    space = feature_space(params, objective)
+    judge = judge_clip(params, dev)
+    space = feature_space(params, judge)
     reference = fid_reference(params, space, reference_cache(params))
     scorer = Scorer(params, objective, judge, space, reference, names)
 
     with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "fid": params.fid.model_dump(
             mode="json"), "clip.templates": params.clip.templates, "seed": params.seed}) as mlrun:
         metrics = _finite({
-            "feature_space": space.name, "judge": judge.name, "judge_independent": params.clip.source != "train",
+            "feature_space": space.name, "judge": judge.name, "judge_independent": judge.name != objective.name,
             "reference": {"source": reference.source, "num_images": reference.num_images}, "chance": 1 / len(names),
             "generate": _generation(params, scorer, names), "edit": _editing(params, scorer),
             "inpaint": _inpainting(params, scorer)})
@@ -227,7 +244,8 @@ def run(params: Params) -> int:
     e = metrics["edit"]["overall"]
     print(f"  edit: CLIP {_fmt(e['clip_before'])} -> {_fmt(e['clip_after'])} (improved in "
           f"{_fmt(e['clip_improved_fraction'])}), judge {_fmt(e['judge_before'])} -> {_fmt(e['judge_after'])}, "
-          f"PSNR to source {_fmt(e['psnr_to_source'])} dB")
+          f"PSNR to source {_fmt(e['psnr_to_source'])} dB, brightness as prompted in "
+          f"{_fmt(e['brightness_as_prompted_fraction'])}")
     for kind, row in metrics["inpaint"].items():
         start, result = row["start"], row["result"]
         print(f"  inpaint {kind}: hole PSNR {_fmt(start['psnr_hole'])} -> {_fmt(result['psnr_hole'])} dB, "

@@ -11,9 +11,12 @@ So that the numbers of ``eval_tokenopt`` mean something, the same stage writes t
 per generated image: ``seeds``, the seed image the association picks for its prompt (not optimised),
 and ``random_tokens``, the decode of N(0, I) tokens (exactly the starting point when ``init: random``);
 plus ``seed_reconstructions``, the decode of the seed's tokens (the starting point when ``init: seed``).
+With ``init: seed`` and ``random_init_too``, the same prompts are optimised a second time from N(0, I)
+tokens (``images_random_init``).
 
 Writes, atomically, ``<paths.data>/tokenopt/tokenopt_generate/``: ``images.npz`` (``images``, ``seeds``,
-``seed_reconstructions``, ``random_tokens``: uint8 (N, H, W, 3); ``labels``: (N,) class of the prompt)
+``seed_reconstructions``, ``random_tokens`` and, when run, ``images_random_init``: uint8 (N, H, W, 3);
+``labels``: (N,) class of the prompt)
 and ``records.json`` (class, prompt, split row of the seed, final loss); and
 ``<paths.results>/tokenopt_generate/grid.png``: one column per class, one row per kind of image.
 Classes are optimised in chunks of about ``CHUNK_IMAGES`` images, converted to uint8 as they finish,
@@ -85,8 +88,12 @@ def run(params: Params) -> int:
     classes_per_chunk = max(1, CHUNK_IMAGES // per_class)
     chunks = [range(c, min(c + classes_per_chunk, len(names))) for c in range(0, len(names), classes_per_chunk)]
     batches = sum(-(-len(ch) * per_class // cfg.batch_size) for ch in chunks)
+    random_too = g.init == "seed" and g.random_init_too
+    batches *= 2 if random_too else 1
 
     arrays: dict[str, list[np.ndarray]] = {"images": [], "seeds": [], "seed_reconstructions": [], "random_tokens": []}
+    if random_too:
+        arrays["images_random_init"] = []
     records: list[dict] = []
     with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "seed": params.seed,
                            "fid.samples_per_class": params.fid.samples_per_class}) as mlrun, \
@@ -99,6 +106,10 @@ def run(params: Params) -> int:
                                         association=g.association, template=g.template, batch_size=cfg.batch_size,
                                         progress=bar)
             prompts = [r["prompt"] for r in out.records]
+            if random_too:
+                from_noise = generate_class_images(titok, clip, [names[c] for c in chunk], per_class, chunk_config,
+                                                   template=g.template, batch_size=cfg.batch_size, progress=bar)
+                arrays["images_random_init"].append(to_uint8(from_noise.images))
             if g.init == "seed":
                 chosen = torch.tensor([r["seed_index"] for r in out.records])
             else:  # the seed the association would have picked: the seeds baseline
@@ -122,11 +133,13 @@ def run(params: Params) -> int:
             common.save_samples(tmp, stacked, records)
 
         first = [c * per_class for c in range(min(GRID_CLASSES, len(names)))]  # records are class-major
-        rows = [torch.from_numpy(stacked[key][first]).permute(0, 3, 1, 2).float() / 255
-                for key in ("seeds", "seed_reconstructions", "images", "random_tokens")]
+        shown = {"seeds": "seed", "seed_reconstructions": "seed recon", "images": f"optimised ({g.init})",
+                 "random_tokens": "random tokens", "images_random_init": "optimised (random)"}
+        shown = {k: v for k, v in shown.items() if k in stacked}
+        rows = [torch.from_numpy(stacked[key][first]).permute(0, 3, 1, 2).float() / 255 for key in shown]
         grid = results_dir(params, STAGE) / "grid.png"
-        save_image_grid(rows, grid, ["seed", "seed recon", f"optimised ({g.init})", "random tokens"],
-                        "generation: " + ", ".join(names[c] for c in range(len(first))))
+        save_image_grid(rows, grid, list(shown.values()),
+                        "generation, prompt: " + ", ".join(names[c] for c in range(len(first))))
         mean_loss = sum(r["final_loss"] for r in records) / len(records)
         mlrun.log_metrics({"final_loss": mean_loss, "images": len(records)})
         mlrun.log_artifact(grid, STAGE)

@@ -1,12 +1,14 @@
 """Stage ``train_clip``: the CLIP models of the token-optimisation experiments and their evaluation.
 
-Demo (``clip.source: train``): trains the open_clip config ``clip.config`` (the tiny
-``pipeline/models/configs/clip_demo.json``) from random init, contrastively on the captions of the
-prepared train split (:mod:`pipeline.train.clip`), and measures its zero-shot accuracy on the val split
-with the prompts ``clip.templates`` over the class names. Writes ``<paths.models>/clip/`` atomically in
-open_clip's ``local-dir`` layout (``open_clip_model.safetensors`` + ``open_clip_config.json``). Each
-image is trained with its caption and two shorter ones built from its recorded factors
-(:func:`caption_variants`).
+Demo (``clip.source: train``): trains two open_clip models from random init, contrastively on the
+captions of the prepared train split with the UniCL class-prompt term (:mod:`pipeline.train.clip`):
+the objective ``clip.config`` (``pipeline/models/configs/clip_demo.json``, seed ``seed``) and the
+independent judge ``clip.judge_config`` (``clip_judge_demo.json``: another image tower, seed
+``seed + 1``), and measures each one's zero-shot accuracy on the val split with the prompts
+``clip.templates`` over the class names. Writes ``<paths.models>/clip/`` (the objective) and
+``<paths.models>/clip/judge/`` (the judge) atomically, each in open_clip's ``local-dir`` layout
+(``open_clip_model.safetensors`` + ``open_clip_config.json``). Each image is trained with its caption
+and shorter ones built from its recorded factors (:func:`caption_variants`).
 
 Paper (``clip.source: pretrained``): trains nothing. It checks that the objective (ViT-B-32
 ``laion2b_s34b_b79k``) and the judge (SigLIP) weights exist and load into their configs, and measures
@@ -15,7 +17,8 @@ file shows up here as a low number rather than later as strange optimisation res
 ``<paths.models>/clip/pretrained.json`` records which files were checked (the weights stay where
 params.yaml says; they are not copied).
 
-Both write ``<paths.results>/clip/metrics.json`` (DVC metrics) and log to MLflow.
+Both write ``<paths.results>/clip/metrics.json`` (DVC metrics: ``zero_shot_top1`` is the objective's,
+``judge.zero_shot_top1`` the judge's) and log to MLflow.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from pathlib import Path
 import torch
 
 from pipeline.data.demo import NUMBER_WORDS, PLURALS
-from pipeline.data.shards import load_split
+from pipeline.data.shards import SplitData, load_split
 from pipeline.io import atomic_dir, write_json, write_text
 from pipeline.metrics.clip_score import zero_shot_accuracy
-from pipeline.metrics.evaluation import class_names, trained_clip_dir
-from pipeline.models.clip import create_clip, load_clip, num_parameters, save_clip
+from pipeline.metrics.evaluation import JUDGE_SUBDIR, class_names, trained_clip_dir
+from pipeline.models.clip import ClipModel, create_clip, load_clip, num_parameters, save_clip
 from pipeline.params import Params
 from pipeline.tracking import stage_run
 from pipeline.train.clip import ClipTrainConfig, train_clip
@@ -61,33 +64,44 @@ def _val(params: Params):
     return load_split(Path(params.paths.data) / "prepared", "val", limit=params.clip.eval_images)
 
 
-def _train(params: Params, run) -> dict:
+def _train_one(params: Params, run, train: SplitData, config: str, seed: int,
+               role: str) -> tuple[ClipModel, dict, list[float]]:
+    """Train the open_clip config ``config`` from seed ``seed``; the model, its metrics and its loss curve."""
     c = params.clip
-    prepared = Path(params.paths.data) / "prepared"
-    train = load_split(prepared, "train")
     captions = [caption_variants(m) for m in train.meta]
-    torch.manual_seed(params.seed)
-    clip = create_clip(c.config)
+    names = class_names(params)
+    torch.manual_seed(seed)
+    clip = create_clip(config)
     cfg = ClipTrainConfig(epochs=c.train.epochs, batch_size=min(c.train.batch_size, len(captions)), lr=c.train.lr,
                           min_lr=c.train.min_lr, weight_decay=c.train.weight_decay,
                           warmup_steps=c.train.warmup_steps, init_logit_scale=c.train.init_logit_scale,
-                          augment=c.train.augment, seed=params.seed)
-    result = train_clip(clip, torch.from_numpy(train.images), captions, cfg,
-                        log=lambda step, m: run.log_metrics(m, step=step) if step % 10 == 0 else None)
+                          augment=c.train.augment, label_weight=c.train.label_weight, seed=seed)
+    result = train_clip(clip, torch.from_numpy(train.images), captions, cfg, labels=torch.from_numpy(train.labels),
+                        label_texts=[c.templates[0].format(n) for n in names], progress=role,
+                        log=lambda step, m: run.log_metrics({f"{role}/{k}": v for k, v in m.items()}, step=step)
+                        if step % 10 == 0 else None)
     # Timings go to MLflow only: metrics.json stays byte-identical across runs with the same seed.
-    run.log_metrics({"train_seconds": result.seconds, "train_cpu_seconds": result.cpu_seconds})
+    run.log_metrics({f"{role}/train_seconds": result.seconds, f"{role}/train_cpu_seconds": result.cpu_seconds})
     val = _val(params)
-    names = class_names(params)
     acc = zero_shot_accuracy(clip, torch.from_numpy(val.images), torch.from_numpy(val.labels), names, c.templates)
-    with atomic_dir(trained_clip_dir(params)) as tmp:
-        save_clip(clip, tmp)
     tail = result.losses[-min(10, len(result.losses)):]
-    curve = "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(result.losses))
+    metrics = {"model": config, "seed": seed, "parameters": num_parameters(clip), "train_images": len(captions),
+               "steps": result.steps, "initial_loss": result.losses[0], "final_loss": sum(tail) / len(tail),
+               "val_images": len(val.labels), "zero_shot_top1": acc}
+    return clip, metrics, result.losses
+
+
+def _train(params: Params, run) -> dict:
+    c = params.clip
+    train = load_split(Path(params.paths.data) / "prepared", "train")
+    objective, metrics, losses = _train_one(params, run, train, c.config, params.seed, "objective")
+    judge, judge_metrics, _ = _train_one(params, run, train, c.judge_config, params.seed + 1, "judge")
+    with atomic_dir(trained_clip_dir(params)) as tmp:
+        save_clip(objective, tmp)
+        save_clip(judge, tmp / JUDGE_SUBDIR)
+    curve = "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses))
     write_text(Path(params.paths.results) / "clip" / "train_loss.csv", curve)
-    return {"source": "train", "model": c.config, "parameters": num_parameters(clip),
-            "train_images": len(captions), "steps": result.steps,
-            "initial_loss": result.losses[0], "final_loss": sum(tail) / len(tail),
-            "val_images": len(val.labels), "zero_shot_top1": acc, "chance": 1 / len(names)}
+    return {"source": "train", **metrics, "chance": 1 / len(class_names(params)), "judge": judge_metrics}
 
 
 def _pretrained(params: Params) -> dict:
@@ -117,5 +131,6 @@ def run(params: Params) -> int:
         write_json(Path(params.paths.results) / "clip" / "metrics.json", metrics)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model")})
     top1 = metrics.get("zero_shot_top1", metrics.get("objective", {}).get("zero_shot_top1"))
-    print(f"train_clip: zero-shot top-1 on val {top1:.3f} (chance {metrics['chance']:.3f})")
+    print(f"train_clip: zero-shot top-1 on val: objective {top1:.3f}, judge {metrics['judge']['zero_shot_top1']:.3f} "
+          f"(chance {metrics['chance']:.3f})")
     return 0

@@ -7,6 +7,13 @@ of that caption (soft targets), instead of being pushed apart as false negatives
 An image may have several captions (as COCO's five); each step draws one of them per image. The demo
 uses a full caption plus shorter ones naming fewer factors: with full captions only, colour, count and
 background already tell the pairs of a batch apart, and the model never needs to learn the shapes.
+
+Labelled data (UniCL, Yang et al. 2022, "Unified Contrastive Learning in Image-Text-Label Space"): when
+images come with class labels, every step also scores each image against the prompts of *all* classes
+(``label_texts``, e.g. "a photo of a circle.") and adds ``label_weight`` x the cross-entropy of its own
+class. In a batch of 32 an image meets one or two other shape prompts, mostly beaten by colour alone;
+against all ten the image tower has to see the shape. Measured on the demo (3,000 images, 744 steps):
+zero-shot top-1 0.27 without the term, see the README for with.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from pipeline.models.clip import ClipModel
 from pipeline.train.schedule import cosine_with_warmup
@@ -35,6 +43,7 @@ class ClipTrainConfig:
     warmup_steps: int = 40
     init_logit_scale: float | None = None  # exp(logit_scale) at the start (None: the model's, CLIP's 1/0.07)
     augment: bool = True  # random flips and 90-degree rotations (the demo's shapes are drawn at any angle)
+    label_weight: float = 0.0  # weight of the UniCL class-prompt term (needs labels and label_texts)
     seed: int = 0
 
 
@@ -75,13 +84,19 @@ def _param_groups(clip: ClipModel, weight_decay: float) -> list[dict]:
 
 
 def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | Sequence[str]], cfg: ClipTrainConfig,
-               *, log: Callable[[int, dict[str, float]], None] | None = None) -> ClipTrainResult:
+               *, labels: torch.Tensor | None = None, label_texts: Sequence[str] | None = None,
+               progress: str | None = None,
+               log: Callable[[int, dict[str, float]], None] | None = None) -> ClipTrainResult:
     """Train ``clip`` in place on uint8 images (N, H, W, 3) and their captions; returns the loss curve.
 
-    ``captions[i]`` is one string or a list of alternatives for image i.
+    ``captions[i]`` is one string or a list of alternatives for image i. With ``cfg.label_weight > 0``,
+    ``labels`` (N,) index ``label_texts`` (one prompt per class) for the class-prompt term. ``progress``:
+    the description of a progress bar (none without).
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if cfg.label_weight > 0 and (labels is None or label_texts is None or len(labels) != len(images)):
+        raise ValueError("label_weight > 0 needs one label per image and the class prompts (label_texts)")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     with torch.no_grad():  # the preprocessing is deterministic: resize and normalise once
@@ -91,6 +106,7 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | S
     texts = list(dict.fromkeys(t for opts in options for t in opts))
     text_index = {t: i for i, t in enumerate(texts)}
     tokens = clip.tokenize(texts).cpu()  # (U, context_length)
+    label_tokens = clip.tokenize(list(label_texts)).to(clip.device) if cfg.label_weight > 0 else None
     width = max(len(o) for o in options)
     # choice[i, j]: the j-th caption of image i, its alternatives repeated to a common width
     choice = torch.tensor([[text_index[o[j % len(o)]] for j in range(width)] for o in options])
@@ -106,6 +122,7 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | S
     losses: list[float] = []
     start, cpu_start = time.perf_counter(), time.process_time()
     step = 0
+    bar = tqdm(total=total, desc=progress, disable=progress is None, mininterval=5)
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
@@ -122,6 +139,10 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | S
             uniq, inverse = ids.unique(return_inverse=True)  # short captions repeat: encode each once
             txt = clip.model.encode_text(tokens[uniq].to(clip.device), normalize=True)[inverse.to(clip.device)]
             loss = contrastive_loss(img, txt, clip.model.logit_scale, ids.to(clip.device))
+            if label_tokens is not None:
+                prompts = clip.model.encode_text(label_tokens, normalize=True)  # (K, D)
+                logits = clip.model.logit_scale.exp() * img @ prompts.T
+                loss = loss + cfg.label_weight * F.cross_entropy(logits, labels[idx].to(clip.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -131,6 +152,8 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | S
             if log is not None:
                 log(step, {"loss": losses[-1], "lr": lr, "logit_scale": clip.model.logit_scale.exp().item()})
             step += 1
+            bar.update()
+    bar.close()
     clip.eval()
     return ClipTrainResult(losses=losses, seconds=time.perf_counter() - start,
                            cpu_seconds=time.process_time() - cpu_start, steps=step)
