@@ -425,7 +425,7 @@ class TokenoptEdit(Section):
     """``tokenopt_edit``: every prompt applied to ``num_images`` random images of ``split``."""
 
     split: str = "val"
-    num_images: PositiveInt = 4
+    num_images: PositiveInt = 10
     prompts: list[str] = Field(default_factory=lambda: ["a bright photo of a {}", "a dark photo of a {}"],
                                min_length=1)  # "{}" becomes the image's class name
     negative_prompt: str | None = None
@@ -441,12 +441,13 @@ class TokenoptGenerate(Section):
     paper reports both starts), scored as ``optimized_random_init``.
     """
 
-    num_per_class: PositiveInt | None = 3  # None: fid.samples_per_class (the ADM protocol's count)
+    num_per_class: PositiveInt | None = 10  # None: fid.samples_per_class (the ADM protocol's count)
     init: Literal["seed", "random"] = "seed"
     random_init_too: bool = True
     seed_split: str = "train"
     seed_set_size: PositiveInt = 500
-    association: Literal["random", "clip_top1", "clip_top1pct"] = "clip_top1pct"
+    # demo: seeds of random classes, so that reaching the prompted class is the optimisation's doing
+    association: Literal["random", "clip_top1", "clip_top1pct"] = "random"
     template: str = "a photo of a {}"
 
     @field_validator("template")

@@ -53,16 +53,20 @@ def _titok_vae(enc: str, dec: str, tokens: int) -> TiTokConfig:
 
 
 def _vqgan_demo() -> VQGANConfig:
-    # Sized for 2 CPU cores: 8 channels at every level (22k parameters). Two groups of 4 channels, as the
-    # official 32 groups of 128: one group per channel would be an instance norm and erase each image's
-    # colour and brightness. Constant channels (ch_mult 1, 1, 1): where a level changes the channel
-    # count, the official residual block drops its input (the nin_shortcut quirk), so the whole signal
-    # passes a GroupNorm; with ch_mult (1, 2, 4) the demo VQGAN reached only the PSNR of each image's
-    # mean colour (20.3 dB against 24.1).
+    # Sized for 2 CPU cores: 8 channels at every level (22k parameters). One normalisation group over
+    # all 8 channels: each group's mean and scale over the image are removed, so with few channels every
+    # extra group erases colour the model then has to rebuild; on the demo shapes (2000 x 4 steps, 300
+    # val images) one group gives 24.7 dB and sharper shapes, two groups 23.3 dB, two groups with 16
+    # channels 21.4 dB in grey (colour lost). Judge top-1 on the reconstructions: 0.53 against 0.43.
+    # Constant channels (ch_mult 1, 1, 1): where a level changes the channel count, the official
+    # residual block drops its input (the nin_shortcut quirk), so the whole signal passes a GroupNorm;
+    # with ch_mult (1, 2, 4) the demo VQGAN reached only the PSNR of each image's mean colour.
+    # 256 codes, not the official 1024: with 1024 the VQGAN gains 0.4 dB but the demo TiTok, whose
+    # proxy codes they are, falls from 21.8 to 19.2 dB in its 1000 steps.
     # Dead-code restarts: without them ~50 of the 256 codes stay in use, and TiTok's proxy codes and
     # ALIT's targets are poorer for it.
     return VQGANConfig(ch=8, ch_mult=(1, 1, 1), num_res_blocks=1, z_channels=32, codebook_size=256,
-                       norm_groups=2, image_size=64, restart_dead_codes=True)
+                       norm_groups=1, image_size=64, restart_dead_codes=True)
 
 
 def _titok_demo() -> TiTokConfig:
