@@ -1,5 +1,8 @@
 """Command line: ``python -m pipeline <stage>`` runs one DVC stage; ``configure`` writes params.yaml.
 
+Every stage's command runs this module, so what it imports is a dependency of every stage: it imports
+no stage and no report code (``python -m pipeline.verify`` checks a finished checkout).
+
 Each stage lives in ``pipeline/stages/<stage>.py`` and exposes ``run(params)``; the subcommand name is
 the stage name in ``dvc.yaml``. Parameters are validated before the stage module is even imported.
 """
@@ -57,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("--output", default=params_mod.PARAMS_FILE, type=Path)
     check = sub.add_parser("check-params", help="validate params.yaml and exit")
     check.add_argument("--params", default=params_mod.PARAMS_FILE, type=Path)
-    verify = sub.add_parser("verify", help="check a finished checkout against its report and dvc.lock")
-    verify.add_argument("--root", default=Path("."), type=Path, help="the checkout (default: here)")
     for name in _stage_names():
         p = sub.add_parser(name, help=f"run the DVC stage {name}")
         p.add_argument("--params", default=params_mod.PARAMS_FILE, type=Path)
@@ -67,10 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "configure":
             return _configure(args)
-        if args.command == "verify":
-            from pipeline.verify import main as verify_main
-
-            return verify_main(args.root)
         params = params_mod.load(args.params)
     except params_mod.ParamsError as err:
         print(f"error: invalid parameters\n{err}", file=sys.stderr)

@@ -512,6 +512,11 @@ def _output_row(o: dict) -> list[Any]:
     return [o["stage"], o["kind"], o["path"] + ("" if o["exists"] else " (missing)"), md5]
 
 
+def checks_first(data: dict) -> bool:
+    """Whether the ground-truth checks apply at the report's profile (then they come before the papers)."""
+    return data["profile"] in data["ground_truth"]["profiles"]
+
+
 def render_markdown(data: dict, out_dir: Path, root: Path) -> str:
     """``report.md``: figures are linked relative to ``out_dir``."""
     prov = data["provenance"]
@@ -519,12 +524,18 @@ def render_markdown(data: dict, out_dir: Path, root: Path) -> str:
     lines = ["# Reproduction report", "",
              f"Profile **{data['profile']}**, git commit `{prov['git_commit']}`, dvc.lock sha256 "
              f"`{prov['dvc_lock_sha256'] or 'no dvc.lock'}` ({prov['dvc_lock_hash_note']}).", "",
-             "Check this checkout against the report: `python -m pipeline verify`.", "",
+             "Check this checkout against the report: `python -m pipeline.verify`.", "",
              "## Summary", ""]
     header, rows = _summary_rows(data)
     lines += _md_table(header, rows)
     g = summary(data)["ground_truth"]
     lines += ["", "Demo ground-truth checks: " + ", ".join(f"{CHECK_TEXT[k]} {v}" for k, v in g.items() if v), ""]
+    checks = ["## Demo ground-truth checks", "",
+              f"Applies at profiles: {', '.join(data['ground_truth']['profiles'])}.", ""]
+    checks += _md_table(CHECK_HEADER, _check_rows(data)) + [""]
+    first = checks_first(data)
+    if first:  # on the demo the checks are the signal: above the paper tables
+        lines += checks
     for e in data["experiments"]:
         lines += [f"## {e['title']}", "", "### Reproduced vs paper", ""]
         lines += _md_table(NUMBER_HEADER, [_number_row(r) for r in e["rows"]])
@@ -540,10 +551,9 @@ def render_markdown(data: dict, out_dir: Path, root: Path) -> str:
             lines += [f"![{f['path']}]({rel})", "",
                       f"`{f['path']}` (stage {f['stage']}, md5 `{f['md5']}`, in output `{f['out']}` with "
                       f"dvc.lock md5 `{f['out_md5'] or 'not in dvc.lock'}`)", ""]
-    lines += ["## Demo ground-truth checks", "",
-              f"Applies at profiles: {', '.join(data['ground_truth']['profiles'])}.", ""]
-    lines += _md_table(CHECK_HEADER, _check_rows(data))
-    lines += ["", "## Provenance", "",
+    if not first:
+        lines += checks
+    lines += ["## Provenance", "",
               f"- git commit: `{prov['git_commit']}`",
               f"- profile: `{prov['profile']}` (params.yaml sha256 `{prov['params_sha256']}`)",
               f"- dvc.lock sha256: `{prov['dvc_lock_sha256'] or 'no dvc.lock'}` ({prov['dvc_lock_hash_note']})",
@@ -586,10 +596,17 @@ def render_html(data: dict, root: Path) -> str:
              f"<p>Profile <b>{esc(data['profile'])}</b>, git commit <code>{esc(prov['git_commit'])}</code>, "
              f"dvc.lock sha256 <code>{esc(prov['dvc_lock_sha256'] or 'no dvc.lock')}</code> "
              f"({esc(prov['dvc_lock_hash_note'])}).</p>",
-             "<p>Check this checkout against the report: <code>python -m pipeline verify</code>.</p>",
+             "<p>Check this checkout against the report: <code>python -m pipeline.verify</code>.</p>",
              "<h2>Summary</h2>"]
     header, rows = _summary_rows(data)
     parts.append(_html_table(header, rows))
+    gt = data["ground_truth"]
+    checks = ["<h2>Demo ground-truth checks</h2>",
+              f"<p>Applies at profiles: {esc(', '.join(gt['profiles']))}.</p>",
+              _html_table(CHECK_HEADER, _check_rows(data), [r["status"] for r in gt["rows"]])]
+    first = checks_first(data)
+    if first:
+        parts += checks
     for e in data["experiments"]:
         parts += [f"<h2>{esc(e['title'])}</h2><h3>Reproduced vs paper</h3>",
                   _html_table(NUMBER_HEADER, [_number_row(r) for r in e["rows"]], [r["status"] for r in e["rows"]]),
@@ -607,11 +624,9 @@ def render_html(data: dict, root: Path) -> str:
                          f"<code>{esc(f['path'])}</code> (stage {esc(f['stage'])}, md5 <code>{f['md5']}</code>, "
                          f"in output <code>{esc(f['out'])}</code> with dvc.lock md5 "
                          f"<code>{esc(f['out_md5'] or 'not in dvc.lock')}</code>)</figcaption></figure>")
-    gt = data["ground_truth"]
-    parts += ["<h2>Demo ground-truth checks</h2>",
-              f"<p>Applies at profiles: {esc(', '.join(gt['profiles']))}.</p>",
-              _html_table(CHECK_HEADER, _check_rows(data), [r["status"] for r in gt["rows"]]),
-              "<h2>Provenance</h2><ul>",
+    if not first:
+        parts += checks
+    parts += ["<h2>Provenance</h2><ul>",
               f"<li>git commit: <code>{esc(prov['git_commit'])}</code></li>",
               f"<li>profile: <code>{esc(prov['profile'])}</code> (params.yaml sha256 "
               f"<code>{prov['params_sha256']}</code>)</li>",

@@ -1,4 +1,8 @@
-"""``python -m pipeline verify``: check a finished checkout against its report.
+"""``python -m pipeline.verify``: check a finished checkout against its report.
+
+Its own entry point, not a subcommand of ``python -m pipeline``: every stage's command runs
+``pipeline/__main__.py``, so whatever that module imports is a dependency of every stage, and the
+verifier (with the report code it reads) would make every stage stale when it changes.
 
 Reads ``<paths.results>/report/report.json`` (written with report.md by the ``report`` stage) and checks:
 
@@ -133,3 +137,11 @@ def main(root: Path | str = ".") -> int:
         return 1
     print("verify: every cited output matches dvc.lock and every number matches its metrics file")
     return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.verify", description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default=Path("."), type=Path, help="the checkout (default: here)")
+    sys.exit(main(parser.parse_args().root))

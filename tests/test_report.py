@@ -145,6 +145,8 @@ def test_report_has_every_section(finished):
                     "### Reproduced vs paper", "Sources and protocols:", "### Figures", "## Demo ground-truth checks",
                     "## Provenance", "### Stages", "### Outputs cited (hash as recorded in dvc.lock)"):
         assert section in md, section
+    # the checks apply at this profile (micro): they come first, above the paper tables
+    assert md.index("## Demo ground-truth checks") < md.index("## Alpha (Someone, 2024)")
     lock = yaml.safe_load((finished / "dvc.lock").read_text())["stages"]
     for stage in ("make_a", "make_b"):
         for out in lock[stage]["outs"]:
@@ -178,6 +180,7 @@ def test_report_has_every_section(finished):
 
     page = (finished / "results/report/report.html").read_text()
     assert page.count("src='data:image/png;base64,") == 2
+    assert page.index("<h2>Demo ground-truth checks</h2>") < page.index("<h2>Alpha (Someone, 2024)</h2>")
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
     assert "unknown paper value" in page
 
@@ -231,14 +234,14 @@ def test_report_is_deterministic(finished, monkeypatch):
 def test_verify_passes_then_catches_tampering(finished, tmp_path, capsys):
     from pipeline import verify
 
-    ok = _run([sys.executable, "-m", "pipeline", "verify"], finished)
+    ok = _run([sys.executable, "-m", "pipeline.verify"], finished)
     assert "verify: every cited output matches" in ok.stdout
 
     repo = tmp_path / "tampered"
     shutil.copytree(finished, repo, symlinks=True)
     metrics = repo / "results/a/metrics.json"
     metrics.write_text(metrics.read_text().replace("2.2", "2.3"))
-    bad = _run([sys.executable, "-m", "pipeline", "verify"], repo, check=False)
+    bad = _run([sys.executable, "-m", "pipeline.verify"], repo, check=False)
     assert bad.returncode == 1
     assert "MISMATCH results/a/metrics.json: content md5" in bad.stdout
     assert "MISMATCH results/a/metrics.json: score is 2.3, the report shows 2.2" in bad.stdout

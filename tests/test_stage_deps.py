@@ -231,3 +231,18 @@ def test_stage_deps_cover_import_closure():
     if problems:  # pytest.fail: the list itself, without assert's repr of it
         pytest.fail("dvc.yaml: stages whose deps miss files they can import, so `dvc status` would not see them "
                     "change:\n" + "\n".join(problems), pytrace=False)
+
+
+def test_stage_file_deps_are_in_import_closure():
+    """A file dep outside the closure makes a stage stale for code it never runs: keep each list honest.
+
+    Directory deps may be broader than the closure (``pipeline/train`` for a training stage).
+    """
+    problems = []
+    for name, stage in load_stages().items():
+        required = required_deps(closure(stage_entry_modules(stage["cmd"])))
+        problems += [f"{name}: remove {DEP_LINE.format(d)!r} from deps (not imported by the stage)"
+                     for d in code_deps(stage) if d.endswith(".py") and d not in required]
+    if problems:
+        pytest.fail("dvc.yaml: stages that depend on files they never import:\n" + "\n".join(problems),
+                    pytrace=False)

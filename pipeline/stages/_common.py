@@ -91,16 +91,32 @@ def train_config(optim: Optim, seed: int) -> TrainConfig:
     return TrainConfig(seed=seed, **fields)
 
 
-def checkpoint_dir(params: Params, stage: str, *sections: Any) -> Path:
-    """Where a training stage keeps its resumable checkpoints: keyed by the parameters that shape the run.
+CODE_ROOT = Path(__file__).resolve().parent.parent  # the pipeline package
+
+
+def _tree_digest(folder: Path, pattern: str) -> str:
+    """sha1 over the relative paths and contents of the files under ``folder`` matching ``pattern``."""
+    h = hashlib.sha1()
+    for f in sorted(p for p in folder.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def checkpoint_dir(params: Params, stage: str, *sections: Any, inputs: Sequence[Path] = ()) -> Path:
+    """Where a training stage keeps its resumable checkpoints: keyed by everything that shapes the run.
 
     Not a DVC output (Snakemake deletes outputs before a rerun): ``<paths.models>/checkpoints/<stage>-<hash>``,
-    so a resumed run only ever continues the same configuration on the same data.
+    the hash over the parameters ``sections``, the prepared data, the upstream model folders ``inputs``
+    (e.g. the VQGAN TiTok learns from) and the code of the whole ``pipeline`` package, so a resumed run
+    only ever continues the same configuration of the same code on the same inputs: after any change a
+    new run starts afresh (a superset of the stage's code, on purpose: a stale resume is the costly error).
     """
     manifest = read_manifest(prepared_root(params))
     shards = json.dumps(manifest["splits"], sort_keys=True, default=str)
     key = json.dumps([params.seed, params.image_size, [s.model_dump(mode="json") if hasattr(s, "model_dump") else s
-                                                       for s in sections], shards], sort_keys=True, default=str)
+                                                       for s in sections], shards,
+                      [_tree_digest(Path(p), "*") for p in inputs], _tree_digest(CODE_ROOT, "*.py")],
+                     sort_keys=True, default=str)
     return Path(params.paths.models) / "checkpoints" / f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 

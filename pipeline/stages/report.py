@@ -6,7 +6,7 @@ Writes to ``<paths.results>/report/``, each file atomically:
   table, then per experiment the table "reproduced vs paper" with a status per number, the stages'
   figures, the demo's ground-truth checks, and the provenance (git commit, profile, dvc.lock hashes,
   hardware, wall time and MLflow run id per stage);
-- ``report.json``: everything the two documents show, read by ``python -m pipeline verify``;
+- ``report.json``: everything the two documents show, read by ``python -m pipeline.verify``;
 - ``summary.json`` (DVC metrics): status counts and every reproduced number.
 
 The report cites no hash of its own outputs (they do not exist yet) and reads no clock.

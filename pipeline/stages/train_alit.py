@@ -50,8 +50,13 @@ def alit_dir(params: Params) -> Path:
     return Path(params.paths.models) / "alit"
 
 
+def base_vqgan_dir(params: Params) -> Path:
+    """The VQGAN ALIT distils: ``train_alit.vqgan``, or ``train_vqgan``'s model."""
+    return Path(params.train_alit.vqgan) if params.train_alit.vqgan else Path(params.paths.models) / "vqgan"
+
+
 def load_base_vqgan(params: Params) -> MaskGITVQGAN:
-    folder = Path(params.train_alit.vqgan) if params.train_alit.vqgan else Path(params.paths.models) / "vqgan"
+    folder = base_vqgan_dir(params)
     if not (folder / "config.json").is_file():
         if params.train_alit.vqgan:
             raise MissingWeightsError("ALIT's base VQGAN", str(folder / "config.json"),
@@ -89,7 +94,7 @@ def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tu
     run killed in stage 2 does not redo stage 1).
     """
     cfg = params.train_alit
-    ckpt = checkpoint_dir(params, f"{STAGE}-{name}", cfg.model, cfg.vqgan, *key)
+    ckpt = checkpoint_dir(params, f"{STAGE}-{name}", cfg.model, cfg.vqgan, *key, inputs=[base_vqgan_dir(params)])
     start = time.perf_counter()
     config = train_config(optim, params.seed)
     result = train(recipe, training_images(params), config, ckpt, log_fn=prefixed_logger(run, f"{name}/"),

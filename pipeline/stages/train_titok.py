@@ -41,6 +41,11 @@ from pipeline.tracking import stage_run
 STAGE = "train_titok"
 
 
+def vqgan_dir(params: Params) -> Path:
+    """The VQGAN of ``train_vqgan``: its codes are stage 1's targets, its decoder TiTok's pixel decoder."""
+    return Path(params.paths.models) / "vqgan"
+
+
 @torch.no_grad()
 def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstructions (clamped to [0, 1]) and code indices (N, num_tokens) of ``images``."""
@@ -60,7 +65,8 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
     cfg = params.train_titok
     titok = build_model(cfg.model, image_size=params.image_size, vqgan=vqgan.config)
     recipe = TiTokProxyCodeRecipe(titok, vqgan, cfg.quantizer_weight, cfg.pixel_weight)
-    ckpt = checkpoint_dir(params, f"{STAGE}-stage1", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight)
+    ckpt = checkpoint_dir(params, f"{STAGE}-stage1", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight,
+                          inputs=[vqgan_dir(params)])
     prefixed = prefixed_logger(run, "stage1/")
     data = training_images(params)
     if isinstance(data, ImageTensors):  # fixed images held in memory: the teacher's codes once, not per step
@@ -87,7 +93,7 @@ def _stage2(params: Params, titok: TiTok, run) -> tuple[TiTok, dict[str, float]]
     recipe = TiTokDecoderRecipe(frozen, perceptual=perceptual, perceptual_weight=cfg.perceptual_weight, gan=gan)
     ckpt = checkpoint_dir(params, f"{STAGE}-stage2", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight,
                           cfg.stage2, cfg.perceptual_vgg,
-                          cfg.gan_weight, cfg.gan_start)
+                          cfg.gan_weight, cfg.gan_start, inputs=[vqgan_dir(params)])
     prefixed = prefixed_logger(run, "stage2/")
     result = train(recipe, training_images(params), train_config(cfg.stage2, params.seed + 1), ckpt, log_fn=prefixed)
     if result.ema_state is not None:
@@ -110,7 +116,7 @@ def run(params: Params) -> int:
             titok = TiTok.from_pretrained(cfg.folder)
             train_metrics: dict[str, float] = {}
         else:
-            vqgan = MaskGITVQGAN.from_pretrained(Path(params.paths.models) / "vqgan")
+            vqgan = MaskGITVQGAN.from_pretrained(vqgan_dir(params))
             titok, train_metrics = _stage1(params, vqgan, run)
             if cfg.stage2.steps > 0:
                 titok, stage2_metrics = _stage2(params, titok, run)
