@@ -102,3 +102,20 @@ def test_configure_writes_a_profile_with_overrides(tmp_path):
                    cwd=ROOT, check=True, capture_output=True)
     params = P.load(out)
     assert params.profile == "paper" and params.seed == 3 and params.image_size == 256
+
+
+def test_a_key_missing_from_params_yaml_stops_with_its_name(tmp_path):
+    out = tmp_path / "params.yaml"
+    raw = P.resolve_profile("micro")
+    assert P.load(_write(out, raw)).train_titok.stage1.steps == 6
+    del raw["train_titok"]["stage1"]["steps"]
+    del raw["eval_alit"]
+    with pytest.raises(P.ParamsError) as err:
+        P.load(_write(out, raw))
+    assert "train_titok.stage1.steps: missing" in str(err.value) and "eval_alit: missing" in str(err.value)
+    assert "configure micro" in str(err.value)
+
+
+def _write(path, raw):
+    path.write_text(yaml.safe_dump(raw))
+    return path
