@@ -139,6 +139,30 @@ def read_lock(root: Path) -> tuple[dict[str, dict[str, str | None]], str | None]
     return outs, hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def lock_param_mismatches(root: Path, params: dict) -> list[str]:
+    """Where the parameters dvc.lock records for the outputs differ from params.yaml now.
+
+    The outputs were produced by the lock's values: a report (or a verdict) that reads params.yaml
+    after, say, ``configure paper`` without a rerun would describe outputs by parameters that did not
+    produce them. One line per stage and key, with both values.
+    """
+    path = root / "dvc.lock"
+    if not path.is_file():
+        return []
+    lock = yaml.safe_load(path.read_text()) or {}
+    problems = []
+    for stage, entry in sorted((lock.get("stages") or {}).items()):
+        if stage == REPORT_STAGE:
+            continue
+        for key, recorded in sorted(((entry.get("params") or {}).get("params.yaml") or {}).items()):
+            now = lookup(params, key)
+            if now is MISSING or now != recorded:
+                shown = "missing" if now is MISSING else json.dumps(now, default=str)[:80]
+                problems.append(f"{stage}: {key}: dvc.lock {json.dumps(recorded, default=str)[:80]}, "
+                                f"params.yaml {shown}")
+    return problems
+
+
 def hardware() -> dict[str, Any]:
     """CPU model, cores, RAM and the torch / CUDA devices of the machine running the report."""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
@@ -389,6 +413,7 @@ def build(root: Path, references: Path | None = None) -> dict:
     params_file = root / "params.yaml"
     return {
         "profile": profile,
+        "params_mismatches": lock_param_mismatches(root, params),
         "experiments": experiments,
         "ground_truth": {"profiles": gt.get("profiles") or ["demo"], "rows": checks},
         "provenance": {
@@ -524,8 +549,12 @@ def render_markdown(data: dict, out_dir: Path, root: Path) -> str:
     lines = ["# Reproduction report", "",
              f"Profile **{data['profile']}**, git commit `{prov['git_commit']}`, dvc.lock sha256 "
              f"`{prov['dvc_lock_sha256'] or 'no dvc.lock'}` ({prov['dvc_lock_hash_note']}).", "",
-             "Check this checkout against the report: `python -m pipeline.verify`.", "",
-             "## Summary", ""]
+             "Check this checkout against the report: `python -m pipeline.verify`.", ""]
+    if data["params_mismatches"]:
+        lines += [f"**Warning: the outputs were not produced by params.yaml** (profile {data['profile']}): "
+                  "dvc.lock records other values for them; run `dvc repro` before reading this report.", ""]
+        lines += [f"- {m}" for m in data["params_mismatches"]] + [""]
+    lines += ["## Summary", ""]
     header, rows = _summary_rows(data)
     lines += _md_table(header, rows)
     g = summary(data)["ground_truth"]
@@ -596,8 +625,13 @@ def render_html(data: dict, root: Path) -> str:
              f"<p>Profile <b>{esc(data['profile'])}</b>, git commit <code>{esc(prov['git_commit'])}</code>, "
              f"dvc.lock sha256 <code>{esc(prov['dvc_lock_sha256'] or 'no dvc.lock')}</code> "
              f"({esc(prov['dvc_lock_hash_note'])}).</p>",
-             "<p>Check this checkout against the report: <code>python -m pipeline.verify</code>.</p>",
-             "<h2>Summary</h2>"]
+             "<p>Check this checkout against the report: <code>python -m pipeline.verify</code>.</p>"]
+    if data["params_mismatches"]:
+        parts += [f"<p class='s-fail'><b>Warning: the outputs were not produced by params.yaml</b> (profile "
+                  f"{esc(data['profile'])}): dvc.lock records other values for them; run <code>dvc repro</code> "
+                  "before reading this report.</p><ul>",
+                  *(f"<li>{esc(m)}</li>" for m in data["params_mismatches"]), "</ul>"]
+    parts.append("<h2>Summary</h2>")
     header, rows = _summary_rows(data)
     parts.append(_html_table(header, rows))
     gt = data["ground_truth"]

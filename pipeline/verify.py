@@ -12,7 +12,9 @@ Reads ``<paths.results>/report/report.json`` (written with report.md by the ``re
    .dvcignore): md5 of the content for a file, the ``.dir`` md5 for a folder;
 3. every figure shown has the md5 the report printed;
 4. every number shown equals the value in its metrics file now, and report.md shows it;
-5. summary.json agrees with report.json.
+5. summary.json agrees with report.json;
+6. params.yaml holds the parameters dvc.lock records for the outputs (after ``configure`` without a
+   rerun it does not, and the report would describe the outputs by parameters that did not make them).
 
 Prints one line per problem and exits 1 if there is any, 0 otherwise.
 """
@@ -69,6 +71,8 @@ def verify(root: Path) -> list[str]:
     data = json.loads(report_json.read_text())
     problems: list[str] = []
 
+    problems += [f"params.yaml differs from what produced the outputs: {m}"
+                 for m in report.lock_param_mismatches(root, params or {})]
     lock_outs, lock_sha = report.read_lock(root)
     cited_sha = data["provenance"]["dvc_lock_sha256"]
     if lock_sha != cited_sha:

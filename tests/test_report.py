@@ -329,3 +329,27 @@ def test_references_reject_bad_entries(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(ValueError, match="number or 'unknown'"):
         report.load_references(tmp_path / "r.yaml")
+
+
+def test_report_warns_when_params_yaml_did_not_produce_the_outputs(tmp_path):
+    """After `configure paper` without a rerun, the report and verify must not describe demo outputs as paper."""
+    lock = {"schema": "2.0", "stages": {
+        "train": {"cmd": "x", "params": {"params.yaml": {"image_size": 64, "train": {"steps": 10}}}},
+        "report": {"cmd": "y", "params": {"params.yaml": {"profile": "demo"}}}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    same = {"profile": "demo", "image_size": 64, "train": {"steps": 10}}
+    assert report.lock_param_mismatches(tmp_path, same) == []
+    paper = {"profile": "paper", "image_size": 256, "train": {"steps": 10}}  # the report's own params do not count
+    assert report.lock_param_mismatches(tmp_path, paper) == ["train: image_size: dvc.lock 64, params.yaml 256"]
+    gone = report.lock_param_mismatches(tmp_path, {"profile": "demo", "image_size": 64})
+    assert gone == ['train: train: dvc.lock {"steps": 10}, params.yaml missing']
+
+    data = {"profile": "paper", "params_mismatches": ["train: image_size: dvc.lock 64, params.yaml 256"],
+            "experiments": [], "ground_truth": {"profiles": ["demo"], "rows": []},
+            "provenance": {"git_commit": "c", "dvc_lock_sha256": "h", "dvc_lock_hash_note": "n", "profile": "paper",
+                           "params_sha256": "p", "references_sha256": "r", "mlflow": "m", "hardware": {},
+                           "stages": [], "outputs": []}}
+    md = report.render_markdown(data, tmp_path, tmp_path)
+    assert md.index("Warning: the outputs were not produced by params.yaml") < md.index("## Summary")
+    assert "- train: image_size: dvc.lock 64, params.yaml 256" in md
+    assert "Warning: the outputs were not produced by params.yaml" in report.render_html(data, tmp_path)
