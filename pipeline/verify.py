@@ -12,7 +12,9 @@ Reads ``<paths.results>/report/report.json`` (written with report.md by the ``re
    .dvcignore): md5 of the content for a file, the ``.dir`` md5 for a folder;
 3. every figure shown has the md5 the report printed;
 4. every number shown equals the value in its metrics file now, and report.md shows it;
-5. summary.json agrees with report.json;
+5. report.md and report.html are what report.json renders to, and every verdict of report.json
+   (paper rows and ground-truth checks) is what the metrics files and the paper numbers give now;
+   summary.json agrees with report.json;
 6. params.yaml holds the parameters dvc.lock records for the outputs (after ``configure`` without a
    rerun it does not, and the report would describe the outputs by parameters that did not make them).
 
@@ -122,12 +124,52 @@ def verify(root: Path) -> list[str]:
             problems.append(f"{md_path.relative_to(root)}: row {n['id']} does not show {n['key']} = "
                             f"{report.fmt(n['value'])}")
 
+    problems += _documents(root, out_dir, data)
+    problems += _verdicts(root, data)
+
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
         if json.loads(summary_path.read_text()) != json.loads(json.dumps(report.summary(data))):
             problems.append(f"{summary_path.relative_to(root)}: does not match report.json")
     else:
         problems.append(f"{summary_path.relative_to(root)}: missing")
+    return problems
+
+
+def _documents(root: Path, out_dir: Path, data: dict) -> list[str]:
+    """report.md and report.html are exactly what report.json renders to (an edited word shows up)."""
+    problems = []
+    for name, render in (("report.md", lambda: report.render_markdown(data, out_dir, root)),
+                         ("report.html", lambda: report.render_html(data, root))):
+        path = out_dir / name
+        if not path.is_file():
+            continue  # reported above (report.md) or by the output checks
+        try:
+            expected = render()
+        except (OSError, KeyError) as err:  # a figure gone, a report.json without a field
+            problems.append(f"{path.relative_to(root)}: cannot be re-rendered from report.json ({err})")
+            continue
+        if path.read_text() != expected:
+            problems.append(f"{path.relative_to(root)}: differs from what report.json renders to (edited by hand?)")
+    return problems
+
+
+def _verdicts(root: Path, data: dict) -> list[str]:
+    """Every verdict of report.json, recomputed from the metrics files and the paper numbers now."""
+    try:
+        fresh = report.build(root)
+    except (ValueError, OSError) as err:
+        return [f"the report's verdicts cannot be recomputed: {err}"]
+    problems = []
+    pairs = [(r, f) for e, fe in zip(data["experiments"], fresh["experiments"], strict=False)
+             for r, f in zip(e["rows"], fe["rows"], strict=False)]
+    pairs += list(zip(data["ground_truth"]["rows"], fresh["ground_truth"]["rows"], strict=False))
+    if len(pairs) != sum(len(e["rows"]) for e in fresh["experiments"]) + len(fresh["ground_truth"]["rows"]):
+        problems.append("report.json: its rows are not the rows of references/paper_numbers.yaml now")
+    for shown, now in pairs:
+        if shown.get("id") != now.get("id") or shown.get("status") != now.get("status"):
+            problems.append(f"report.json: row {shown.get('id')} says {shown.get('status')}, recomputed from the "
+                            f"metrics and paper numbers: {now.get('id')} {now.get('status')}")
     return problems
 
 

@@ -2,6 +2,7 @@
 the status logic and of references/paper_numbers.yaml."""
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -264,6 +265,37 @@ def test_verify_passes_then_catches_tampering(finished, tmp_path, capsys):
     assert verify.main(repo) == 1
     out = capsys.readouterr().out
     assert "MISMATCH results/b/plot.png: missing (stage make_b)" in out
+
+
+def test_verify_catches_an_edited_document_and_a_forged_verdict(finished, tmp_path, capsys):
+    from pipeline import verify
+
+    repo = tmp_path / "edited"
+    shutil.copytree(finished, repo, symlinks=True)
+    html = repo / "results/report/report.html"
+    html.write_text(html.read_text().replace("Reproduction report</h1>", "Reproduction report (all good)</h1>"))
+    assert verify.main(repo) == 1
+    assert "MISMATCH results/report/report.html: differs from what report.json renders to" in capsys.readouterr().out
+
+    shutil.copy2(finished / "results/report/report.html", html)
+    data_path = repo / "results/report/report.json"
+    data = json.loads(data_path.read_text())
+    row = next(r for e in data["experiments"] for r in e["rows"] if r["id"] == "a_outside")
+    assert row["status"] == "outside"
+    row["status"] = "within"  # a forged verdict, documents re-rendered to match it
+    data_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    out_dir = repo / "results/report"
+    (out_dir / "report.md").write_text(report.render_markdown(data, out_dir, repo))
+    html.write_text(report.render_html(data, repo))
+    (out_dir / "summary.json").write_text(json.dumps(report.summary(data), indent=2, sort_keys=True) + "\n")
+    monkey_cwd = os.getcwd()
+    try:
+        os.chdir(repo)
+        assert verify.main(repo) == 1
+    finally:
+        os.chdir(monkey_cwd)
+    out = capsys.readouterr().out
+    assert "row a_outside says within, recomputed from the metrics and paper numbers: a_outside outside" in out
 
 
 # --- unit checks -------------------------------------------------------------------------------------
