@@ -225,3 +225,15 @@ def test_pretrained_source_needs_both_models():
         P.validate({"clip": {"source": "pretrained"}})
     with pytest.raises(P.ParamsError, match="templates"):
         P.validate({"clip": {"templates": ["no placeholder"]}})
+
+
+def test_caption_variants_name_the_photo_quality_with_the_shape():
+    from pipeline.stages.train_clip import caption_variants
+
+    meta = {"caption": "a dark blurry photo of two small red stars on a plain background", "shape": "star",
+            "object_count": 2, "color": "red"}
+    variants = caption_variants(meta)
+    assert variants[0] == meta["caption"] and "a dark photo of a star." in variants
+    assert variants.count("a photo of a star.") == 2  # the zero-shot prompt's words, for the shape alone
+    plain = caption_variants({**meta, "caption": "a photo of two small red stars on a plain background"})
+    assert plain.count("a photo of a star.") == 3 and not any("dark" in v for v in plain)

@@ -201,7 +201,8 @@ def test_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
     assert {p.name for p in (out / "figures").iterdir()} == {
         "heatmap.png", "edits_brightness.png", "edits_blur.png", "edits_color_index.png", "edits_saturation.png"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["attributes"]) == {"brightness", "blur", "saturation"}  # colour index has no image measure
+    assert set(metrics["attributes"]) == {"brightness", "blur", "color_index", "saturation"}
+    assert metrics["attributes"]["color_index"]["measure"] == "colour_temperature"
     blur = metrics["attributes"]["blur"]
     assert blur["measure"] == "sharpness" and len(blur["positions"]) == 2 and blur["num_pairs"] == 12
     for side in ("top", "random", "difference"):

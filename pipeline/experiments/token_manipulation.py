@@ -37,8 +37,9 @@ in three steps, on any TiTok (ours or an official checkpoint):
    once copying the top-ranked position(s) and once copying as many random positions drawn from the
    remaining ones, with percentile-bootstrap 95 % intervals (:func:`bootstrap_ci`) and the paired
    difference. An attribute is measured on an edited image through ``MEASURED_BY`` (demo ``blur`` is
-   measured as sharpness, which the signed effect makes direction-free); attributes without an image
-   measure (object count, colour index, class) get a position ranking but no edit effect.
+   measured as sharpness, which the signed effect makes direction-free; the demo's ``color_index`` as
+   colour temperature); attributes without an image measure (object count, class) get a position
+   ranking but no edit effect.
 
 Tokens use TiTok's layout: pre-quantisation latents (B, C, 1, N); codes (B, N) int64 for VQ models;
 for VAE models the "codes" are the continuous tokens (B, C, 1, N), so every edit acts on the last dim.
@@ -80,6 +81,9 @@ IMAGE_MEASURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 MEASURED_BY: dict[str, str | None] = {
     **{name: name for name in IMAGE_MEASURES},
     "blur": "sharpness",
+    # the demo's object colour, read as warm vs cool (R - B): its lowest and highest groups, red and
+    # white, differ there; the colour index has no order of its own to measure
+    "color_index": "colour_temperature",
     "animal": None,
     "class": None,
 }
