@@ -61,6 +61,9 @@ DATA_DEPS = {
     "pipeline/params.py": (),
     # REPO_ROOT, the checkout itself (outside pipeline/).
     "pipeline/tracking.py": (),
+    # CODE_ROOT: hashes the package's code into the checkpoint folder's name (which run may resume),
+    # never into an output.
+    "pipeline/stages/_common.py": (),
 }
 
 
