@@ -407,10 +407,10 @@ class TokenoptLoop(Section):
     """The token-optimisation loop (``pipeline.experiments.tokenopt.TokenOptConfig``).
 
     Paper values (``conf/paper.yaml``): 300 steps, lr 0.1, EMA 0.98, noise 0.3, seed regulariser 0.025,
-    8 crops. The demo runs 40 steps, so its EMA window (1 / (1 - decay) steps) is shortened with it.
+    8 crops. The demo runs 60 steps, so its EMA window (1 / (1 - decay) steps) is shortened with it.
     """
 
-    num_iter: PositiveInt = 40
+    num_iter: PositiveInt = 60
     lr: Annotated[float, Field(gt=0)] = 0.1
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.9
     token_noise: Annotated[float, Field(ge=0)] = 0.3

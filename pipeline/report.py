@@ -139,6 +139,21 @@ def read_lock(root: Path) -> tuple[dict[str, dict[str, str | None]], str | None]
     return outs, hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _same_value(locked: Any, now: Any) -> bool:
+    """Equal as DVC compares them. dvc.lock writes 3e-05 without a dot, which PyYAML (YAML 1.1) reads
+    as a string; params.yaml's 3.0e-05 is a float."""
+    if isinstance(locked, dict) and isinstance(now, dict):
+        return locked.keys() == now.keys() and all(_same_value(locked[k], now[k]) for k in locked)
+    if isinstance(locked, list) and isinstance(now, list):
+        return len(locked) == len(now) and all(_same_value(a, b) for a, b in zip(locked, now, strict=True))
+    if isinstance(locked, str) and isinstance(now, float):
+        try:
+            return float(locked) == now
+        except ValueError:
+            return False
+    return locked == now
+
+
 def lock_param_mismatches(root: Path, params: dict) -> list[str]:
     """Where the parameters dvc.lock records for the outputs differ from params.yaml now.
 
@@ -156,7 +171,7 @@ def lock_param_mismatches(root: Path, params: dict) -> list[str]:
             continue
         for key, recorded in sorted(((entry.get("params") or {}).get("params.yaml") or {}).items()):
             now = lookup(params, key)
-            if now is MISSING or now != recorded:
+            if now is MISSING or not _same_value(recorded, now):
                 shown = "missing" if now is MISSING else json.dumps(now, default=str)[:80]
                 problems.append(f"{stage}: {key}: dvc.lock {json.dumps(recorded, default=str)[:80]}, "
                                 f"params.yaml {shown}")
