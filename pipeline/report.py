@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ruamel.yaml import YAML
 
 from pipeline.dvcfile import MISSING, dvc_stages, file_md5, lookup
 
@@ -139,19 +140,11 @@ def read_lock(root: Path) -> tuple[dict[str, dict[str, str | None]], str | None]
     return outs, hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _same_value(locked: Any, now: Any) -> bool:
-    """Equal as DVC compares them. dvc.lock writes 3e-05 without a dot, which PyYAML (YAML 1.1) reads
-    as a string; params.yaml's 3.0e-05 is a float."""
-    if isinstance(locked, dict) and isinstance(now, dict):
-        return locked.keys() == now.keys() and all(_same_value(locked[k], now[k]) for k in locked)
-    if isinstance(locked, list) and isinstance(now, list):
-        return len(locked) == len(now) and all(_same_value(a, b) for a, b in zip(locked, now, strict=True))
-    if isinstance(locked, str) and isinstance(now, float):
-        try:
-            return float(locked) == now
-        except ValueError:
-            return False
-    return locked == now
+def load_lock(root: Path) -> dict:
+    """``dvc.lock`` as DVC reads it (YAML 1.2: DVC writes 3e-05 without a dot, which PyYAML, YAML 1.1,
+    would read as a string); ``{}`` when absent."""
+    path = root / "dvc.lock"
+    return (YAML(typ="safe").load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def lock_param_mismatches(root: Path, params: dict) -> list[str]:
@@ -161,17 +154,14 @@ def lock_param_mismatches(root: Path, params: dict) -> list[str]:
     after, say, ``configure paper`` without a rerun would describe outputs by parameters that did not
     produce them. One line per stage and key, with both values.
     """
-    path = root / "dvc.lock"
-    if not path.is_file():
-        return []
-    lock = yaml.safe_load(path.read_text()) or {}
+    lock = load_lock(root)
     problems = []
     for stage, entry in sorted((lock.get("stages") or {}).items()):
         if stage == REPORT_STAGE:
             continue
         for key, recorded in sorted(((entry.get("params") or {}).get("params.yaml") or {}).items()):
             now = lookup(params, key)
-            if now is MISSING or not _same_value(recorded, now):
+            if now is MISSING or now != recorded:
                 shown = "missing" if now is MISSING else json.dumps(now, default=str)[:80]
                 problems.append(f"{stage}: {key}: dvc.lock {json.dumps(recorded, default=str)[:80]}, "
                                 f"params.yaml {shown}")

@@ -368,13 +368,14 @@ def test_report_warns_when_params_yaml_did_not_produce_the_outputs(tmp_path):
     lock = {"schema": "2.0", "stages": {
         "train": {"cmd": "x", "params": {"params.yaml": {"image_size": 64, "train": {"steps": 10, "lr": "3e-05"}}}},
         "report": {"cmd": "y", "params": {"params.yaml": {"profile": "demo"}}}}}
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    # as DVC writes it: 3e-05 without a dot (PyYAML would read it as a string, DVC as a float)
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock).replace("'3e-05'", "3e-05"))
     same = {"profile": "demo", "image_size": 64, "train": {"steps": 10, "lr": 3e-05}}  # DVC's 3e-05 is a float
     assert report.lock_param_mismatches(tmp_path, same) == []
     paper = {"profile": "paper", "image_size": 256, "train": {"steps": 10, "lr": 3e-05}}  # not the report's own
     assert report.lock_param_mismatches(tmp_path, paper) == ["train: image_size: dvc.lock 64, params.yaml 256"]
     gone = report.lock_param_mismatches(tmp_path, {"profile": "demo", "image_size": 64})
-    assert gone == ['train: train: dvc.lock {"lr": "3e-05", "steps": 10}, params.yaml missing']
+    assert gone == ['train: train: dvc.lock {"lr": 3e-05, "steps": 10}, params.yaml missing']
 
     data = {"profile": "paper", "params_mismatches": ["train: image_size: dvc.lock 64, params.yaml 256"],
             "experiments": [], "ground_truth": {"profiles": ["demo"], "rows": []},
