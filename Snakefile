@@ -6,13 +6,23 @@
 #
 # The stages come from DVC's own parser (pinned DVC version: index.stages is internal API), so
 # ${...} templating, foreach and matrix are resolved exactly as `dvc repro` resolves them. The values
-# of each stage's tracked params are the rule's `params`, so Snakemake reruns what DVC would rerun.
+# of each stage's tracked params are the rule's `params`.
+#
+# What to rerun is DVC's decision, not file times: Snakemake's params and mtime triggers know nothing of
+# outputs built by `dvc repro`, so on its own it would skip a stage whose parameter changed and then
+# commit the stale output. Every rule therefore has one more input, the marker .dvc-stale/<rule>; when
+# the main process parses this file it asks DVC which stages are stale (`dvc status`) and sets their
+# markers' time to now (newer than any output: the rule and everything downstream reruns), the others'
+# to the epoch (never a reason to rerun). After a successful run, only the stages Snakemake actually ran
+# (each rule leaves .dvc-stale/ran/<invocation>/<rule>) are committed to dvc.lock; a stale stage outside
+# the requested targets stays stale in `dvc status`.
 # Outputs without a file suffix are folders (wrapped in directory()). Per-stage cluster resources come
 # from the `resources` section of params.yaml (key: the DVC stage name, or `default`).
 
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -20,9 +30,13 @@ import yaml
 from dvc.repo import Repo
 
 
+MARKERS = Path(".dvc-stale")
+
+
 def _dvc_stages():
     stages = []
     with Repo(".") as repo:
+        stale = set(repo.status()) if workflow.is_main_process else set()
         for st in repo.index.stages:
             tracked = {}
             deps = []
@@ -40,12 +54,26 @@ def _dvc_stages():
                     "deps": deps,
                     "outs": [o.def_path for o in st.outs],
                     "tracked": json.dumps(tracked, sort_keys=True, default=str),
+                    "stale": st.addressing in stale,
                 }
             )
     return stages
 
 
+def _mark(stages):
+    """Set each rule's marker time: now for a stage DVC calls stale, the epoch for the others."""
+    MARKERS.mkdir(exist_ok=True)
+    now = time.time()
+    for s in stages:
+        marker = MARKERS / s["rule"]
+        marker.touch()
+        stamp = now if s["stale"] else 0
+        os.utime(marker, (stamp, stamp))
+
+
 STAGES = _dvc_stages()
+if workflow.is_main_process:
+    _mark(STAGES)
 _PARAMS = yaml.safe_load(Path("params.yaml").read_text()) or {}
 _RESOURCES = _PARAMS.get("resources") or {}
 _SNAKEMAKE_KEYS = {
@@ -64,6 +92,7 @@ _SNAKEMAKE_KEYS = {
 
 # One id for every job of this invocation (exported to SLURM jobs), so MLflow groups the runs.
 os.environ.setdefault("PIPELINE_INVOCATION", uuid.uuid4().hex[:12])
+RAN = MARKERS / "ran" / os.environ["PIPELINE_INVOCATION"]
 
 
 def _resources(stage):
@@ -97,6 +126,7 @@ for _s in STAGES:
             _s["rule"]
         input:
             _s["deps"],
+            str(MARKERS / _s["rule"]),
         output:
             [_output(o) for o in _s["outs"]],
         params:
@@ -111,15 +141,18 @@ for _s in STAGES:
         conda:
             "envs/pipeline.yaml"
         shell:
-            "export DVC_STAGE={params.stage:q}; ( {params.cmd} ) > {log:q} 2>&1 || (tail -n 40 {log:q}; exit 1)"
+            "export DVC_STAGE={params.stage:q}; ( {params.cmd} ) > {log:q} 2>&1 || (tail -n 40 {log:q}; exit 1); "
+            # the invocation id comes from the environment, not params: params are a rerun trigger
+            f"mkdir -p {MARKERS}/ran/$PIPELINE_INVOCATION && echo {{params.stage:q}} > {MARKERS}/ran/$PIPELINE_INVOCATION/{{rule}}"
 
 
 onsuccess:
-    if not os.environ.get("PIPELINE_SKIP_DVC_COMMIT"):
-        print("Recording the outputs in dvc.lock: dvc commit -f --no-relink")
+    ran = sorted(p.read_text().strip() for p in RAN.glob("*")) if RAN.is_dir() else []
+    if ran and not os.environ.get("PIPELINE_SKIP_DVC_COMMIT"):
+        print(f"Recording the outputs of the stages this run rebuilt in dvc.lock: dvc commit -f {' '.join(ran)}")
         # --no-relink leaves the workspace files (and their mtimes, which Snakemake compares) untouched.
-        subprocess.run(["dvc", "--wait-for-lock", "commit", "-f", "-q", "--no-relink"], check=True)
-        if any(s["stage"] == "report" for s in STAGES):
+        subprocess.run(["dvc", "--wait-for-lock", "commit", "-f", "-q", "--no-relink", *ran], check=True)
+        if "report" in ran:
             # The report cites dvc.lock's hashes, which only exist after the commit: rebuild it now.
             print("Rebuilding the report against the committed lock: dvc repro -f -s report")
             subprocess.run(["dvc", "--wait-for-lock", "repro", "-f", "-s", "-q", "report"], check=True)
