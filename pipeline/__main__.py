@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
 
+from pipeline import param_reads
 from pipeline import params as params_mod
 from pipeline.errors import InputError
 from pipeline.io import write_text
@@ -33,8 +35,6 @@ def _pin_threads() -> None:
     rule's ``threads``; pinning torch to the machine's core count (or ``PIPELINE_TORCH_THREADS``) makes
     ``dvc repro``, Snakemake and SLURM jobs write identical outputs for the same seed.
     """
-    import os
-
     import torch
 
     torch.set_num_threads(int(os.environ.get("PIPELINE_TORCH_THREADS") or os.cpu_count() or 1))
@@ -45,6 +45,14 @@ def _configure(args: argparse.Namespace) -> int:
     for assignment in args.set or []:
         params_mod.set_dotted(raw, assignment)
     validated = params_mod.validate(raw, f"conf/{args.profile}.yaml")
+    lost = params_mod.edits_lost_by(args.output, validated.model_dump(mode="json")) if (
+        args.output.is_file() and not args.force) else []
+    if lost:
+        shown = ", ".join(lost[:8]) + (f" and {len(lost) - 8} more" if len(lost) > 8 else "")
+        print(f"error: {args.output} was edited since configure wrote it (by hand or by `dvc exp run -S`), and "
+              f"configure {args.profile} would replace {shown}. Keep the values with `--set KEY=VALUE` (or in "
+              f"conf/{args.profile}.yaml), or discard them with `--force`.", file=sys.stderr)
+        return 2
     write_text(args.output, params_mod.dump(validated))
     print(f"wrote {args.output} (profile {args.profile})")
     return 0
@@ -58,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("profile", help="profile name: a file conf/<profile>.yaml (demo, paper, micro)")
     conf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one dotted key")
     conf.add_argument("--output", default=params_mod.PARAMS_FILE, type=Path)
+    conf.add_argument("--force", action="store_true",
+                      help="overwrite values edited in the output since configure wrote it")
     check = sub.add_parser("check-params", help="validate params.yaml and exit")
     check.add_argument("--params", default=params_mod.PARAMS_FILE, type=Path)
     for name in _stage_names():
@@ -77,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _pin_threads()
     stage = importlib.import_module(f"pipeline.stages.{args.command}")
+    record = os.environ.get(param_reads.ENV)
+    if record:  # the test of dvc.yaml's params: which keys does the stage read?
+        params = param_reads.RecordingView(params)
     try:
         return stage.run(params) or 0
     except InputError as err:
         print(f"error: {args.command}: {err}", file=sys.stderr)
         return 2
+    finally:
+        if record:
+            params.write(Path(record) / f"{args.command}.json")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What ``dvc.yaml`` declares, read without DVC: the file outputs of each stage and their md5.
+"""What ``dvc.yaml`` declares, read without DVC: each stage's file outputs and their md5, and its params.
 
 Shared by the report (which cites every output with its md5 from dvc.lock), ``verify`` (which checks
 the cited figures and numbers against the checkout) and the tracking module (which tags each MLflow run
@@ -63,6 +63,29 @@ def dvc_stages(root: Path, params: dict) -> dict[str, dict[str, list[str]]]:
         stages[name] = {kind: [os.path.normpath(_resolve(_entry_path(e), params)) for e in st.get(kind) or []]
                         for kind in OUTPUT_KINDS}
     return stages
+
+
+def _stage_entry(root: Path, dvc_stage: str) -> dict:
+    data = yaml.safe_load((root / "dvc.yaml").read_text()) if (root / "dvc.yaml").is_file() else None
+    return ((data or {}).get("stages") or {}).get(dvc_stage) or {}
+
+
+def declared_params(dvc_stage: str, root: Path | None = None) -> list[str]:
+    """The params.yaml keys ``dvc_stage`` declares under ``params:`` (what DVC watches), in order."""
+    entry = _stage_entry(Path.cwd() if root is None else root, dvc_stage)
+    keys: list[str] = []
+    for item in entry.get("params") or []:
+        if isinstance(item, str):
+            keys.append(item)
+        elif isinstance(item, dict):  # {file: [keys]}: only params.yaml is ever used here
+            keys += [k for ks in item.values() for k in ks or []]
+    return keys
+
+
+def interpolated_keys(dvc_stage: str, root: Path | None = None) -> set[str]:
+    """The params.yaml keys ``dvc_stage``'s entry interpolates with ``${...}`` (its paths, e.g. ``paths.models``)."""
+    entry = _stage_entry(Path.cwd() if root is None else root, dvc_stage)
+    return set(_VAR.findall(yaml.safe_dump(entry)))
 
 
 def output_digests(dvc_stage: str, root: Path | None = None) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """MLflow tracking: every stage is one MLflow run.
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` if set (e.g. ``http://host:5000`` for many SLURM jobs sharing one
-``mlflow server``), otherwise ``sqlite:///<repo>/mlflow.db``. Runs of one pipeline invocation share the
+``mlflow server``), otherwise ``sqlite:///<repo>/mlflow.db``, where ``<repo>`` is the checkout DVC runs
+for (``DVC_ROOT``: ``dvc exp run --temp`` and ``--queue`` record into the workspace's store, and their
+runs carry the tags ``dvc.exp_name`` and ``dvc.exp_baseline_rev``). Runs of one pipeline invocation share the
 tag ``pipeline.invocation``: taken from ``PIPELINE_INVOCATION`` when the launcher sets it (the
 Snakefile does), otherwise derived from the ``dvc repro`` / ``snakemake`` process that started the
 stage, so that all stages of one ``dvc repro`` are grouped.
@@ -24,16 +26,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.dvcfile import output_digests
+from pipeline.dvcfile import MISSING, declared_params, lookup, output_digests
+from pipeline.param_reads import unwrap
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "tokenizer-repro"
 OUTPUT_TAG = "dvc.md5."
+ARTIFACTS = "mlartifacts"  # the artifact folder beside a local sqlite store
 
 
 def tracking_uri() -> str:
     """The MLflow tracking URI in effect."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root() / 'mlflow.db'}"
+
+
+def store_root() -> Path:
+    """The checkout whose ``mlflow.db`` records the run: the repository DVC runs the stage for.
+
+    ``dvc exp run --temp`` / ``--queue`` run a stage in a temporary copy of the repository and set
+    ``DVC_ROOT`` to the original; its runs belong in the original's store, not in a copy that is deleted.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -95,6 +108,9 @@ def run_tags(stage: str) -> dict[str, str]:
         "pipeline.invocation": invocation_id(),
         "pipeline.stage": stage,
     }
+    for tag, var in (("dvc.exp_name", "DVC_EXP_NAME"), ("dvc.exp_baseline_rev", "DVC_EXP_BASELINE_REV")):
+        if os.environ.get(var):  # set by `dvc exp run`
+            tags[tag] = os.environ[var]
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
         tags["slurm.array_task_id"] = os.environ.get("SLURM_ARRAY_TASK_ID", "")
@@ -128,25 +144,63 @@ class StageRun:
         mlflow.set_tags(dict(tags))
 
 
+def relocate_store(db: Path, experiment: str) -> None:
+    """Point ``experiment``'s artifact location (and its runs') at the ``mlartifacts`` beside ``db``.
+
+    MLflow stores an absolute artifact location, fixed when the experiment is created; a checkout that
+    was moved or copied (its ``mlflow.db`` and ``mlartifacts`` with it) would otherwise keep writing its
+    artifacts into the old folder. The rewrite only touches locations of the form ``<dir>/mlartifacts``.
+    """
+    import sqlite3
+
+    new = (db.parent / ARTIFACTS).as_uri()
+    with sqlite3.connect(db) as con:
+        row = con.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ?",
+                          (experiment,)).fetchone()
+        if row is None or row[1] == new or not row[1].startswith("file://") or not row[1].endswith("/" + ARTIFACTS):
+            return
+        exp_id, old = row
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
+        con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                    (new, len(old) + 1, exp_id, len(old), old))
+
+
+def declared_values(stage: str, params: Any) -> dict[str, Any]:
+    """``{key: value}`` of the parameters dvc.yaml declares for ``stage`` (``params``: a ``Params`` or a
+    plain mapping), sections flattened."""
+    dump = params if isinstance(params, Mapping) else unwrap(params).model_dump(mode="json")
+    values = {key: lookup(dump, key) for key in declared_params(stage)}
+    return _flatten({k: "<not in params.yaml>" if v is MISSING else v for k, v in values.items()})
+
+
 @contextmanager
-def stage_run(stage: str, params: Mapping[str, Any]) -> Iterator[StageRun]:
-    """Open an MLflow run for ``stage`` logging the flattened ``params`` and the provenance tags."""
+def stage_run(stage: str, params: Any) -> Iterator[StageRun]:
+    """Open an MLflow run for ``stage`` logging the parameters its dvc.yaml entry declares and the provenance tags.
+
+    ``params`` is the stage's ``Params``: exactly the keys DVC watches for the stage are logged, so the
+    MLflow run and dvc.lock record the same parameters.
+    """
     import mlflow
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+    if uri.startswith("sqlite:///"):
         # Keep artifacts beside the database rather than in whatever folder the stage runs from.
-        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-        try:
-            mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
-        except mlflow.exceptions.MlflowException:
-            pass  # created concurrently by another stage
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS
+        if mlflow.get_experiment_by_name(name) is None:
+            try:
+                mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+            except mlflow.exceptions.MlflowException:
+                pass  # created concurrently by another stage
+        else:
+            relocate_store(Path(uri.removeprefix("sqlite:///")), name)
     mlflow.set_experiment(name)
     tags = run_tags(stage)
     with mlflow.start_run(run_name=stage, tags=tags) as run:
-        flat = {k: ("null" if v is None else str(v))[:6000] for k, v in _flatten(params).items()}
+        declared = declared_values(tags["dvc.stage"], params)
+        flat = {k: ("null" if v is None else str(v))[:6000] for k, v in declared.items()}
         items = list(flat.items())
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i:i + 100]))

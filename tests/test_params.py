@@ -104,6 +104,31 @@ def test_configure_writes_a_profile_with_overrides(tmp_path):
     assert params.profile == "paper" and params.seed == 3 and params.image_size == 256
 
 
+def _configure(out, *args):
+    return subprocess.run([sys.executable, "-m", "pipeline", "configure", "micro", "--output", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def test_configure_keeps_values_edited_since_it_wrote_the_file(tmp_path):
+    """An edit (or a `dvc exp run -S` override) is not silently dropped by the next configure."""
+    out = tmp_path / "params.yaml"
+    assert _configure(out).returncode == 0
+    assert _configure(out).returncode == 0  # rewriting its own values needs no --force
+    raw = yaml.safe_load(out.read_text())
+    raw["train_titok"]["stage1"]["steps"] = 99
+    out.write_text(yaml.safe_dump(raw))  # DVC rewrites the file in its own style: the comments go
+    refused = _configure(out)
+    assert refused.returncode == 2 and "train_titok.stage1.steps" in refused.stderr and "--force" in refused.stderr
+    assert P.load(out).train_titok.stage1.steps == 99  # nothing written
+    assert _configure(out, "--set", "train_titok.stage1.steps=99").returncode == 0  # the edit kept
+    assert P.load(out).train_titok.stage1.steps == 99
+    raw = yaml.safe_load(out.read_text())
+    raw["seed"] = 5
+    out.write_text(yaml.safe_dump(raw))
+    assert _configure(out, "--force").returncode == 0
+    assert P.load(out).seed == 0 and P.load(out).train_titok.stage1.steps == 6
+
+
 def test_a_key_missing_from_params_yaml_stops_with_its_name(tmp_path):
     out = tmp_path / "params.yaml"
     raw = P.resolve_profile("micro")
@@ -119,3 +144,17 @@ def test_a_key_missing_from_params_yaml_stops_with_its_name(tmp_path):
 def _write(path, raw):
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def test_recording_view_records_the_keys_read_and_sections_used_whole():
+    from pipeline.param_reads import RecordingView, unwrap
+
+    params = P.validate(P.resolve_profile("micro"), "micro")
+    view = RecordingView(params)
+    assert view.train_titok.stage1.steps == 6
+    assert view.seed == params.seed
+    view.clip.train.model_dump()  # a section used whole
+    assert view.reads == {"train_titok.stage1.steps", "seed", "clip.train"}
+    assert unwrap(view) is params
+    with pytest.raises(AttributeError, match="read-only"):
+        view.seed = 3

@@ -1,5 +1,6 @@
 """The whole pipeline on the micro profile: dvc repro, its no-op rerun, Snakemake parity and the DAG."""
 
+import json
 import re
 import subprocess
 import sys
@@ -13,8 +14,8 @@ from conftest import ROOT, pipeline_env
 pytestmark = pytest.mark.slow
 
 
-def _run(args, cwd, **kw):
-    proc = subprocess.run(args, cwd=cwd, env=pipeline_env(cwd), capture_output=True, text=True, **kw)
+def _run(args, cwd, env=None, **kw):
+    proc = subprocess.run(args, cwd=cwd, env=env or pipeline_env(cwd), capture_output=True, text=True, **kw)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -24,9 +25,27 @@ def _stage_names(repo: Path) -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
-def test_dvc_repro_then_noop_rerun(scratch_repo):
-    _run(["dvc", "repro"], scratch_repo)
+def _undeclared_reads(repo: Path, reads: Path) -> list[str]:
+    """``stage: key`` for every parameter a stage read that its dvc.yaml entry does not declare."""
+    from pipeline.dvcfile import declared_params, interpolated_keys
+
+    problems = []
+    for path in sorted(reads.glob("*.json")):
+        declared = [*declared_params(path.stem, repo), *interpolated_keys(path.stem, repo)]
+        for key in json.loads(path.read_text()):
+            if not any(key == d or key.startswith(d + ".") for d in declared):
+                problems.append(f"{path.stem}: reads {key!r}; add `- {key}` to its params in dvc.yaml")
+    return problems
+
+
+def test_dvc_repro_then_noop_rerun(scratch_repo, tmp_path):
+    from pipeline.param_reads import ENV
+
+    reads = tmp_path / "reads"  # every stage records the parameters it reads (pipeline/param_reads.py)
+    _run(["dvc", "repro"], scratch_repo, env={**pipeline_env(scratch_repo), ENV: str(reads)})
     stages = _stage_names(scratch_repo)
+    assert {p.stem for p in reads.glob("*.json")} == stages
+    assert not _undeclared_reads(scratch_repo, reads), "\n".join(_undeclared_reads(scratch_repo, reads))
     lock = yaml.safe_load((scratch_repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == stages
     start = time.monotonic()

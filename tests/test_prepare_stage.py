@@ -40,7 +40,7 @@ def test_run_writes_prepared_and_logs_counts(tmp_path, monkeypatch):
 
     @contextmanager
     def fake_stage_run(stage_name, params):
-        assert stage_name == "prepare" and params["prepare"]["shard_size"] == 10
+        assert stage_name == "prepare" and params.prepare.shard_size == 10
         runs.append(FakeRun())
         yield runs[-1]
 

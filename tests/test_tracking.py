@@ -20,12 +20,16 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(mlflow_uri, tmp_pat
 
     artifact = tmp_path / "manifest.json"
     artifact.write_text("{}")
-    with tracking.stage_run("prepare", {"seed": 0, "prepare": {"shard_size": 10, "root": None}}) as run:
+    params = {"seed": 0, "image_size": 64, "paths": {"data": "data", "models": "models"},
+              "prepare": {"shard_size": 10, "root": None}, "clip": {"lr": 1.0}}
+    with tracking.stage_run("prepare", params) as run:
         run.log_metrics({"images": 12, "nested": {"psnr": 20.5}, "skip": "text"})
         run.log_artifact(artifact)
     client = MlflowClient(mlflow_uri)
     data = client.get_run(run.run_id).data
-    assert data.params == {"seed": "0", "prepare.shard_size": "10", "prepare.root": "null"}
+    # exactly what dvc.yaml declares for the stage (seed, image_size, paths.data, prepare): not clip
+    assert data.params == {"seed": "0", "image_size": "64", "paths.data": "data", "prepare.shard_size": "10",
+                           "prepare.root": "null"}
     seconds = data.metrics.pop("seconds")  # the stage body's wall time, logged by stage_run itself
     assert 0 <= seconds < 60
     assert data.metrics == {"images": 12.0, "nested.psnr": 20.5}
@@ -60,3 +64,42 @@ def test_default_uri_is_sqlite_in_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_dvc_experiments_record_into_the_workspace_store_with_their_name(monkeypatch, tmp_path):
+    """`dvc exp run --temp` runs in a copy of the repo and sets DVC_ROOT to the workspace (dvc.env)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    workspace = tmp_path / "workspace"
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    monkeypatch.setenv("DVC_EXP_NAME", "bushy-oryx")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    assert tracking.tracking_uri() == f"sqlite:///{workspace / 'mlflow.db'}"
+    tags = tracking.run_tags("train_titok")
+    assert tags["dvc.exp_name"] == "bushy-oryx" and tags["dvc.exp_baseline_rev"] == "a" * 40
+
+
+def test_a_moved_checkout_writes_its_artifacts_beside_its_own_store(monkeypatch, tmp_path):
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    (old / "a.txt").write_text("a")
+    with tracking.stage_run("a", {}) as run:
+        run.log_artifact(old / "a.txt")
+    first = run.run_id
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+    monkeypatch.chdir(new)
+    (new / "b.txt").write_text("b")
+    with tracking.stage_run("b", {}) as run:
+        run.log_artifact(new / "b.txt")
+    assert (new / "mlartifacts" / run.run_id / "artifacts" / "b.txt").is_file()
+    assert not old.exists()
+    client = MlflowClient(tracking.tracking_uri())
+    assert [a.path for a in client.list_artifacts(first)] == ["a.txt"]  # the earlier run's, found in the copy

@@ -116,8 +116,7 @@ def run(params: Params) -> int:
     space = feature_space(params)
     fid_batch = params.fid.batch_size
     out_dir = Path(params.paths.results) / STAGE
-    with stage_run(STAGE, {"eval_alit": cfg.model_dump(mode="json"), "fid": params.fid.model_dump(mode="json"),
-                           "seed": params.seed}) as mlrun, atomic_dir(out_dir) as tmp:
+    with stage_run(STAGE, params) as mlrun, atomic_dir(out_dir) as tmp:
         mlrun.set_tags({"alit": str(folder)})
         ind = _evaluate_split(model, val.images, counts, cfg, space, fid_batch, params.seed)
         far = _evaluate_split(model, ood.images, counts, cfg, space, fid_batch, params.seed + 1) if ood else None

@@ -43,7 +43,7 @@ def run(params: Params) -> int:
 
     cfg = params.eval_titok
     results = results_dir(params, STAGE)
-    with stage_run(STAGE, params.model_dump(mode="json")) as run:
+    with stage_run(STAGE, params) as run:
         titok = TiTok.from_pretrained(titok_dir(params))
         data = load_split(prepared_root(params), cfg.split, limit=cfg.num_images)
         images = to_float(data.images)

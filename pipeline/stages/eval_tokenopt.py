@@ -214,8 +214,7 @@ def run(params: Params) -> int:
     reference = fid_reference(params, space, reference_cache(params))
     scorer = Scorer(params, objective, judge, space, reference, names)
 
-    with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "fid": params.fid.model_dump(
-            mode="json"), "clip.templates": params.clip.templates, "seed": params.seed}) as mlrun:
+    with stage_run(STAGE, params) as mlrun:
         metrics = _finite({
             "feature_space": space.name, "judge": judge.name, "judge_independent": judge.name != objective.name,
             "reference": {"source": reference.source, "num_images": reference.num_images}, "chance": 1 / len(names),

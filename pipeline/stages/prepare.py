@@ -172,7 +172,7 @@ def run(params: Params) -> int:
 
     out = Path(params.paths.data) / "prepared"
     opened = open_source(params)  # a whole-input failure stops here, before any run is recorded
-    with stage_run("prepare", params.model_dump(mode="json")) as tracked:
+    with stage_run("prepare", params) as tracked:
         start = time.perf_counter()
         manifest = prepare(params, out, opened=opened)
         seconds = time.perf_counter() - start  # for images/s; not in the manifest, which stays reproducible

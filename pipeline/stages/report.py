@@ -38,7 +38,7 @@ def run(params: Params) -> int:
     except ValueError as err:
         raise InputError(str(err)) from None
     out = Path(params.paths.results) / STAGE
-    with stage_run(STAGE, {"profile": params.profile, "references": report.REFERENCES}) as run:
+    with stage_run(STAGE, params) as run:
         write_text(out / "report.md", report.render_markdown(data, out, root))
         write_text(out / "report.html", report.render_html(data, root))
         write_text(out / "report.json", json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -96,7 +96,7 @@ def run(params: Params) -> int:
         raise InputError(f"token_manipulation.attributes: {err}") from None
 
     out = Path(params.paths.results) / STAGE
-    with stage_run(STAGE, params.model_dump(mode="json")) as mlrun, atomic_dir(out) as tmp:
+    with stage_run(STAGE, params) as mlrun, atomic_dir(out) as tmp:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         encoded = tm.encode(model, images, cfg.batch_size)
         scores = tm.position_scores(encoded, attributes, cfg.bins)

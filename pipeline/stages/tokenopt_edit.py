@@ -46,7 +46,7 @@ def run(params: Params) -> int:
                                                         for _ in e.prompts for c in sample.labels]
     config = common.loop_config(cfg.optim, params.seed)
 
-    with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "seed": params.seed}) as mlrun:
+    with stage_run(STAGE, params) as mlrun:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         with tqdm(total=config.num_iter * -(-len(prompts) // cfg.batch_size), desc=STAGE, mininterval=5) as bar:
             out = edit_images(titok, clip, source.repeat(len(e.prompts), 1, 1, 1), prompts, config,

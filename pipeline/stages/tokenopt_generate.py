@@ -95,8 +95,7 @@ def run(params: Params) -> int:
     if random_too:
         arrays["images_random_init"] = []
     records: list[dict] = []
-    with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "seed": params.seed,
-                           "fid.samples_per_class": params.fid.samples_per_class}) as mlrun, \
+    with stage_run(STAGE, params) as mlrun, \
             tqdm(total=config.num_iter * batches, desc=STAGE, mininterval=5) as bar:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         for k, chunk in enumerate(chunks):

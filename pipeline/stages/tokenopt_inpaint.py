@@ -62,7 +62,7 @@ def run(params: Params) -> int:
     config = common.loop_config(p.optim, params.seed, reset_period=p.reset_period)
 
     inpainted, starts, masks, records = [], [], [], []
-    with stage_run(STAGE, {"tokenopt": params.tokenopt.model_dump(mode="json"), "seed": params.seed}) as mlrun, \
+    with stage_run(STAGE, params) as mlrun, \
             tqdm(total=config.num_iter * len(p.mask_kinds) * -(-n // cfg.batch_size), desc=STAGE,
                  mininterval=5) as bar:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})

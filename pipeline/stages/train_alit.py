@@ -144,9 +144,7 @@ def _official(params: Params) -> tuple[ALIT, dict]:
 def run(params: Params) -> int:
     """Train (or import) ALIT and write it with its training metrics."""
     start = time.perf_counter()
-    logged = {"train_alit": params.train_alit.model_dump(mode="json"), "image_size": params.image_size,
-              "seed": params.seed}
-    with stage_run(STAGE, logged) as run:
+    with stage_run(STAGE, params) as run:
         alit, metrics = _official(params) if params.train_alit.source == "official" else _train(params, run)
         with atomic_dir(alit_dir(params)) as tmp:
             alit.save_pretrained(tmp)

@@ -131,7 +131,7 @@ def _pretrained(params: Params) -> dict:
 
 def run(params: Params) -> int:
     """Train the demo CLIP (or check the pretrained ones) and write it with its zero-shot accuracy."""
-    with stage_run(STAGE, {"clip": params.clip.model_dump(mode="json"), "seed": params.seed}) as run:
+    with stage_run(STAGE, params) as run:
         metrics = _train(params, run) if params.clip.source == "train" else _pretrained(params)
         write_json(Path(params.paths.results) / "clip" / "metrics.json", metrics)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model")})

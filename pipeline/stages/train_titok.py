@@ -111,7 +111,7 @@ def run(params: Params) -> int:
     out_dir = titok_dir(params)
     results = results_dir(params, STAGE)
     torch.manual_seed(params.seed)
-    with stage_run(STAGE, params.model_dump(mode="json")) as run:
+    with stage_run(STAGE, params) as run:
         if cfg.source == "official":
             titok = TiTok.from_pretrained(cfg.folder)
             train_metrics: dict[str, float] = {}

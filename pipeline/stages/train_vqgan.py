@@ -64,7 +64,7 @@ def run(params: Params) -> int:
     out_dir = Path(params.paths.models) / "vqgan"
     results = results_dir(params, STAGE)
     torch.manual_seed(params.seed)
-    with stage_run(STAGE, params.model_dump(mode="json")) as run:
+    with stage_run(STAGE, params) as run:
         if cfg.source == "official":
             vqgan = MaskGITVQGAN.from_pretrained(cfg.folder)
             train_metrics: dict[str, float] = {}
