@@ -32,11 +32,12 @@ import torch
 from tqdm import tqdm
 
 from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
-from pipeline.experiments.tokenopt_tasks import associate_seeds, generate_class_images
+from pipeline.experiments.tokenopt_tasks import TaskOutput, associate_seeds, generate_class_images
 from pipeline.io import atomic_dir
 from pipeline.metrics.evaluation import class_names, objective_clip
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
+from pipeline.side_by_side import in_parallel, run_jobs
 from pipeline.stages import _tokenopt as common
 from pipeline.stages._common import results_dir, save_image_grid, to_uint8
 from pipeline.tracking import stage_run
@@ -61,6 +62,17 @@ def _reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int, post: bool
     tokens = torch.cat([images_to_tokens(titok, b.to(dev), post_quantization=post).cpu()
                         for b in images.split(batch_size)])
     return _decode_in_batches(titok, tokens, batch_size, post)
+
+
+def _generate(titok: TiTok, clip, names: list[str], per_class: int, config, seed_images: torch.Tensor | None,
+              association: str, template: str, batch_size: int, bar) -> TaskOutput:
+    """One generation run (a worker of :func:`pipeline.side_by_side.run_jobs`): from seeds, or from N(0, I)."""
+    with tqdm(total=config.num_iter * -(-len(names) * per_class // batch_size), mininterval=5,
+              desc=f"{STAGE} ({'seeds' if seed_images is not None else 'random init'})",
+              disable=bar is not None) as own:
+        return generate_class_images(titok, clip, names, per_class, config, seed_images=seed_images,
+                                     association=association, template=template, batch_size=batch_size,
+                                     progress=bar if bar is not None else own)
 
 
 def _random_tokens(titok: TiTok, n: int, seed: int, post: bool) -> torch.Tensor:
@@ -100,15 +112,17 @@ def run(params: Params) -> int:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         for k, chunk in enumerate(chunks):
             chunk_config = replace(config, seed=config.seed + CHUNK_IMAGES * k)  # batch i of chunk k: + i
-            out = generate_class_images(titok, clip, [names[c] for c in chunk], per_class, chunk_config,
-                                        seed_images=seed_images if g.init == "seed" else None,
-                                        association=g.association, template=g.template, batch_size=cfg.batch_size,
-                                        progress=bar)
+            job = (titok, clip, [names[c] for c in chunk], per_class, chunk_config)
+            starts = [seed_images if g.init == "seed" else None] + ([None] if random_too else [])
+            # the seeded and the random-init runs are independent: side by side on a CPU (pipeline.side_by_side)
+            parallel = in_parallel(len(starts))
+            results = run_jobs([(_generate, (*job, start, g.association, g.template, cfg.batch_size,
+                                             None if parallel else bar)) for start in starts])
+            bar.update(sum(config.num_iter * -(-len(r.records) // cfg.batch_size) for r in results) if parallel else 0)
+            out = results[0]
             prompts = [r["prompt"] for r in out.records]
             if random_too:
-                from_noise = generate_class_images(titok, clip, [names[c] for c in chunk], per_class, chunk_config,
-                                                   template=g.template, batch_size=cfg.batch_size, progress=bar)
-                arrays["images_random_init"].append(to_uint8(from_noise.images))
+                arrays["images_random_init"].append(to_uint8(results[1].images))
             if g.init == "seed":
                 chosen = torch.tensor([r["seed_index"] for r in out.records])
             else:  # the seed the association would have picked: the seeds baseline

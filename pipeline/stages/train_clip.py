@@ -29,14 +29,15 @@ from pathlib import Path
 import torch
 
 from pipeline.data.demo import NUMBER_WORDS, PLURALS
-from pipeline.data.shards import SplitData, load_split
+from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_json, write_text
 from pipeline.metrics.clip_score import zero_shot_accuracy
 from pipeline.metrics.evaluation import JUDGE_SUBDIR, class_names, trained_clip_dir
 from pipeline.models.clip import ClipModel, create_clip, load_clip, num_parameters, save_clip
 from pipeline.params import Params
+from pipeline.side_by_side import run_jobs
 from pipeline.tracking import stage_run
-from pipeline.train.clip import ClipTrainConfig, train_clip
+from pipeline.train.clip import ClipTrainConfig, ClipTrainResult, train_clip
 
 STAGE = "train_clip"
 
@@ -69,44 +70,50 @@ def _val(params: Params):
     return load_split(Path(params.paths.data) / "prepared", "val", limit=params.clip.eval_images)
 
 
-def _train_one(params: Params, run, train: SplitData, config: str, seed: int,
-               role: str) -> tuple[ClipModel, dict, list[float]]:
-    """Train the open_clip config ``config`` from seed ``seed``; the model, its metrics and its loss curve."""
-    c = params.clip
-    captions = [caption_variants(m) for m in train.meta]
-    names = class_names(params)
+def _train_one(images: torch.Tensor, labels: torch.Tensor, captions: list[list[str]], label_texts: list[str],
+               config: str, seed: int, settings: dict, role: str) -> tuple[ClipModel, ClipTrainResult]:
+    """Train the open_clip config ``config`` from seed ``seed`` (``settings``: the ``clip.train`` section).
+
+    A worker of :func:`pipeline.side_by_side.run_jobs`: plain arguments in, the model and its loss curve out.
+    """
     torch.manual_seed(seed)
     clip = create_clip(config)
-    cfg = ClipTrainConfig(epochs=c.train.epochs, batch_size=min(c.train.batch_size, len(captions)), lr=c.train.lr,
-                          min_lr=c.train.min_lr, weight_decay=c.train.weight_decay,
-                          warmup_steps=c.train.warmup_steps, init_logit_scale=c.train.init_logit_scale,
-                          augment=c.train.augment, label_weight=c.train.label_weight, seed=seed)
-    result = train_clip(clip, torch.from_numpy(train.images), captions, cfg, labels=torch.from_numpy(train.labels),
-                        label_texts=[c.templates[0].format(n) for n in names], progress=role,
-                        log=lambda step, m: run.log_metrics({f"{role}/{k}": v for k, v in m.items()}, step=step)
-                        if step % 10 == 0 else None)
-    # Timings go to MLflow only: metrics.json stays byte-identical across runs with the same seed.
-    run.log_metrics({f"{role}/train_seconds": result.seconds, f"{role}/train_cpu_seconds": result.cpu_seconds})
-    val = _val(params)
-    acc = zero_shot_accuracy(clip, torch.from_numpy(val.images), torch.from_numpy(val.labels), names, c.templates)
-    tail = result.losses[-min(10, len(result.losses)):]
-    metrics = {"model": config, "seed": seed, "parameters": num_parameters(clip), "train_images": len(captions),
-               "steps": result.steps, "initial_loss": result.losses[0], "final_loss": sum(tail) / len(tail),
-               "val_images": len(val.labels), "zero_shot_top1": acc}
-    return clip, metrics, result.losses
+    cfg = ClipTrainConfig(**{**settings, "batch_size": min(settings["batch_size"], len(captions))}, seed=seed)
+    result = train_clip(clip, images, captions, cfg, labels=labels, label_texts=label_texts, progress=role)
+    return clip, result
 
 
 def _train(params: Params, run) -> dict:
     c = params.clip
     train = load_split(Path(params.paths.data) / "prepared", "train")
-    objective, metrics, losses = _train_one(params, run, train, c.config, params.seed, "objective")
-    judge, judge_metrics, _ = _train_one(params, run, train, c.judge_config, params.seed + 1, "judge")
+    names = class_names(params)
+    data = (torch.from_numpy(train.images), torch.from_numpy(train.labels), [caption_variants(m) for m in train.meta],
+            [c.templates[0].format(n) for n in names])
+    settings = c.train.model_dump()
+    roles = {"objective": (c.config, params.seed), "judge": (c.judge_config, params.seed + 1)}
+    trained = run_jobs([(_train_one, (*data, config, seed, settings, role)) for role, (config, seed) in roles.items()])
+    val = _val(params)
+    images, labels = torch.from_numpy(val.images), torch.from_numpy(val.labels)
+    metrics = {}
+    for (role, (config, seed)), (clip, result) in zip(roles.items(), trained, strict=True):
+        for step in range(0, result.steps, 10):
+            run.log_metrics({f"{role}/loss": result.losses[step]}, step=step)
+        # Timings go to MLflow only: metrics.json stays byte-identical across runs with the same seed.
+        run.log_metrics({f"{role}/train_seconds": result.seconds, f"{role}/train_cpu_seconds": result.cpu_seconds,
+                         f"{role}/logit_scale": clip.model.logit_scale.exp().item()})
+        tail = result.losses[-min(10, len(result.losses)):]
+        metrics[role] = {"model": config, "seed": seed, "parameters": num_parameters(clip),
+                         "train_images": len(data[2]), "steps": result.steps,
+                         "initial_loss": result.losses[0], "final_loss": sum(tail) / len(tail),
+                         "val_images": len(labels),
+                         "zero_shot_top1": zero_shot_accuracy(clip, images, labels, names, c.templates)}
+    (objective, objective_result), (judge, _) = trained
     with atomic_dir(trained_clip_dir(params)) as tmp:
         save_clip(objective, tmp)
         save_clip(judge, tmp / JUDGE_SUBDIR)
-    curve = "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses))
+    curve = "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(objective_result.losses))
     write_text(Path(params.paths.results) / "clip" / "train_loss.csv", curve)
-    return {"source": "train", **metrics, "chance": 1 / len(class_names(params)), "judge": judge_metrics}
+    return {"source": "train", **metrics["objective"], "chance": 1 / len(names), "judge": metrics["judge"]}
 
 
 def _pretrained(params: Params) -> dict:
