@@ -237,3 +237,15 @@ def test_caption_variants_name_the_photo_quality_with_the_shape():
     assert variants.count("a photo of a star.") == 2  # the zero-shot prompt's words, for the shape alone
     plain = caption_variants({**meta, "caption": "a photo of two small red stars on a plain background"})
     assert plain.count("a photo of a star.") == 3 and not any("dark" in v for v in plain)
+
+
+def test_a_demo_clip_built_in_another_process_saves(tmp_path):
+    """train_clip trains in worker processes: the parent, which never built one, saves the models."""
+    import open_clip.factory
+
+    from pipeline.models.clip import create_clip
+
+    clip = create_clip("clip_demo")
+    open_clip.factory._MODEL_CONFIGS.pop("clip_demo")  # as in a process that never registered it
+    save_clip(clip, tmp_path / "clip")
+    assert load_clip("clip_demo", tmp_path / "clip").name == "clip_demo"

@@ -172,7 +172,7 @@ def test_missing_folder_names_the_file_and_how_to_get_it(tmp_path):
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "config.json") in message
     assert "model.safetensors" in message and "pytorch_model.bin" in message
-    assert "huggingface-cli download yucornetto/tokenizer_titok_l32_imagenet" in message
+    assert "hf download yucornetto/tokenizer_titok_l32_imagenet" in message
 
 
 def test_missing_weights_file(tmp_path):

@@ -52,21 +52,23 @@ from pipeline.models.titok import TiTok, TiTokConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 LAYOUT = "config.json + model.safetensors (or pytorch_model.bin)"
-HOW_TITOK = ("huggingface-cli download yucornetto/tokenizer_titok_l32_imagenet --local-dir {folder}  "
+HOW_TITOK = ("hf download yucornetto/tokenizer_titok_l32_imagenet --local-dir {folder}  "
              "(other released tokenizers: yucornetto/tokenizer_titok_{{b64,s128,bl64_vq8k,bl128_vq8k,"
              "sl256_vq8k,ll32_vae_c16,bl64_vae_c16,bl128_vae_c16}}_imagenet)")
-HOW_VQGAN = "huggingface-cli download fun-research/TiTok maskgit-vqgan-imagenet-f16-256.bin --local-dir {folder}"
+HOW_VQGAN = "hf download fun-research/TiTok maskgit-vqgan-imagenet-f16-256.bin --local-dir {folder}"
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
+    from safetensors import SafetensorError
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError) as err:
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, SafetensorError) as err:
         raise InputError(f"cannot read weights file {path}: {err}\n  expected a safetensors file or a "
                          "torch state dict loadable with torch.load(weights_only=True)") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

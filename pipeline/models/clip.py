@@ -236,10 +236,9 @@ def save_clip(clip: ClipModel, folder: str | Path) -> None:
     save_file(state, str(folder / WEIGHT_FILES[0]))
     pp = open_clip.get_model_preprocess_cfg(clip.model)
     pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
-    model_cfg = open_clip.get_model_config(clip.name)
-    if model_cfg is None:
-        raise InputError(f"cannot save {clip.name}: its config is not registered with open_clip")
-    cfg = {"model_cfg": model_cfg, "preprocess_cfg": pp}
+    # a model built in another process (pipeline.side_by_side) arrives without its config registered here
+    _ensure_config(clip.name, None)
+    cfg = {"model_cfg": open_clip.get_model_config(clip.name), "preprocess_cfg": pp}
     (folder / FOLDER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
 
 
