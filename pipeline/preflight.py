@@ -16,7 +16,6 @@ so a file that passes here loads there.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from pipeline import params as params_mod
 from pipeline.errors import InputError
 from pipeline.params import Params
 
-WNID = re.compile(r"^n\d{8}$")
 SAMPLE_FILES = 2  # decoded per split
 PNG_BYTES_PER_PIXEL = 1.9  # a 256 x 256 ImageNet crop as PNG: ~125 kB (prepare's image_format png)
 JPEG_BYTES_PER_PIXEL = 0.45  # at jpeg_quality 95
@@ -56,7 +54,7 @@ def _attempt(item: str, load: Callable[[], Any], ok: str = "loads") -> Check:
 def _imagenet(params: Params) -> list[Check]:
     from PIL import Image
 
-    from pipeline.data.imagenet import ImageNetFolder
+    from pipeline.data.imagenet import WNID, ImageNetFolder
 
     cfg = params.prepare.imagenet
     if params.prepare.source != "imagenet_folder":
@@ -66,11 +64,13 @@ def _imagenet(params: Params) -> list[Check]:
     except InputError as err:
         return [Check("ImageNet folder", "missing", str(err))]
     out = []
-    junk = [w for w in folder.all_wnids if not WNID.match(w)]
+    odd = [w for w in folder.all_wnids if not WNID.match(w)]
+    ignored = [skip.file for skip in folder.early_skips.get("train", [])]
     classes = f"{len(folder.classes)} classes" + (f" (of {len(folder.all_wnids)})" if cfg.class_subset else "")
-    out.append(Check("ImageNet train classes", "warn" if junk else "ok",
-                     classes + (f"; folders that are not WordNet ids would become classes: {junk[:5]} "
-                                "(remove them from train/)" if junk else "")))
+    out.append(Check("ImageNet train classes", "warn" if odd or ignored else "ok", "\n".join(
+        [classes] + ([f"folders that are not WordNet ids become classes: {odd[:5]} (remove them from train/ "
+                      "unless they are yours)"] if odd else [])
+        + ([f"ignored (not classes, reported by prepare): {ignored[:5]}"] if ignored else []))))
     for split in cfg.splits:
         try:
             tasks = []

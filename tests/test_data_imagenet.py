@@ -209,3 +209,41 @@ def test_class_subset_with_unknown_wnids(tmp_path):
     subset.write_text(f"{WNIDS[0]}\nn09999999\n")
     with pytest.raises(InputError, match=r"subset.txt: 1 wnid\(s\) not among the classes .*n09999999"):
         prepare(folder_params(tmp_path / "in", class_subset=str(subset)), tmp_path / "out", progress=False)
+
+
+def test_a_missing_val_folder_stops_before_any_train_image_is_processed(tmp_path, monkeypatch):
+    from pipeline.data import imagenet
+
+    make_imagenet(tmp_path / "in", "flat", bad=False)
+    for f in (tmp_path / "in" / "val").iterdir():
+        f.unlink()
+    (tmp_path / "in" / "val").rmdir()
+    processed = []
+    monkeypatch.setattr(imagenet.Processing, "__call__", lambda self, task: processed.append(task))
+    with pytest.raises(InputError, match="val folder not found"):
+        prepare(folder_params(tmp_path / "in"), tmp_path / "out", progress=False)
+    assert not processed and not (tmp_path / "out").exists()
+
+
+def test_hidden_and_tool_folders_are_not_classes_and_stray_files_are_reported(tmp_path):
+    make_imagenet(tmp_path / "in", "flat", bad=False)
+    train = tmp_path / "in" / "train"
+    for junk in (".ipynb_checkpoints", "__MACOSX"):
+        (train / junk).mkdir()
+        (train / junk / "x.JPEG").write_bytes((train / WNIDS[0] / f"{WNIDS[0]}_1.JPEG").read_bytes())
+    (train / "stray.JPEG").write_bytes(b"x")
+    m = prepare(folder_params(tmp_path / "in"), tmp_path / "out", progress=False)
+    assert [c["wnid"] for c in m["classes"]] == WNIDS  # labels unshifted
+    report = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    files = {s["file"]: s["kind"] for s in report["skipped"]}
+    assert files == {"train/.ipynb_checkpoints/": "outside_class_folder", "train/__MACOSX/": "outside_class_folder",
+                     "train/stray.JPEG": "outside_class_folder"}
+
+
+def test_a_split_with_no_usable_image_is_an_error_and_writes_nothing(tmp_path):
+    make_imagenet(tmp_path / "in", "flat", bad=False)
+    for f in (tmp_path / "in" / "train").rglob("*.JPEG"):
+        f.write_bytes(b"")
+    with pytest.raises(InputError, match="train split has no usable image"):
+        prepare(folder_params(tmp_path / "in"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -57,8 +57,10 @@ def test_weights_that_load_pass_and_a_damaged_file_is_named(tmp_path):
 def test_imagenet_layout_is_checked_and_junk_class_folders_are_flagged(tmp_path):
     make_imagenet(tmp_path / "imagenet", val_layout="flat", bad=False)
     (tmp_path / "imagenet" / "train" / "__MACOSX").mkdir()
+    (tmp_path / "imagenet" / "train" / "cats").mkdir()
     rows = _rows(_paper(tmp_path))
-    assert rows["ImageNet train classes"].status == "warn" and "__MACOSX" in rows["ImageNet train classes"].detail
+    detail = rows["ImageNet train classes"].detail
+    assert rows["ImageNet train classes"].status == "warn" and "'cats'" in detail and "train/__MACOSX/" in detail
     assert rows["ImageNet train"].status == "ok" and rows["ImageNet val"].status == "ok"
     assert rows["disk for prepared shards"].status in ("ok", "warn")
 

@@ -31,7 +31,9 @@ labels that match no train class, a ``class_subset`` naming unknown wnids, an HF
 opened. Single bad inputs are skipped and reported (see :mod:`pipeline.data.transforms`): besides
 unreadable images, a val image missing from the CSV (``no_label``), one whose label is not a train
 class (``unknown_label``), an HF row with label -1 or none (``no_label``), a file directly in ``val/``
-when the val split has class folders (``outside_class_folder``).
+when the val split has class folders, a file directly in ``train/`` or a hidden or tool folder there
+(``.ipynb_checkpoints``, ``__MACOSX``: never a class) (``outside_class_folder``). The val layout is
+checked when the source is opened, before any train image is processed.
 """
 
 from __future__ import annotations
@@ -169,7 +171,15 @@ class ImageNetFolder:
             raise InputError(f"{self.root}: ImageNet folder not found (prepare.imagenet.root). Point it at a "
                              "folder holding train/<wnid>/*.JPEG and val/.")
         train = self.root / "train"
-        self.all_wnids = sorted(d.name for d in train.iterdir() if d.is_dir()) if train.is_dir() else []
+        entries = sorted(train.iterdir()) if train.is_dir() else []
+        # Hidden and tool folders (.ipynb_checkpoints, __MACOSX) are not classes: as classes they would
+        # shift every real label. Files directly in train/ belong to no class. Both are reported.
+        junk = [d for d in entries if d.is_dir() and d.name.startswith((".", "_"))]
+        self.all_wnids = [d.name for d in entries if d.is_dir() and d not in junk]
+        self.early_skips: dict[str, list[Skipped]] = {"train": [
+            *(Skipped(f"train/{d.name}/", "outside_class_folder", "hidden or tool folder, not a class") for d in junk),
+            *(Skipped(f"train/{f.name}", "outside_class_folder", "train/ has class folders")
+              for f in entries if f.is_file() and not f.name.startswith("."))]}
         if not self.all_wnids:
             raise InputError(f"{train}: no class folders (expected {train}/<wnid>/*.JPEG, e.g. "
                              f"{train}/n01440764/n01440764_10026.JPEG); the classes are taken from here.")
@@ -180,19 +190,22 @@ class ImageNetFolder:
         names = read_synset_mapping(mapping_file) if mapping_file.is_file() else {}
         self.classes = [{"index": i, "wnid": w, "name": names.get(w, w)} for i, w in enumerate(wnids)]
         self._label = {c["wnid"]: c["index"] for c in self.classes}
-        self.early_skips: dict[str, list[Skipped]] = {}
+        # The val layout is checked (and listed) now, before any train image is processed: a missing
+        # val/ or label file must not surface after hours of train.
+        self._val_listing = self._val() if "val" in self.splits else None
 
     def length(self, split: str) -> int | None:
         return None
 
     def tasks(self, split: str) -> Iterator[Task | Skipped]:
         """The split's inputs in (class, file name) order; skips found while labelling come first."""
+        yield from self.early_skips.get(split, [])
         if split == "train":  # listed one class at a time: 1.28M tasks never sit in memory at once
             for wnid in self._label:
                 listed = [self._task(Path("train", wnid, f), wnid) for f in _files(self.root / "train" / wnid)]
                 yield from _cap(sorted(listed, key=lambda t: t.key), self.max_per_class)
             return
-        listed, skips = self._val()
+        listed, skips = self._val_listing if self._val_listing is not None else self._val()
         yield from skips
         yield from _cap(sorted(listed, key=lambda t: (t.label, t.key)), self.max_per_class)
 

@@ -31,6 +31,7 @@ from pipeline.data.imagenet import SCHEMA as IMAGENET_SCHEMA
 from pipeline.data.imagenet import ImageNetFolder, ImageNetHF, Processing
 from pipeline.data.shard_writer import MANIFEST, SAMPLES, SKIPPED, ShardWriter
 from pipeline.data.transforms import Prepared, Skipped, apply, decode_stored
+from pipeline.errors import InputError
 from pipeline.io import atomic_dir, write_json
 from pipeline.params import Params
 
@@ -155,6 +156,9 @@ def prepare(params: Params, out: Path, progress: bool = True, opened: tuple | No
                 per_class[class_wnid[res.row["label"]]] += 1
                 if len(samples[split]) < SAMPLES_PER_SPLIT:
                     samples[split].append(decode_stored(res.row["image"]))
+            if not sum(per_class.values()):
+                raise InputError(f"the {split} split has no usable image ({n_skipped} inputs skipped, by kind: "
+                                 f"{dict(skip_kinds)}); nothing was written. Check the input folder or dataset.")
             shards = writer.close()
             manifest["splits"][split] = {"count": sum(per_class.values()), "skipped": n_skipped,
                                          "repaired": n_repaired, "per_class": per_class, "shards": shards}
