@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.dvcfile import MISSING, declared_params, lookup, output_digests
+from pipeline.errors import InputError
 from pipeline.param_reads import unwrap
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +167,26 @@ def relocate_store(db: Path, experiment: str) -> None:
                     (new, len(old) + 1, exp_id, len(old), old))
 
 
+def check_store(uri: str, timeout: float = 3.0) -> None:
+    """Stop within seconds, with one line, when a tracking server cannot be reached.
+
+    MLflow itself retries an unreachable server for minutes and then prints a long traceback; a stage
+    should fail before its work with what to do.
+    """
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise InputError(f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable ({err}). "
+                         "Start it (`mlflow server ...`, see README, Tracking) or unset MLFLOW_TRACKING_URI to "
+                         "use the local mlflow.db") from None
+
+
 def declared_values(stage: str, params: Any) -> dict[str, Any]:
     """``{key: value}`` of the parameters dvc.yaml declares for ``stage`` (``params``: a ``Params`` or a
     plain mapping), sections flattened."""
@@ -184,19 +205,25 @@ def stage_run(stage: str, params: Any) -> Iterator[StageRun]:
     import mlflow
 
     uri = tracking_uri()
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    if uri.startswith("sqlite:///"):
-        # Keep artifacts beside the database rather than in whatever folder the stage runs from.
-        artifacts = Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS
-        if mlflow.get_experiment_by_name(name) is None:
-            try:
-                mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
-            except mlflow.exceptions.MlflowException:
-                pass  # created concurrently by another stage
-        else:
-            relocate_store(Path(uri.removeprefix("sqlite:///")), name)
-    mlflow.set_experiment(name)
+    try:
+        if uri.startswith("sqlite:///"):
+            # Keep artifacts beside the database rather than in whatever folder the stage runs from.
+            artifacts = Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS
+            if mlflow.get_experiment_by_name(name) is None:
+                try:
+                    mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+                except mlflow.exceptions.MlflowException:
+                    pass  # created concurrently by another stage
+            else:
+                relocate_store(Path(uri.removeprefix("sqlite:///")), name)
+        mlflow.set_experiment(name)
+    except Exception as err:  # noqa: BLE001 - whatever the store raises, the stage stops with one line
+        raise InputError(f"the MLflow store {uri} cannot be used ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}). Repair or move it away, or point "
+                         "MLFLOW_TRACKING_URI at another store") from None
     tags = run_tags(stage)
     with mlflow.start_run(run_name=stage, tags=tags) as run:
         declared = declared_values(tags["dvc.stage"], params)

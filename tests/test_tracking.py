@@ -103,3 +103,30 @@ def test_a_moved_checkout_writes_its_artifacts_beside_its_own_store(monkeypatch,
     assert not old.exists()
     client = MlflowClient(tracking.tracking_uri())
     assert [a.path for a in client.list_artifacts(first)] == ["a.txt"]  # the earlier run's, found in the copy
+
+
+def test_an_unreachable_tracking_server_stops_the_stage_in_seconds_with_one_line(monkeypatch):
+    import socket
+    import time
+
+    from pipeline.errors import InputError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(InputError, match="not reachable") as err, tracking.stage_run("prepare", {}):
+        pass
+    assert time.monotonic() - start < 10 and "MLFLOW_TRACKING_URI" in str(err.value)
+
+
+def test_a_corrupt_store_stops_the_stage_with_one_line(monkeypatch, tmp_path):
+    from pipeline.errors import InputError
+
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"not a database" * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with pytest.raises(InputError, match="cannot be used") as err, tracking.stage_run("prepare", {}):
+        pass
+    assert "\n" not in str(err.value)
