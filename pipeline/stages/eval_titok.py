@@ -45,20 +45,20 @@ def run(params: Params) -> int:
     results = results_dir(params, STAGE)
     with stage_run(STAGE, params) as run:
         titok = TiTok.from_pretrained(titok_dir(params))
+        judge = judge_clip(params)  # every weights file (judge, Inception at paper scale) before the long pass
+        space = feature_space(params, judge)
         data = load_split(prepared_root(params), cfg.split, limit=cfg.num_images)
         images = to_float(data.images)
         recon, codes = reconstruct(titok, images, batch_size=cfg.batch_size)
         quality = {"psnr": psnr(recon, images).mean().item(), "ssim": ssim(recon, images).mean().item(),
                    "l1": l1(recon, images).mean().item()}
         usage = codebook_usage(codes, titok.config.codebook_size)
-        judge = judge_clip(params)
         names, labels = class_names(params), torch.from_numpy(data.labels)
         judged = {"judge_top1_originals": zero_shot_accuracy(judge, images, labels, names, params.clip.templates),
                   "judge_top1_reconstructions": zero_shot_accuracy(judge, recon, labels, names,
                                                                    params.clip.templates)}
         judged["judge_accuracy_ratio"] = judged["judge_top1_reconstructions"] / max(judged["judge_top1_originals"],
                                                                                     1e-9)
-        space = feature_space(params, judge)
         reference = reference_stats(space, images=data.images, batch_size=params.fid.batch_size,
                                     prc_images=params.fid.prc_images)
         fidelity = fidelity_metrics(to_uint8(recon), reference, space, isc_splits=params.fid.isc_splits,

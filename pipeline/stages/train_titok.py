@@ -58,7 +58,9 @@ def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tup
     return torch.cat(recons), torch.cat(codes)
 
 
-def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float]]:
+def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float], Path]:
+    """Train stage 1; the model, its final metrics and its checkpoint folder (removed once stage 2 is done:
+    a preemption in stage 2 must not retrain stage 1)."""
     from pipeline.train.loop import train
     from pipeline.train.recipes import ProxyCodeImages, TiTokProxyCodeRecipe
 
@@ -76,19 +78,25 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
         recipe.model.load_state_dict(result.ema_state)
     titok = recipe.tokenizer.cpu()
     titok.load_pixel_decoder(vqgan)
-    remove_checkpoints(ckpt)
-    return titok, final_metrics(result.metrics, "stage1/")
+    return titok, final_metrics(result.metrics, "stage1/"), ckpt
 
 
-def _stage2(params: Params, titok: TiTok, run) -> tuple[TiTok, dict[str, float]]:
+def _perceptual(params: Params):
+    """Stage 2's LPIPS (None without ``perceptual_vgg``): loaded before stage 1, so a missing file stops the
+    stage before a million steps of stage 1, not after."""
     from pipeline.models.losses import LPIPS
+
+    cfg = params.train_titok
+    return LPIPS(cfg.perceptual_vgg, cfg.perceptual_lin) if cfg.stage2.steps > 0 and cfg.perceptual_vgg else None
+
+
+def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[str, float]]:
     from pipeline.train.loop import train
     from pipeline.train.recipes import GANSettings, TiTokDecoderRecipe
 
     cfg = params.train_titok
     frozen = TiTok(dataclasses.replace(titok.config, freeze_encoder=True))
     frozen.load_state_dict(titok.state_dict())
-    perceptual = LPIPS(cfg.perceptual_vgg, cfg.perceptual_lin) if cfg.perceptual_vgg else None
     gan = GANSettings(weight=cfg.gan_weight, start=cfg.gan_start) if cfg.gan_weight > 0 else None
     recipe = TiTokDecoderRecipe(frozen, perceptual=perceptual, perceptual_weight=cfg.perceptual_weight, gan=gan)
     ckpt = checkpoint_dir(params, f"{STAGE}-stage2", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight,
@@ -117,10 +125,12 @@ def run(params: Params) -> int:
             train_metrics: dict[str, float] = {}
         else:
             vqgan = MaskGITVQGAN.from_pretrained(vqgan_dir(params))
-            titok, train_metrics = _stage1(params, vqgan, run)
+            perceptual = _perceptual(params)
+            titok, train_metrics, stage1_ckpt = _stage1(params, vqgan, run)
             if cfg.stage2.steps > 0:
-                titok, stage2_metrics = _stage2(params, titok, run)
+                titok, stage2_metrics = _stage2(params, titok, perceptual, run)
                 train_metrics |= stage2_metrics
+            remove_checkpoints(stage1_ckpt)
         val = to_float(load_split(prepared_root(params), "val", limit=256).images)
         recon, _ = reconstruct(titok, val)
         val_psnr = psnr(recon, val).mean().item()
