@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import pkgutil
 import sys
 from pathlib import Path
 
@@ -20,12 +19,6 @@ from pipeline import param_reads
 from pipeline import params as params_mod
 from pipeline.errors import InputError
 from pipeline.io import write_text
-
-
-def _stage_names() -> list[str]:
-    import pipeline.stages
-
-    return sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__) if not m.name.startswith("_"))
 
 
 def _pin_threads() -> None:
@@ -70,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="overwrite values edited in the output since configure wrote it")
     check = sub.add_parser("check-params", help="validate params.yaml and exit")
     check.add_argument("--params", default=params_mod.PARAMS_FILE, type=Path)
-    for name in _stage_names():
+    for name in params_mod.stage_names():
         p = sub.add_parser(name, help=f"run the DVC stage {name}")
         p.add_argument("--params", default=params_mod.PARAMS_FILE, type=Path)
     args = parser.parse_args(argv)

@@ -24,6 +24,12 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
+# The TiTok names of pipeline.models.registry (a test keeps the two lists equal; the schema does not import
+# the models)
+TitokName = Literal["titok_s128", "titok_b64", "titok_l32", "titok_bl64_vq8k", "titok_bl128_vq8k", "titok_sl256_vq8k",
+                    "titok_ll32_vae", "titok_bl64_vae", "titok_bl128_vae", "titok_demo"]
+
+
 class ParamsError(ValueError):
     """``params.yaml`` (or a profile) is invalid; the message lists every offending key."""
 
@@ -235,7 +241,7 @@ class TrainVqgan(Section):
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
-    model: str = "vqgan_demo"
+    model: Literal["vqgan_demo", "maskgit_vqgan"] = "vqgan_demo"  # registry names (tests/test_params.py)
     # demo: 4000 x 4 (val PSNR 25.8 dB, judge top-1 on its reconstructions 0.75; at 2000 x 4: 24.7 dB, 0.53)
     optim: Optim = Optim(steps=4000, batch_size=4, lr=2e-3, min_lr=2e-4, warmup_steps=20)
     l1: Annotated[float, Field(ge=0)] = 1.0
@@ -266,7 +272,7 @@ class TrainTitok(Section):
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
-    model: str = "titok_demo"
+    model: TitokName = "titok_demo"
     # demo: 1000 small steps (about 0.15 s each on 2 cores) learn more per image than 500 x 32 did
     stage1: Optim = Optim(steps=1000, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4)
     quantizer_weight: Annotated[float, Field(ge=0)] = 0.0
@@ -541,6 +547,24 @@ class Params(Section):
     fid: Fid = Fid()
     token_manipulation: TokenManipulation = TokenManipulation()
     resources: dict[str, Resources] = Field(default_factory=dict)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_name_stages(cls, v: dict[str, Resources]) -> dict[str, Resources]:
+        known = {"default", *stage_names()}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"not a stage: {', '.join(unknown)} (stages: {', '.join(sorted(known))})")
+        return v
+
+
+def stage_names() -> list[str]:
+    """The DVC stages that are ``python -m pipeline <stage>`` commands: the modules of ``pipeline/stages``."""
+    import pkgutil
+
+    import pipeline.stages
+
+    return sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__) if not m.name.startswith("_"))
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

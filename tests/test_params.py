@@ -158,3 +158,24 @@ def test_recording_view_records_the_keys_read_and_sections_used_whole():
     assert unwrap(view) is params
     with pytest.raises(AttributeError, match="read-only"):
         view.seed = 3
+
+
+def test_model_names_in_the_schema_are_the_registrys():
+    from typing import get_args
+
+    from pipeline.models.registry import MODEL_NAMES
+
+    titok = set(get_args(P.TitokName))
+    vqgan = set(get_args(P.TrainVqgan.model_fields["model"].annotation))
+    assert titok | vqgan == set(MODEL_NAMES)
+    raw = P.resolve_profile("micro")
+    raw["train_titok"]["model"] = "titok_xl"
+    with pytest.raises(P.ParamsError, match="train_titok.model"):
+        P.validate(raw, "test")
+
+
+def test_resources_name_known_stages():
+    raw = P.resolve_profile("micro")
+    raw["resources"] = {"default": {"gpu": 1}, "train_titk": {"gpu": 8}}
+    with pytest.raises(P.ParamsError, match="not a stage: train_titk"):
+        P.validate(raw, "test")
