@@ -2,13 +2,14 @@
 
     .venv/bin/python bench/stale_stages.py [--out bench/figures/stale_stages.png]
 
-Run by hand on a checkout whose pipeline is up to date (`dvc status` clean). The checkout's tracked files,
-``dvc.lock`` and the stage outputs are copied into a temporary folder (the checkout itself is never
-touched); there, for each ``pipeline/models/*`` file in turn, one comment line is appended, ``dvc status``
-lists the stages it calls changed, and the file is restored. The expected answer is the set of stages whose
-import closure holds the file (the closure ``tests/test_stage_deps.py`` derives from the code, plus
-``report``, which depends on the whole package). Prints the table and writes it as a figure: a cell is
-green where DVC and the import closure agree that the stage is stale, red where they disagree.
+Run by hand on a checkout whose pipeline is up to date (`dvc status` clean). The checkout's tracked
+files, ``dvc.lock`` and the stage outputs are copied into a temporary folder that reads the checkout's
+DVC cache (the checkout itself is never touched); there, for each ``pipeline/models/*`` file in turn,
+one comment line is appended, ``dvc status`` lists the stages it calls changed, and the file is
+restored. The expected answer is the set of stages whose import closure holds the file (the closure
+``tests/test_stage_deps.py`` derives from the code), plus ``report``, which depends on the whole
+package on purpose. Prints the table and writes it as a figure: a cell is green where DVC and the
+import closure agree that the stage is stale, red where they disagree.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_stage_deps import closure, load_stages, required_deps, stage_entry_modules  # noqa: E402
+from test_stage_deps import (  # noqa: E402
+    closure,
+    code_deps,
+    covered,
+    load_stages,
+    required_deps,
+    stage_entry_modules,
+)
 
 OUTPUT_ROOTS = ("data", "models", "results")  # the demo's outputs (paths.* of params.yaml)
 
@@ -39,8 +47,11 @@ def _copy_checkout(dest: Path) -> None:
         if (ROOT / rel).is_dir():
             shutil.copytree(ROOT / rel, dest / rel, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("checkpoints"))
-    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    shutil.copytree(ROOT / ".dvc", dest / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"), dirs_exist_ok=True)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    # the checkout's own cache, read only (`dvc status` checks the outputs against it, never writes)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "--local", "cache.dir", str(ROOT / ".dvc" / "cache")],
+                   cwd=dest, check=True)
 
 
 def stale_stages(repo: Path) -> set[str]:
@@ -51,16 +62,12 @@ def stale_stages(repo: Path) -> set[str]:
 
 
 def expected_stages(path: str, stages: dict[str, dict]) -> set[str]:
-    """Stages whose code (import closure) holds ``path``; ``report`` depends on all of pipeline/."""
-    out = set()
-    for name, st in stages.items():
-        try:
-            files = required_deps(closure(stage_entry_modules(st["cmd"])))
-        except ValueError:  # not a `python -m pipeline <stage>` command (the report's)
-            files = None
-        if files is None or path in files:
-            out.add(name)
-    return out
+    """Stages whose code (import closure) holds ``path``, plus those that depend on the whole package on
+    purpose (``report``: it cites dvc.lock, which changes with any code)."""
+    def imports(st: dict) -> bool:
+        return covered(path, sorted(required_deps(closure(stage_entry_modules(st["cmd"])))))
+
+    return {name for name, st in stages.items() if "pipeline" in code_deps(st) or imports(st)}
 
 
 def main() -> int:
