@@ -118,6 +118,10 @@ def load_references(path: Path) -> dict:
             m = n.get("metric")
             if m is not None and not {"stage", "file", "key"} <= set(m):
                 raise ValueError(f"{where}: metric needs stage, file and key, found {m!r}")
+            if m is not None and not set(m) <= {"stage", "file", "key", "scale", "space", "chance"}:
+                raise ValueError(f"{where}: metric knows stage, file, key, scale, space, chance; found {sorted(m)}")
+            if not isinstance(n.get("measures", {}), dict):
+                raise ValueError(f"{where}: measures must map metrics keys to values, found {n['measures']!r}")
     for c in (refs.get("ground_truth_checks") or {}).get("checks") or []:
         for field in ("id", "title", "stage", "file", "key", "expect"):
             if field not in c:
@@ -253,12 +257,35 @@ def tolerance_text(tolerance: dict[str, float] | None) -> str:
     return f"±{fmt(tolerance['abs'])}" if "abs" in tolerance else f"±{fmt(100 * tolerance['rel'])}%"
 
 
+def _measured_other(measures: dict, metrics: dict) -> str:
+    """Why the run's value is not this row's (``measures`` keys of the metrics file that differ), or ""."""
+    for key, expected in measures.items():
+        found = lookup(metrics, key)
+        if found is MISSING or found != expected:
+            return f"this run measured {key} = {fmt(found)}; this row is about {fmt(expected)}"
+    return ""
+
+
+def _found(key: str | None, metrics: dict, params: dict) -> Any:
+    """``key`` looked up in the metrics file, else in params.yaml; None when absent or not asked for."""
+    if key is None:
+        return None
+    value = lookup(metrics, key)
+    value = lookup(params, key) if value is MISSING else value
+    return None if value is MISSING else value
+
+
+def at_chance(row: dict) -> bool:
+    """Whether a measured value is within 1.5x of the chance level the metrics file records."""
+    return row.get("chance") is not None and row["value"] is not None and row["value"] <= 1.5 * row["chance"]
+
+
 def evaluate_number(entry: dict, results: Path, profile: str, params: dict, default_profiles: list[str]) -> dict:
     """One "reproduced vs paper" row: the reproduced value, the status and why."""
     row = {"id": entry["id"], "what": entry["what"], "paper": entry["value"], "unit": entry.get("unit"),
            "source": entry["source"], "protocol": entry["protocol"], "tolerance": entry.get("tolerance"),
            "better": entry.get("better"), "metric": entry.get("metric"), "value": None, "reproduced": None,
-           "reason": "", "status": None}
+           "reason": "", "status": None, "space": None, "chance": None}
     m = entry.get("metric")
     metrics = read_json(results / m["file"]) if m else None
     if m is None:
@@ -267,11 +294,16 @@ def evaluate_number(entry: dict, results: Path, profile: str, params: dict, defa
         row["status"], row["reason"] = "not_run", f"{m['file']} not found"
     else:
         value = lookup(metrics, m["key"])
-        if value is MISSING or not isinstance(value, int | float) or isinstance(value, bool):
+        other = _measured_other(entry.get("measures") or {}, metrics)
+        if other:  # the run measured something else (another tokenizer, another judge): no value in this row
+            row["status"], row["reason"] = "not_measured", other
+        elif value is MISSING or not isinstance(value, int | float) or isinstance(value, bool):
             row["status"] = "missing_key"
             row["reason"] = f"{m['key']} not in {m['file']}" if value is MISSING else f"{m['key']} is not a number"
         else:
             row["value"], row["reproduced"] = value, value * m.get("scale", 1)
+            row["space"] = _found(m.get("space"), metrics, params)
+            row["chance"] = _found(m.get("chance"), metrics, params)
     if entry["value"] == "unknown":  # decisive whatever the run measured; the run's state becomes the reason
         if row.get("status"):
             row["reason"] = STATUS_TEXT[row["status"]] + (f": {row['reason']}" if row["reason"] else "")
@@ -475,7 +507,12 @@ def _reproduced_text(row: dict) -> str:
         return "n/a"
     text = fmt(row["value"])
     scale = (row["metric"] or {}).get("scale", 1)
-    return text if scale == 1 else f"{text} (x{fmt(scale)} = {fmt(row['reproduced'])}{row.get('unit') or ''})"
+    text = text if scale == 1 else f"{text} (x{fmt(scale)} = {fmt(row['reproduced'])}{row.get('unit') or ''})"
+    if row.get("space"):
+        text += f", in {row['space']} features"
+    if at_chance(row):
+        text += f", AT CHANCE ({fmt(row['chance'])})"
+    return text
 
 
 def _status_text(row: dict) -> str:

@@ -340,6 +340,33 @@ def test_status_scale_profile_params_and_unknown(tmp_path):
     assert missing["status"] == "unknown" and missing["reason"].startswith("stage not run")
 
 
+def test_a_row_shows_only_what_the_run_measured_with_its_feature_space_and_chance(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s/metrics.json").write_text(json.dumps(
+        {"m": {"fid": 41.7, "top1": 0.11}, "num_tokens": 32, "feature_space": "clip-demo", "chance": 0.1}))
+    other = report.evaluate_number(_entry(1.70, {"abs": 0.25}, measures={"num_tokens": 64}), tmp_path, "paper", {},
+                                   ["paper"])
+    assert other["status"] == "not_measured" and other["value"] is None  # another tokenizer's row: no value
+    assert "this run measured num_tokens = 32" in other["reason"] and report._reproduced_text(other) == "n/a"
+    same = report.evaluate_number(_entry(2.21, {"abs": 0.25}, measures={"num_tokens": 32},
+                                         metric={"space": "feature_space"}), tmp_path, "demo", {}, ["paper"])
+    assert same["value"] == 41.7 and report._reproduced_text(same) == "41.7, in clip-demo features"
+    probe = report.evaluate_number(_entry(55.6, {"abs": 3.0}, metric={"key": "m.top1", "chance": "chance"}),
+                                   tmp_path, "demo", {}, ["paper"])
+    assert report.at_chance(probe) and "AT CHANCE (0.1)" in report._reproduced_text(probe)
+    from_params = report.evaluate_number(_entry(9.0, {"rel": 0.1}, metric={"space": "fid.feature_space"}), tmp_path,
+                                         "demo", {"fid": {"feature_space": "inception"}}, ["paper"])
+    assert report._reproduced_text(from_params).endswith("in inception features")
+
+
+def test_every_metric_key_of_the_references_is_read_by_at_most_one_row():
+    refs = report.load_references(ROOT / report.REFERENCES)
+    keys = [(n["metric"]["file"], n["metric"]["key"], json.dumps(n.get("measures"), sort_keys=True),
+             json.dumps((n.get("comparable") or {}).get("requires"), sort_keys=True))
+            for e in refs["experiments"] for n in e["numbers"] if n.get("metric")]
+    assert len(keys) == len(set(keys)), [k for k in keys if keys.count(k) > 1]
+
+
 def test_reference_numbers_file():
     refs = report.load_references(ROOT / report.REFERENCES)
     numbers = {n["id"]: n for e in refs["experiments"] for n in e["numbers"]}
