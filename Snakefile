@@ -22,12 +22,14 @@
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import yaml
 from dvc.repo import Repo
+from snakemake.exceptions import WorkflowError
 
 
 MARKERS = Path(".dvc-stale")
@@ -144,6 +146,14 @@ for _s in STAGES:
             "export DVC_STAGE={params.stage:q}; ( {params.cmd} ) > {log:q} 2>&1 || (tail -n 40 {log:q}; exit 1); "
             # the invocation id comes from the environment, not params: params are a rerun trigger
             f"mkdir -p {MARKERS}/ran/$PIPELINE_INVOCATION && echo {{params.stage:q}} > {MARKERS}/ran/$PIPELINE_INVOCATION/{{rule}}"
+
+
+onstart:
+    # Every input the profile reads, checked before the first job starts (or is queued on SLURM): a
+    # missing weights file or ImageNet folder stops the run here, with the table of what is missing.
+    if Path("pipeline/preflight.py").is_file():
+        if subprocess.run([sys.executable, "-m", "pipeline.preflight"]).returncode != 0:
+            raise WorkflowError("preflight: inputs are missing (table above); no job was started")
 
 
 onsuccess:

@@ -75,3 +75,20 @@ def test_command_exits_1_on_the_paper_profile_and_0_on_the_demo(tmp_path):
     assert failed.returncode == 1 and "MISSING" in failed.stdout and "missing or broken" in failed.stdout
     passed = subprocess.run([*run, str(demo)], cwd=ROOT, capture_output=True, text=True)
     assert passed.returncode == 0 and "MISSING" not in passed.stdout
+
+
+def test_snakemake_runs_preflight_before_any_job(tmp_path):
+    import pytest
+    from conftest import make_scratch_repo, pipeline_env
+
+    pytest.importorskip("snakemake")
+    repo = make_scratch_repo(tmp_path / "repo")
+    env = pipeline_env(repo)
+    missing = tmp_path / "no-inception.pth"
+    subprocess.run([sys.executable, "-m", "pipeline", "configure", "micro", "--set", "fid.feature_space=inception",
+                    "--set", f"fid.inception_weights={missing}"], cwd=repo, env=env, check=True, capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "MISSING" in run.stdout and str(missing) in run.stdout
+    assert not (repo / "data" / "prepared").exists()  # no job started
