@@ -70,6 +70,16 @@ def test_snakemake_run_matches_dvc_and_commit_leaves_status_clean(tmp_path):
     rerun = _run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "-n"], by_smk)
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
+    # Issue 16's sequence on the real pipeline: built by `dvc repro`, a parameter changed, then Snakemake.
+    # It must rebuild the stage (not only the report) before its commit, and verify must pass.
+    figure = by_dvc / "results" / "eval_titok" / "reconstructions.png"
+    before = figure.read_bytes()
+    _run([sys.executable, "-m", "pipeline", "configure", "micro", "--set", "eval_titok.grid_images=2"], by_dvc)
+    _run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2"], by_dvc)
+    assert figure.read_bytes() != before  # the 2-image grid, not the stale 4-image one
+    assert "Data and pipelines are up to date." in _run(["dvc", "status"], by_dvc).stdout
+    _run([sys.executable, "-m", "pipeline.verify"], by_dvc)
+
 
 def _dvc_edges(repo: Path) -> tuple[set[str], set[tuple[str, str]]]:
     from dvc.repo import Repo
