@@ -118,11 +118,11 @@ def _weights(params: Params) -> list[Check]:
         from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 
         out.append(_attempt(f"VQGAN (train_vqgan.folder: {params.train_vqgan.folder})",
-                            lambda: MaskGITVQGAN.from_pretrained(params.train_vqgan.folder) and "loads"))
+                            lambda: MaskGITVQGAN.from_pretrained(params.train_vqgan.folder)))
     for folder, key in titoks.items():
         from pipeline.models.titok import TiTok
 
-        out.append(_attempt(f"TiTok ({key}.folder: {folder})", lambda f=folder: TiTok.from_pretrained(f) and "loads"))
+        out.append(_attempt(f"TiTok ({key}.folder: {folder})", lambda f=folder: TiTok.from_pretrained(f)))
     out += _alit(params)
     lpips = {(c.perceptual_vgg, c.perceptual_lin) for c, used in (
         (params.train_titok, params.train_titok.source == "train" and params.train_titok.stage2.steps > 0),
@@ -130,19 +130,19 @@ def _weights(params: Params) -> list[Check]:
     for vgg, lin in lpips:
         from pipeline.models.losses import LPIPS
 
-        out.append(_attempt(f"LPIPS ({vgg}, {lin})", lambda v=vgg, x=lin: LPIPS(v, x) and "loads"))
+        out.append(_attempt(f"LPIPS ({vgg}, {lin})", lambda v=vgg, x=lin: LPIPS(v, x)))
     if params.clip.source == "pretrained":
         from pipeline.models.clip import load_clip
 
         for role in ("objective", "judge"):
             w = getattr(params.clip, role)
             out.append(_attempt(f"CLIP {role} ({w.model}, {w.weights})",
-                                lambda w=w: load_clip(w.model, w.weights, tag=w.tag) and "loads"))
+                                lambda w=w: load_clip(w.model, w.weights, tag=w.tag)))
     if params.fid.feature_space == "inception":
         from pipeline.metrics.fid import inception_feature_space
 
         out.append(_attempt(f"Inception ({params.fid.inception_weights})",
-                            lambda: inception_feature_space(params.fid.inception_weights) and "loads"))
+                            lambda: inception_feature_space(params.fid.inception_weights)))
     if params.fid.adm_npz:
         out.append(_attempt(f"ADM reference batch ({params.fid.adm_npz})", lambda: _adm(params.fid.adm_npz)))
     return out or [Check("weights", "not needed", "the profile trains every model it uses")]
@@ -154,12 +154,12 @@ def _alit(params: Params) -> list[Check]:
         from pipeline.models.alit import ALIT
 
         return [_attempt(f"ALIT (train_alit.folder: {cfg.folder})",
-                         lambda: ALIT.from_pretrained(cfg.folder) and "loads")]
+                         lambda: ALIT.from_pretrained(cfg.folder))]
     if cfg.vqgan:
         from pipeline.stages.train_alit import load_base_vqgan
 
         return [_attempt(f"ALIT base VQGAN (train_alit.vqgan: {cfg.vqgan})",
-                         lambda: load_base_vqgan(params) and "loads")]
+                         lambda: load_base_vqgan(params))]
     return []
 
 
