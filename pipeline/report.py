@@ -9,13 +9,13 @@ What drives the report:
 - ``references/paper_numbers.yaml``: the paper numbers, where each is measured (stage, metrics file,
   key) and when it is comparable; the demo's ground-truth checks;
 - ``dvc.yaml`` (with ``${...}`` resolved from params.yaml): the outputs, metrics and plots per stage;
-- ``dvc.lock``: the md5 of every cited output. The lock's own hash is the sha256 of its canonical JSON
-  *without the report stage's entry*: DVC rewrites that entry after the report has run, so the raw
-  file can never match a hash written by the report, and citing it would make the report depend on
-  its previous run;
-- MLflow: per stage, the newest finished run whose ``dvc.md5.<path>`` tags equal dvc.lock's md5 for
-  every file output (:mod:`pipeline.tracking`): run id, wall time (metric ``seconds``), host; "not
-  recorded" when there is no tracking store.
+- ``dvc.lock`` (:func:`pipeline.dvcfile.read_lock`): the md5 of every cited output. The lock's own
+  hash is the sha256 of its canonical JSON *without the report stage's entry*: DVC rewrites that entry
+  after the report has run, so the raw file can never match a hash written by the report, and citing it
+  would make the report depend on its previous run;
+- MLflow (:func:`pipeline.tracking.runs_matching_lock`): per stage, the newest finished run whose
+  ``dvc.md5.<path>`` tags equal dvc.lock's md5 for every file output: run id, wall time (metric
+  ``seconds``), host; "not recorded" when there is no tracking store.
 
 Nothing here depends on the clock: given the same inputs and provenance the outputs are identical.
 """
@@ -27,15 +27,14 @@ import hashlib
 import html
 import json
 import os
-import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ruamel.yaml import YAML
 
-from pipeline.dvcfile import MISSING, dvc_stages, file_md5, lookup
+from pipeline.dvcfile import MISSING, dvc_stages, file_md5, lock_param_mismatches, lookup, read_lock
+from pipeline.tracking import git_commit, hardware, runs_matching_lock
 
 REFERENCES = "references/paper_numbers.yaml"
 REPORT_STAGE = "report"
@@ -129,116 +128,6 @@ def load_references(path: Path) -> dict:
         if c["expect"].get("op") not in OPS:
             raise ValueError(f"{path}: ground_truth_checks.{c['id']}: op must be one of {list(OPS)}")
     return refs
-
-
-def read_lock(root: Path) -> tuple[dict[str, dict[str, str | None]], str | None]:
-    """``({stage: {out path: md5}}, canonical sha256 without the report stage)``; ``({}, None)`` if absent."""
-    path = root / "dvc.lock"
-    if not path.is_file():
-        return {}, None
-    lock = yaml.safe_load(path.read_text()) or {}
-    stages = {k: v for k, v in (lock.get("stages") or {}).items() if k != REPORT_STAGE}
-    canonical = json.dumps({"schema": lock.get("schema"), "stages": stages}, sort_keys=True, default=str)
-    outs = {name: {os.path.normpath(o["path"]): o.get("md5") for o in st.get("outs") or []}
-            for name, st in stages.items()}
-    return outs, hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def load_lock(root: Path) -> dict:
-    """``dvc.lock`` as DVC reads it (YAML 1.2: DVC writes 3e-05 without a dot, which PyYAML, YAML 1.1,
-    would read as a string); ``{}`` when absent."""
-    path = root / "dvc.lock"
-    return (YAML(typ="safe").load(path.read_text()) or {}) if path.is_file() else {}
-
-
-def lock_param_mismatches(root: Path, params: dict) -> list[str]:
-    """Where the parameters dvc.lock records for the outputs differ from params.yaml now.
-
-    The outputs were produced by the lock's values: a report (or a verdict) that reads params.yaml
-    after, say, ``configure paper`` without a rerun would describe outputs by parameters that did not
-    produce them. One line per stage and key, with both values.
-    """
-    lock = load_lock(root)
-    problems = []
-    for stage, entry in sorted((lock.get("stages") or {}).items()):
-        if stage == REPORT_STAGE:
-            continue
-        for key, recorded in sorted(((entry.get("params") or {}).get("params.yaml") or {}).items()):
-            now = lookup(params, key)
-            if now is MISSING or now != recorded:
-                shown = "missing" if now is MISSING else json.dumps(now, default=str)[:80]
-                problems.append(f"{stage}: {key}: dvc.lock {json.dumps(recorded, default=str)[:80]}, "
-                                f"params.yaml {shown}")
-    return problems
-
-
-def hardware() -> dict[str, Any]:
-    """CPU model, cores, RAM and the torch / CUDA devices of the machine running the report."""
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_model": platform.processor() or "unknown", "cpu_cores": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["ram_gib"] = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda if torch.cuda.is_available() else "not available"
-        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        info["torch"] = "not installed"
-    return info
-
-
-def mlflow_runs(stages: list[str], lock_outs: dict[str, dict[str, str | None]]
-                ) -> tuple[dict[str, dict], str | None]:
-    """The newest finished MLflow run per stage (tag ``pipeline.stage``) that produced dvc.lock's outputs.
-
-    A run qualifies when its ``dvc.md5.<path>`` tags equal dvc.lock's md5 for every file output of the
-    stage (``matched: True``); a stage with no file output in the lock (directories only, e.g.
-    ``prepare``) gets its newest run (``matched: False``); a stage none of whose runs qualify gets
-    ``run_id: None``. Returns ``({}, why)`` when MLflow is unavailable.
-    """
-    from pipeline.tracking import EXPERIMENT, OUTPUT_TAG, tracking_uri
-
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return {}, f"not recorded (no MLflow database at {uri.removeprefix('sqlite:///')})"
-    try:
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        return {}, "not recorded (mlflow is not installed)"
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
-        if exp is None:
-            return {}, "not recorded (no MLflow experiment)"
-        runs = {}
-        for stage in stages:
-            files = {path: md5 for path, md5 in (lock_outs.get(stage) or {}).items()
-                     if md5 and not md5.endswith(".dir")}  # DVC marks directory hashes with ".dir"
-            query = " and ".join([f"tags.`pipeline.stage` = '{stage}'", "attributes.status = 'FINISHED'",
-                                  *(f"tags.`{OUTPUT_TAG}{path}` = '{md5}'" for path, md5 in files.items())])
-            found = client.search_runs([exp.experiment_id], filter_string=query, max_results=1,
-                                       order_by=["attributes.start_time DESC"])
-            if found:
-                r = found[0]
-                runs[stage] = {"run_id": r.info.run_id, "matched": bool(files),
-                               "seconds": r.data.metrics.get("seconds"), "host": r.data.tags.get("host"),
-                               "invocation": r.data.tags.get("pipeline.invocation")}
-            elif files:
-                runs[stage] = {"run_id": None, "matched": False, "seconds": None, "host": None,
-                               "invocation": None}
-        return runs, None
-    except Exception as err:  # noqa: BLE001 - any tracking failure only means "not recorded"
-        return {}, f"not recorded (MLflow: {type(err).__name__}: {str(err)[:200]})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,8 +266,6 @@ def evaluate_check(check: dict, results: Path, profile: str, profiles: list[str]
 
 def build(root: Path, references: Path | None = None) -> dict:
     """Collect the whole report from the checkout at ``root`` (params.yaml, dvc.yaml, dvc.lock, results)."""
-    from pipeline.tracking import git_commit
-
     root = Path(root)
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     profile = str(params.get("profile", "unknown"))
@@ -387,7 +274,7 @@ def build(root: Path, references: Path | None = None) -> dict:
     refs = load_references(references or root / REFERENCES)
     default_profiles = refs.get("comparable_profiles") or ["paper"]
     stages = {k: v for k, v in dvc_stages(root, params).items() if k != REPORT_STAGE}
-    lock_outs, lock_sha = read_lock(root)
+    lock_outs, lock_sha = read_lock(root, without=REPORT_STAGE)
 
     # every output of every stage, with the md5 dvc.lock records for it
     outputs = []
@@ -429,7 +316,7 @@ def build(root: Path, references: Path | None = None) -> dict:
     for c in checks:
         c["path"] = os.path.relpath(results / c["file"], root)
 
-    runs, runs_note = mlflow_runs(list(stages), lock_outs)
+    runs, runs_note = runs_matching_lock(list(stages), lock_outs)
     per_stage = []
     for stage in stages:
         run = runs.get(stage)
@@ -450,7 +337,7 @@ def build(root: Path, references: Path | None = None) -> dict:
     params_file = root / "params.yaml"
     return {
         "profile": profile,
-        "params_mismatches": lock_param_mismatches(root, params),
+        "params_mismatches": lock_param_mismatches(root, params, without=REPORT_STAGE),
         "experiments": experiments,
         "ground_truth": {"profiles": gt.get("profiles") or ["demo"], "rows": checks},
         "provenance": {

@@ -10,14 +10,15 @@ stage, so that all stages of one ``dvc repro`` are grouped.
 
 On success every run also gets the metric ``seconds`` (wall time of the stage body) and one tag
 ``dvc.md5.<path>`` per file output that dvc.yaml declares for the stage (metrics, plots, plain file
-outs), holding the file's md5 as dvc.lock records it: the report uses them to name the run that
-produced the outputs in dvc.lock, not merely the latest one.
+outs), holding the file's md5 as dvc.lock records it: :func:`runs_matching_lock`, which the report
+calls, uses them to name the run that produced the outputs in dvc.lock, not merely the latest one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import socket
 import subprocess
 import time
@@ -116,6 +117,31 @@ def run_tags(stage: str) -> dict[str, str]:
         tags["slurm.job_id"] = os.environ["SLURM_JOB_ID"]
         tags["slurm.array_task_id"] = os.environ.get("SLURM_ARRAY_TASK_ID", "")
     return tags
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, cores, RAM and the torch / CUDA devices of this machine."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_model": platform.processor() or "unknown", "cpu_cores": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["ram_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda if torch.cuda.is_available() else "not available"
+        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        info["torch"] = "not installed"
+    return info
 
 
 class StageRun:
@@ -235,3 +261,46 @@ def stage_run(stage: str, params: Any) -> Iterator[StageRun]:
         yield StageRun(run.info.run_id)
         mlflow.log_metric("seconds", time.perf_counter() - start)
         mlflow.set_tags({OUTPUT_TAG + path: md5 for path, md5 in output_digests(tags["dvc.stage"]).items()})
+
+
+def runs_matching_lock(stages: list[str], lock_outs: dict[str, dict[str, str | None]]
+                       ) -> tuple[dict[str, dict], str | None]:
+    """The newest finished run per stage (tag ``pipeline.stage``) that produced dvc.lock's outputs.
+
+    ``lock_outs`` is ``{stage: {out path: md5}}`` as :func:`pipeline.dvcfile.read_lock` returns it. A run
+    qualifies when the ``dvc.md5.<path>`` tags :func:`stage_run` wrote equal dvc.lock's md5 for every file
+    output of the stage (``matched: True``); a stage with no file output in the lock (directories only,
+    e.g. ``prepare``) gets its newest run (``matched: False``); a stage none of whose runs qualify gets
+    ``run_id: None``. Returns ``({}, why)`` when MLflow is unavailable.
+    """
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return {}, f"not recorded (no MLflow database at {uri.removeprefix('sqlite:///')})"
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        return {}, "not recorded (mlflow is not installed)"
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+        if exp is None:
+            return {}, "not recorded (no MLflow experiment)"
+        runs = {}
+        for stage in stages:
+            files = {path: md5 for path, md5 in (lock_outs.get(stage) or {}).items()
+                     if md5 and not md5.endswith(".dir")}  # DVC marks directory hashes with ".dir"
+            query = " and ".join([f"tags.`pipeline.stage` = '{stage}'", "attributes.status = 'FINISHED'",
+                                  *(f"tags.`{OUTPUT_TAG}{path}` = '{md5}'" for path, md5 in files.items())])
+            found = client.search_runs([exp.experiment_id], filter_string=query, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+            if found:
+                r = found[0]
+                runs[stage] = {"run_id": r.info.run_id, "matched": bool(files),
+                               "seconds": r.data.metrics.get("seconds"), "host": r.data.tags.get("host"),
+                               "invocation": r.data.tags.get("pipeline.invocation")}
+            elif files:
+                runs[stage] = {"run_id": None, "matched": False, "seconds": None, "host": None,
+                               "invocation": None}
+        return runs, None
+    except Exception as err:  # noqa: BLE001 - any tracking failure only means "not recorded"
+        return {}, f"not recorded (MLflow: {type(err).__name__}: {str(err)[:200]})"

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import report
-from pipeline.dvcfile import MISSING, file_md5, lookup
+from pipeline.dvcfile import MISSING, file_md5, lock_param_mismatches, lookup, read_lock
 
 
 def dvc_hashes(root: Path, paths: set[str]) -> dict[str, str]:
@@ -74,8 +74,8 @@ def verify(root: Path) -> list[str]:
     problems: list[str] = []
 
     problems += [f"params.yaml differs from what produced the outputs: {m}"
-                 for m in report.lock_param_mismatches(root, params or {})]
-    lock_outs, lock_sha = report.read_lock(root)
+                 for m in lock_param_mismatches(root, params or {}, without=report.REPORT_STAGE)]
+    lock_outs, lock_sha = read_lock(root, without=report.REPORT_STAGE)
     cited_sha = data["provenance"]["dvc_lock_sha256"]
     if lock_sha != cited_sha:
         problems.append(f"dvc.lock: hash {lock_sha} (without the report stage), the report cites {cited_sha}: "

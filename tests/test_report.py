@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import ROOT, pipeline_env
 
+from pipeline import dvcfile, report, tracking
 from pipeline import params as params_mod
-from pipeline import report
 
 
 def _png(value: int) -> bytes:
@@ -198,8 +198,8 @@ def test_report_names_the_run_behind_dvc_lock(finished, monkeypatch):
 
     monkeypatch.chdir(finished)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{finished / 'mlflow.db'}")
-    lock_outs, _ = report.read_lock(finished)
-    locked, _ = report.mlflow_runs(["make_b"], lock_outs)
+    lock_outs, _ = dvcfile.read_lock(finished, without="report")
+    locked, _ = tracking.runs_matching_lock(["make_b"], lock_outs)
     assert locked["make_b"]["matched"] and locked["make_b"]["run_id"]
 
     metrics = finished / "results/b/metrics.json"
@@ -209,11 +209,11 @@ def test_report_names_the_run_behind_dvc_lock(finished, monkeypatch):
             metrics.write_text(json.dumps({"loss": 0.5}))
     finally:
         metrics.write_bytes(original)
-    again, _ = report.mlflow_runs(["make_b"], lock_outs)
+    again, _ = tracking.runs_matching_lock(["make_b"], lock_outs)
     assert again["make_b"]["run_id"] == locked["make_b"]["run_id"]
 
     stale = {"make_b": {k: "0" * 32 for k in lock_outs["make_b"]}}
-    none, _ = report.mlflow_runs(["make_b"], stale)
+    none, _ = tracking.runs_matching_lock(["make_b"], stale)
     assert none["make_b"]["run_id"] is None and not none["make_b"]["matched"]
     row = report._stage_row({"stage": "make_b", "seconds": None, "mlflow_run_id": None, "mlflow_matched": False,
                              "host": None, "in_lock": True}, "n/a")
@@ -222,7 +222,7 @@ def test_report_names_the_run_behind_dvc_lock(finished, monkeypatch):
 
 def test_report_is_deterministic(finished, monkeypatch):
     """Built again later in another process, everything but the provenance is byte-identical."""
-    monkeypatch.setattr(report, "mlflow_runs", lambda stages, lock: ({}, "not recorded (test)"))
+    monkeypatch.setattr(report, "runs_matching_lock", lambda stages, lock: ({}, "not recorded (test)"))
     monkeypatch.setattr(report, "hardware", lambda: {})
     monkeypatch.chdir(finished)
     data = report.build(finished)
@@ -398,10 +398,11 @@ def test_report_warns_when_params_yaml_did_not_produce_the_outputs(tmp_path):
     # as DVC writes it: 3e-05 without a dot (PyYAML would read it as a string, DVC as a float)
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock).replace("'3e-05'", "3e-05"))
     same = {"profile": "demo", "image_size": 64, "train": {"steps": 10, "lr": 3e-05}}  # DVC's 3e-05 is a float
-    assert report.lock_param_mismatches(tmp_path, same) == []
+    assert dvcfile.lock_param_mismatches(tmp_path, same, "report") == []
     paper = {"profile": "paper", "image_size": 256, "train": {"steps": 10, "lr": 3e-05}}  # not the report's own
-    assert report.lock_param_mismatches(tmp_path, paper) == ["train: image_size: dvc.lock 64, params.yaml 256"]
-    gone = report.lock_param_mismatches(tmp_path, {"profile": "demo", "image_size": 64})
+    assert dvcfile.lock_param_mismatches(tmp_path, paper, "report") == [
+        "train: image_size: dvc.lock 64, params.yaml 256"]
+    gone = dvcfile.lock_param_mismatches(tmp_path, {"profile": "demo", "image_size": 64}, "report")
     assert gone == ['train: train: dvc.lock {"lr": 3e-05, "steps": 10}, params.yaml missing']
 
     data = {"profile": "paper", "params_mismatches": ["train: image_size: dvc.lock 64, params.yaml 256"],
