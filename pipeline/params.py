@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -567,28 +569,61 @@ def stage_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(pipeline.stages.__path__) if not m.name.startswith("_"))
 
 
+def _unwrap(annotation: Any, part: Any) -> Any:
+    """The annotation a key ``part`` leads into: ``X | None`` is ``X``, and an index of ``list[X]`` is ``X``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if isinstance(part, int) and typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0]
+    return annotation
+
+
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the field at ``loc`` (for listing allowed keys)."""
     current: Any = model
     for part in loc:
+        current = _unwrap(current, part)
+        if isinstance(part, int):
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
         if field is None:
             return None
         current = field.annotation
+    current = _unwrap(current, None)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def format_errors(err: ValidationError, source: str) -> str:
-    """Render pydantic errors as ``<file>: <dotted.key>: expected ..., found ...`` lines."""
+def _dotted(loc: tuple[Any, ...], raw: Any) -> str:
+    """``loc`` as a dotted key; a list index shows the ``id`` of the item in ``raw`` when it has one, since a
+    reader finds ``experiments.titok`` in the file and has to count to find ``experiments.0``."""
+    parts = []
+    for part in loc:
+        item = raw[part] if isinstance(raw, list) and isinstance(part, int) and part < len(raw) else (
+            raw.get(part) if isinstance(raw, dict) else None)
+        shown = item.get("id") if isinstance(part, int) and isinstance(item, dict) else None
+        parts.append(str(shown) if isinstance(shown, str) else str(part))
+        raw = item
+    return ".".join(parts)
+
+
+def format_errors(err: ValidationError, source: str, model: type[BaseModel] | None = None, raw: Any = None) -> str:
+    """Render pydantic errors as ``<file>: <dotted.key>: expected ..., found ...`` lines.
+
+    ``model`` is the schema that was validated (default :class:`Params`), ``raw`` the input (optional: it
+    names list items by their ``id``).
+    """
+    model = model or Params
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("function-after",))
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        dotted = _dotted(loc, raw) or "(top level)"
         if e["type"] == "extra_forbidden":
-            owner = _model_at(Params, loc[:-1])
-            allowed = ", ".join(owner.model_fields) if owner else "see pipeline/params.py"
+            owner = _model_at(model, loc[:-1])
+            allowed = ", ".join(f.alias or name for name, f in owner.model_fields.items()) if owner else (
+                f"see {model.__module__.replace('.', '/')}.py")
             lines.append(f"{source}: {dotted}: unknown key (allowed here: {allowed})")
             continue
         expected = e["msg"].removeprefix("Input should be ").removeprefix("Value error, ")

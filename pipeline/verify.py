@@ -30,8 +30,10 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import report
 from pipeline.dvcfile import MISSING, file_md5, lock_param_mismatches, lookup, read_lock
+from pipeline.report import render
+from pipeline.report.document import to_html, to_markdown
+from pipeline.report.evaluate import REPORT_STAGE, build, fmt, numbers_cited, read_json, summary
 
 
 def dvc_hashes(root: Path, paths: set[str]) -> dict[str, str]:
@@ -66,7 +68,7 @@ def verify(root: Path) -> list[str]:
     root = Path(root)
     params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").is_file() else {}
     results = (params or {}).get("paths", {}).get("results", "results")
-    out_dir = root / results / report.REPORT_STAGE
+    out_dir = root / results / REPORT_STAGE
     report_json = out_dir / "report.json"
     if not report_json.is_file():
         return [f"{report_json.relative_to(root)}: missing: run `dvc repro` (the report stage writes it)"]
@@ -74,8 +76,8 @@ def verify(root: Path) -> list[str]:
     problems: list[str] = []
 
     problems += [f"params.yaml differs from what produced the outputs: {m}"
-                 for m in lock_param_mismatches(root, params or {}, without=report.REPORT_STAGE)]
-    lock_outs, lock_sha = read_lock(root, without=report.REPORT_STAGE)
+                 for m in lock_param_mismatches(root, params or {}, without=REPORT_STAGE)]
+    lock_outs, lock_sha = read_lock(root, without=REPORT_STAGE)
     cited_sha = data["provenance"]["dvc_lock_sha256"]
     if lock_sha != cited_sha:
         problems.append(f"dvc.lock: hash {lock_sha} (without the report stage), the report cites {cited_sha}: "
@@ -108,28 +110,28 @@ def verify(root: Path) -> list[str]:
     if not md_path.is_file():
         problems.append(f"{md_path.relative_to(root)}: missing")
     cache: dict[str, object] = {}
-    for n in report.numbers_cited(data):
+    for n in numbers_cited(data):
         if n["path"] not in cache:
-            cache[n["path"]] = report.read_json(root / n["path"])
+            cache[n["path"]] = read_json(root / n["path"])
         metrics = cache[n["path"]]
         if metrics is None:
-            problems.append(f"{n['path']}: missing (the report shows {n['key']} = {report.fmt(n['value'])})")
+            problems.append(f"{n['path']}: missing (the report shows {n['key']} = {fmt(n['value'])})")
             continue
         now = lookup(metrics, n["key"])
         if now is MISSING or now != n["value"]:
-            shown = "absent" if now is MISSING else report.fmt(now)
-            problems.append(f"{n['path']}: {n['key']} is {shown}, the report shows {report.fmt(n['value'])} "
+            shown = "absent" if now is MISSING else fmt(now)
+            problems.append(f"{n['path']}: {n['key']} is {shown}, the report shows {fmt(n['value'])} "
                             f"(row {n['id']})")
-        if md_path.is_file() and report.fmt(n["value"]) not in md_rows.get(n["id"], ""):
+        if md_path.is_file() and fmt(n["value"]) not in md_rows.get(n["id"], ""):
             problems.append(f"{md_path.relative_to(root)}: row {n['id']} does not show {n['key']} = "
-                            f"{report.fmt(n['value'])}")
+                            f"{fmt(n['value'])}")
 
     problems += _documents(root, out_dir, data)
     problems += _verdicts(root, data)
 
     summary_path = out_dir / "summary.json"
     if summary_path.is_file():
-        if json.loads(summary_path.read_text()) != json.loads(json.dumps(report.summary(data))):
+        if json.loads(summary_path.read_text()) != json.loads(json.dumps(summary(data))):
             problems.append(f"{summary_path.relative_to(root)}: does not match report.json")
     else:
         problems.append(f"{summary_path.relative_to(root)}: missing")
@@ -139,13 +141,12 @@ def verify(root: Path) -> list[str]:
 def _documents(root: Path, out_dir: Path, data: dict) -> list[str]:
     """report.md and report.html are exactly what report.json renders to (an edited word shows up)."""
     problems = []
-    for name, render in (("report.md", lambda: report.render_markdown(data, out_dir, root)),
-                         ("report.html", lambda: report.render_html(data, root))):
+    for name, emit in (("report.md", to_markdown), ("report.html", to_html)):
         path = out_dir / name
         if not path.is_file():
             continue  # reported above (report.md) or by the output checks
         try:
-            expected = render()
+            expected = emit(render.document(data, root, out_dir))
         except (OSError, KeyError) as err:  # a figure gone, a report.json without a field
             problems.append(f"{path.relative_to(root)}: cannot be re-rendered from report.json ({err})")
             continue
@@ -157,7 +158,7 @@ def _documents(root: Path, out_dir: Path, data: dict) -> list[str]:
 def _verdicts(root: Path, data: dict) -> list[str]:
     """Every verdict of report.json, recomputed from the metrics files and the paper numbers now."""
     try:
-        fresh = report.build(root)
+        fresh = build(root)
     except (ValueError, OSError) as err:
         return [f"the report's verdicts cannot be recomputed: {err}"]
     problems = []

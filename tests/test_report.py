@@ -14,8 +14,10 @@ import pytest
 import yaml
 from conftest import ROOT, pipeline_env
 
-from pipeline import dvcfile, report, tracking
+from pipeline import dvcfile, tracking
 from pipeline import params as params_mod
+from pipeline.report import evaluate, references, render
+from pipeline.report.document import to_html, to_markdown
 
 
 def _png(value: int) -> bytes:
@@ -215,21 +217,21 @@ def test_report_names_the_run_behind_dvc_lock(finished, monkeypatch):
     stale = {"make_b": {k: "0" * 32 for k in lock_outs["make_b"]}}
     none, _ = tracking.runs_matching_lock(["make_b"], stale)
     assert none["make_b"]["run_id"] is None and not none["make_b"]["matched"]
-    row = report._stage_row({"stage": "make_b", "seconds": None, "mlflow_run_id": None, "mlflow_matched": False,
+    row = render._stage_row({"stage": "make_b", "seconds": None, "mlflow_run_id": None, "mlflow_matched": False,
                              "host": None, "in_lock": True}, "n/a")
     assert "no run matches dvc.lock" in row
 
 
 def test_report_is_deterministic(finished, monkeypatch):
     """Built again later in another process, everything but the provenance is byte-identical."""
-    monkeypatch.setattr(report, "runs_matching_lock", lambda stages, lock: ({}, "not recorded (test)"))
-    monkeypatch.setattr(report, "hardware", lambda: {})
+    monkeypatch.setattr(evaluate, "runs_matching_lock", lambda stages, lock: ({}, "not recorded (test)"))
+    monkeypatch.setattr(evaluate, "hardware", lambda: {})
     monkeypatch.chdir(finished)
-    data = report.build(finished)
-    again = report.render_markdown(data, finished / "results/report", finished)
+    data = evaluate.build(finished)
+    again = to_markdown(render.document(data, finished, finished / "results/report"))
     written = (finished / "results/report/report.md").read_text()
     assert again.split("## Provenance")[0] == written.split("## Provenance")[0]
-    assert report.summary(data) == json.loads((finished / "results/report/summary.json").read_text())
+    assert evaluate.summary(data) == json.loads((finished / "results/report/summary.json").read_text())
 
 
 def test_verify_passes_then_catches_tampering(finished, tmp_path, capsys):
@@ -285,9 +287,10 @@ def test_verify_catches_an_edited_document_and_a_forged_verdict(finished, tmp_pa
     row["status"] = "within"  # a forged verdict, documents re-rendered to match it
     data_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     out_dir = repo / "results/report"
-    (out_dir / "report.md").write_text(report.render_markdown(data, out_dir, repo))
-    html.write_text(report.render_html(data, repo))
-    (out_dir / "summary.json").write_text(json.dumps(report.summary(data), indent=2, sort_keys=True) + "\n")
+    document = render.document(data, repo, out_dir)
+    (out_dir / "report.md").write_text(to_markdown(document))
+    html.write_text(to_html(document))
+    (out_dir / "summary.json").write_text(json.dumps(evaluate.summary(data), indent=2, sort_keys=True) + "\n")
     monkey_cwd = os.getcwd()
     try:
         os.chdir(repo)
@@ -302,8 +305,9 @@ def test_verify_catches_an_edited_document_and_a_forged_verdict(finished, tmp_pa
 
 
 def _entry(value, tolerance=None, **kw):
-    return {"id": "x", "what": "w", "value": value, "source": "s", "protocol": "p", "tolerance": tolerance,
-            "metric": {"stage": "s", "file": "s/metrics.json", "key": "m.fid", **kw.pop("metric", {})}, **kw}
+    return references.Number.model_validate(
+        {"id": "x", "what": "w", "value": value, "source": "s", "protocol": "p", "tolerance": tolerance,
+         "metric": {"stage": "s", "file": "s/metrics.json", "key": "m.fid", **kw.pop("metric", {})}, **kw})
 
 
 @pytest.mark.parametrize(("measured", "paper", "tolerance", "status"), [
@@ -317,7 +321,7 @@ def _entry(value, tolerance=None, **kw):
 def test_status_against_tolerance(tmp_path, measured, paper, tolerance, status):
     (tmp_path / "s").mkdir()
     (tmp_path / "s/metrics.json").write_text(json.dumps({"m": {"fid": measured}}))
-    row = report.evaluate_number(_entry(paper, tolerance, better="lower"), tmp_path, "paper", {}, ["paper"])
+    row = evaluate.evaluate_number(_entry(paper, tolerance, better="lower"), tmp_path, "paper", {}, ["paper"])
     assert row["status"] == status and row["reproduced"] == measured
     if status == "outside":
         assert row["reason"] == ("worse than the paper" if measured > paper else "better than the paper")
@@ -327,16 +331,16 @@ def test_status_scale_profile_params_and_unknown(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s/metrics.json").write_text(json.dumps({"m": {"fid": 0.556}}))
     scaled = _entry(55.6, {"abs": 0.5}, metric={"scale": 100})
-    assert report.evaluate_number(scaled, tmp_path, "paper", {}, ["paper"])["status"] == "within"
-    demo = report.evaluate_number(scaled, tmp_path, "demo", {}, ["paper"])
+    assert evaluate.evaluate_number(scaled, tmp_path, "paper", {}, ["paper"])["status"] == "within"
+    demo = evaluate.evaluate_number(scaled, tmp_path, "demo", {}, ["paper"])
     assert demo["status"] == "not_comparable" and demo["reproduced"] == pytest.approx(55.6)
     needs = _entry(55.6, {"abs": 0.5}, metric={"scale": 100}, comparable={"params": {"image_size": 256}})
-    row = report.evaluate_number(needs, tmp_path, "paper", {"image_size": 64}, ["paper"])
+    row = evaluate.evaluate_number(needs, tmp_path, "paper", {"image_size": 64}, ["paper"])
     assert row["status"] == "not_comparable" and "params.yaml image_size is 64" in row["reason"]
-    unknown = report.evaluate_number(_entry("unknown"), tmp_path, "paper", {}, ["paper"])
+    unknown = evaluate.evaluate_number(_entry("unknown"), tmp_path, "paper", {}, ["paper"])
     assert unknown["status"] == "unknown" and unknown["value"] == 0.556
-    assert report._paper_text(unknown) == "unknown"
-    missing = report.evaluate_number(_entry("unknown"), tmp_path / "nowhere", "paper", {}, ["paper"])
+    assert render._paper_text(unknown) == "unknown"
+    missing = evaluate.evaluate_number(_entry("unknown"), tmp_path / "nowhere", "paper", {}, ["paper"])
     assert missing["status"] == "unknown" and missing["reason"].startswith("stage not run")
 
 
@@ -344,50 +348,95 @@ def test_a_row_shows_only_what_the_run_measured_with_its_feature_space_and_chanc
     (tmp_path / "s").mkdir()
     (tmp_path / "s/metrics.json").write_text(json.dumps(
         {"m": {"fid": 41.7, "top1": 0.11}, "num_tokens": 32, "feature_space": "clip-demo", "chance": 0.1}))
-    other = report.evaluate_number(_entry(1.70, {"abs": 0.25}, measures={"num_tokens": 64}), tmp_path, "paper", {},
+    other = evaluate.evaluate_number(_entry(1.70, {"abs": 0.25}, measures={"num_tokens": 64}), tmp_path, "paper", {},
                                    ["paper"])
     assert other["status"] == "not_measured" and other["value"] is None  # another tokenizer's row: no value
-    assert "this run measured num_tokens = 32" in other["reason"] and report._reproduced_text(other) == "n/a"
-    same = report.evaluate_number(_entry(2.21, {"abs": 0.25}, measures={"num_tokens": 32},
+    assert "this run measured num_tokens = 32" in other["reason"] and render._reproduced_text(other) == "n/a"
+    same = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, measures={"num_tokens": 32},
                                          metric={"space": "feature_space"}), tmp_path, "demo", {}, ["paper"])
-    assert same["value"] == 41.7 and report._reproduced_text(same) == "41.7, in clip-demo features"
-    probe = report.evaluate_number(_entry(55.6, {"abs": 3.0}, metric={"key": "m.top1", "chance": "chance"}),
+    assert same["value"] == 41.7 and render._reproduced_text(same) == "41.7, in clip-demo features"
+    probe = evaluate.evaluate_number(_entry(55.6, {"abs": 3.0}, metric={"key": "m.top1", "chance": "chance"}),
                                    tmp_path, "demo", {}, ["paper"])
-    assert report.at_chance(probe) and "AT CHANCE (0.1)" in report._reproduced_text(probe)
-    from_params = report.evaluate_number(_entry(9.0, {"rel": 0.1}, metric={"space": "fid.feature_space"}), tmp_path,
+    assert render.at_chance(probe) and "AT CHANCE (0.1)" in render._reproduced_text(probe)
+    from_params = evaluate.evaluate_number(_entry(9.0, {"rel": 0.1}, metric={"space": "fid.feature_space"}), tmp_path,
                                          "demo", {"fid": {"feature_space": "inception"}}, ["paper"])
-    assert report._reproduced_text(from_params).endswith("in inception features")
+    assert render._reproduced_text(from_params).endswith("in inception features")
 
 
 def test_every_metric_key_of_the_references_is_read_by_at_most_one_row():
-    refs = report.load_references(ROOT / report.REFERENCES)
-    keys = [(n["metric"]["file"], n["metric"]["key"], json.dumps(n.get("measures"), sort_keys=True),
-             json.dumps((n.get("comparable") or {}).get("requires"), sort_keys=True))
-            for e in refs["experiments"] for n in e["numbers"] if n.get("metric")]
+    refs = references.load_references(ROOT / references.REFERENCES)
+    keys = [(n.metric.file, n.metric.key, json.dumps(n.measures, sort_keys=True),
+             json.dumps(n.comparable.requires, sort_keys=True))
+            for e in refs.experiments for n in e.numbers if n.metric]
     assert len(keys) == len(set(keys)), [k for k in keys if keys.count(k) > 1]
 
 
 def test_reference_numbers_file():
-    refs = report.load_references(ROOT / report.REFERENCES)
-    numbers = {n["id"]: n for e in refs["experiments"] for n in e["numbers"]}
-    assert numbers["titok_l32_rfid"]["value"] == 2.21 and numbers["titok_b64_rfid"]["value"] == 1.70
-    assert numbers["titok_s128_rfid"]["value"] == 1.71 and numbers["titok_l32_gfid"]["value"] == 2.77
-    assert numbers["tokenopt_seed_fid"]["value"] == "unknown"
+    refs = references.load_references(ROOT / references.REFERENCES)
+    numbers = {n.id: n for e in refs.experiments for n in e.numbers}
+    assert numbers["titok_l32_rfid"].value == 2.21 and numbers["titok_b64_rfid"].value == 1.70
+    assert numbers["titok_s128_rfid"].value == 1.71 and numbers["titok_l32_gfid"].value == 2.77
+    assert numbers["tokenopt_seed_fid"].value == "unknown"
     for n in numbers.values():
-        assert n["source"] and n["protocol"]
-        assert n["value"] == "unknown" or n.get("tolerance"), n["id"]
+        assert n.source and n.protocol
+        assert n.value == "unknown" or n.tolerance, n.id
+
+
+def _references_error(tmp_path, refs: dict) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(refs))
+    with pytest.raises(references.ReferencesError) as err:
+        references.load_references(path)
+    return str(err.value)
 
 
 def test_references_reject_bad_entries(tmp_path):
     bad = {"experiments": [{"id": "e", "title": "t", "numbers": [
         {"id": "n", "what": "w", "value": 2.0, "source": "s", "protocol": "p"}]}]}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ValueError, match="e.n: tolerance"):
-        report.load_references(tmp_path / "r.yaml")
+    assert f"{tmp_path / 'r.yaml'}: experiments.e.numbers.n: tolerance: missing" in _references_error(tmp_path, bad)
     bad["experiments"][0]["numbers"][0].update(value="about 2", tolerance={"abs": 1})
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ValueError, match="number or 'unknown'"):
-        report.load_references(tmp_path / "r.yaml")
+    assert ("experiments.e.numbers.n.value: expected a number or 'unknown', found 'about 2' (str)"
+            in _references_error(tmp_path, bad))
+    bad["experiments"][0]["numbers"][0].update(value=2.0, tolerance={"abs": 1, "rel": 0.1})
+    assert "experiments.e.numbers.n.tolerance: expected exactly one of" in _references_error(tmp_path, bad)
+    bad["experiments"][0]["numbers"][0]["tolerance"] = {"abs": 1}
+    bad["experiments"].append({"id": "f", "title": "t", "numbers": bad["experiments"][0]["numbers"]})
+    assert "experiments: number id 'n' is used twice (in e and f)" in _references_error(tmp_path, bad)
+
+
+def test_references_errors_name_the_file_and_the_key(tmp_path):
+    """A misspelt key or a value of the wrong type stops the report with the file and the dotted key, as
+    params.yaml's errors do; list items are named by their id."""
+    path = tmp_path / "r.yaml"
+    refs = yaml.safe_load((ROOT / references.REFERENCES).read_text())
+    refs["experiments"][0]["numbers"][0]["tolerence"] = {"abs": 0.25}
+    refs["experiments"][0]["numbers"][1]["metric"]["scale"] = "ten"
+    refs["ground_truth_checks"]["checks"][0]["expect"]["op"] = "=>"
+    lines = _references_error(tmp_path, refs).splitlines()
+    assert lines == [
+        f"{path}: experiments.titok.numbers.titok_l32_rfid.tolerence: unknown key (allowed here: id, what, value, "
+        "unit, source, protocol, tolerance, better, metric, measures, comparable)",
+        f"{path}: experiments.titok.numbers.titok_b64_rfid.metric.scale: expected a number, found 'ten' (str)",
+        f"{path}: ground_truth_checks.checks.clip_zero_shot.expect.op: expected one of ==, >, >=, <, <=, "
+        "found '=>'"]
+    refs = {"schema": 1, "experiments": [{"id": "e", "title": 3, "numbers": []}], "extra": True}
+    lines = _references_error(tmp_path, refs).splitlines()
+    assert lines[0] == f"{path}: experiments.e.title: expected a valid string, found 3 (int)"
+    assert lines[1].startswith(f"{path}: experiments.e.numbers: expected List should have at least 1 item")
+    assert lines[2] == (f"{path}: extra: unknown key (allowed here: schema, comparable_profiles, experiments, "
+                        "ground_truth_checks)")
+
+
+def test_the_report_stage_stops_on_invalid_references_with_the_error(finished, tmp_path):
+    repo = tmp_path / "broken"
+    shutil.copytree(finished, repo, symlinks=True)
+    path = repo / "references/paper_numbers.yaml"
+    refs = yaml.safe_load(path.read_text())
+    refs["experiments"][0]["numbers"][3]["valeu"] = 3
+    path.write_text(yaml.safe_dump(refs))
+    proc = _run([sys.executable, "-m", "pipeline", "report"], repo, check=False)
+    assert proc.returncode == 2
+    assert "experiments.alpha.numbers.a_protocol.valeu: unknown key" in proc.stderr
 
 
 def test_report_warns_when_params_yaml_did_not_produce_the_outputs(tmp_path):
@@ -410,7 +459,8 @@ def test_report_warns_when_params_yaml_did_not_produce_the_outputs(tmp_path):
             "provenance": {"git_commit": "c", "dvc_lock_sha256": "h", "dvc_lock_hash_note": "n", "profile": "paper",
                            "params_sha256": "p", "references_sha256": "r", "mlflow": "m", "hardware": {},
                            "stages": [], "outputs": []}}
-    md = report.render_markdown(data, tmp_path, tmp_path)
+    document = render.document(data, tmp_path, tmp_path)
+    md = to_markdown(document)
     assert md.index("Warning: the outputs were not produced by params.yaml") < md.index("## Summary")
     assert "- train: image_size: dvc.lock 64, params.yaml 256" in md
-    assert "Warning: the outputs were not produced by params.yaml" in report.render_html(data, tmp_path)
+    assert "Warning: the outputs were not produced by params.yaml" in to_html(document)

@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import report
 from pipeline.errors import InputError
 from pipeline.io import write_json, write_text
 from pipeline.params import Params
+from pipeline.report import render
+from pipeline.report.document import to_html, to_markdown
+from pipeline.report.evaluate import STATUS_TEXT, build, summary
+from pipeline.report.references import REFERENCES
 from pipeline.tracking import stage_run
 
 STAGE = "report"
@@ -29,25 +32,25 @@ STAGE = "report"
 def run(params: Params) -> int:
     """Write the reviewer's report (markdown, HTML, JSON) and its summary metrics."""
     root = Path.cwd()
-    references = root / report.REFERENCES
+    references = root / REFERENCES
     if not references.is_file():
         raise InputError(f"{references}: the paper numbers are missing (the file belongs to the repository)")
     try:
         # as report.json holds it: the two documents are a function of report.json, which verify re-renders
-        data = json.loads(json.dumps(report.build(root, references), sort_keys=True, default=str))
+        data = json.loads(json.dumps(build(root, references), sort_keys=True, default=str))
     except ValueError as err:
         raise InputError(str(err)) from None
     out = Path(params.paths.results) / STAGE
     with stage_run(STAGE, params) as run:
-        write_text(out / "report.md", report.render_markdown(data, out, root))
-        write_text(out / "report.html", report.render_html(data, root))
+        document = render.document(data, root, out)
+        write_text(out / "report.md", to_markdown(document))
+        write_text(out / "report.html", to_html(document))
         write_text(out / "report.json", json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-        summary = report.summary(data)
-        write_json(out / "summary.json", summary)
-        run.log_metrics({"numbers": summary["numbers"], "ground_truth": summary["ground_truth"]})
+        counts = summary(data)
+        write_json(out / "summary.json", counts)
+        run.log_metrics({"numbers": counts["numbers"], "ground_truth": counts["ground_truth"]})
         run.log_artifact(out / "report.html")
-    n = summary["numbers"]
-    print(f"{STAGE}: {sum(n.values())} paper numbers: " + ", ".join(f"{report.STATUS_TEXT[k]} {v}"
-                                                                     for k, v in n.items() if v))
+    n = counts["numbers"]
+    print(f"{STAGE}: {sum(n.values())} paper numbers: " + ", ".join(f"{STATUS_TEXT[k]} {v}" for k, v in n.items() if v))
     print(f"wrote {out}/report.md, report.html, report.json, summary.json")
     return 0
