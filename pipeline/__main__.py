@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline import param_reads
+from pipeline import param_reads, tracking
 from pipeline import params as params_mod
 from pipeline.errors import InputError
 from pipeline.io import write_text
@@ -83,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     record = os.environ.get(param_reads.ENV)
     if record:  # the test of dvc.yaml's params: which keys does the stage read?
         params = param_reads.RecordingView(params)
-    try:
-        return stage.run(params) or 0
-    except InputError as err:
-        print(f"error: {args.command}: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if record:
-            params.write(Path(record) / f"{args.command}.json")
+    # The stage's whole output, its error line included, goes into its MLflow run as logs/<stage>.log.
+    with tracking.stage_output_logged(args.command):
+        try:
+            return stage.run(params) or 0
+        except InputError as err:
+            print(f"error: {args.command}: {err}", file=sys.stderr)
+            return 2
+        finally:
+            if record:
+                params.write(Path(record) / f"{args.command}.json")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ On success every run also gets the metric ``seconds`` (wall time of the stage bo
 ``dvc.md5.<path>`` per file output that dvc.yaml declares for the stage (metrics, plots, plain file
 outs), holding the file's md5 as dvc.lock records it: :func:`runs_matching_lock`, which the report
 calls, uses them to name the run that produced the outputs in dvc.lock, not merely the latest one.
+
+The experiment carries MLflow's experiment-type tag for model training (``mlflow.experimentKind``:
+``custom_model_development``), so the UI opens it on its runs. ``python -m pipeline <stage>`` runs the
+stage inside :func:`stage_output_logged`: everything the stage printed, on stdout and stderr, is
+attached to its run as the artifact ``logs/<stage>.log``; figures are logged by the stages themselves.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ import os
 import platform
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pipeline.dvcfile import MISSING, declared_params, lookup, output_digests
 from pipeline.errors import InputError
@@ -35,6 +43,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "tokenizer-repro"
 OUTPUT_TAG = "dvc.md5."
 ARTIFACTS = "mlartifacts"  # the artifact folder beside a local sqlite store
+# MLflow 3's experiment type (the UI's experiment-type selector): set, the UI opens the experiment on its
+# runs table; unset, the UI infers the type from what the experiment holds and lets the user pick it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+LOG_ARTIFACT_DIR = "logs"  # a stage's output is the run's artifact logs/<stage>.log
+
+# (run id, tracking URI) of every run stage_run opened in this process, for stage_output_logged.
+_OPENED_RUNS: list[tuple[str, str]] = []
 
 
 def tracking_uri() -> str:
@@ -245,13 +261,16 @@ def stage_run(stage: str, params: Any) -> Iterator[StageRun]:
                     pass  # created concurrently by another stage
             else:
                 relocate_store(Path(uri.removeprefix("sqlite:///")), name)
-        mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # set once: a type chosen later in the UI is kept
+            mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except Exception as err:  # noqa: BLE001 - whatever the store raises, the stage stops with one line
         raise InputError(f"the MLflow store {uri} cannot be used ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}). Repair or move it away, or point "
                          "MLFLOW_TRACKING_URI at another store") from None
     tags = run_tags(stage)
     with mlflow.start_run(run_name=stage, tags=tags) as run:
+        _OPENED_RUNS.append((run.info.run_id, uri))
         declared = declared_values(tags["dvc.stage"], params)
         flat = {k: ("null" if v is None else str(v))[:6000] for k, v in declared.items()}
         items = list(flat.items())
@@ -304,3 +323,67 @@ def runs_matching_lock(stages: list[str], lock_outs: dict[str, dict[str, str | N
         return runs, None
     except Exception as err:  # noqa: BLE001 - any tracking failure only means "not recorded"
         return {}, f"not recorded (MLflow: {type(err).__name__}: {str(err)[:200]})"
+
+
+class _Tee:
+    """A text stream that writes to ``stream`` and copies every write into ``copy``.
+
+    Anything else (``isatty``, ``fileno``, ``encoding``, ``buffer``) is the original stream's, so progress
+    bars and libraries that ask about the terminal behave as without the copy.
+    """
+
+    def __init__(self, stream: TextIO, copy: TextIO) -> None:
+        self._stream, self._copy = stream, copy
+
+    def write(self, text: str) -> int:
+        if not self._copy.closed:  # a library may keep a reference to the tee after the stage ends
+            self._copy.write(text)
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        if not self._copy.closed:
+            self._copy.flush()
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def stage_output_logged(stage: str) -> Iterator[None]:
+    """Copy what the stage writes to ``sys.stdout`` / ``sys.stderr`` into its MLflow run(s), as ``logs/<stage>.log``.
+
+    Wraps the whole stage (``python -m pipeline <stage>``), not only the ``stage_run`` block, so the lines
+    printed after the run's block (the stage's summary) and the traceback of a stage that crashed are in
+    the log too; the log is attached to the finished run. Under Snakemake the same text is also in
+    ``logs/<stage>.log`` of the checkout; under ``dvc repro`` this is its only copy. Output written to the
+    file descriptors directly (C extensions, subprocesses) is not copied.
+    """
+    first = len(_OPENED_RUNS)
+    with tempfile.TemporaryDirectory(prefix="stage-log-") as tmp:
+        path = Path(tmp) / f"{stage}.log"
+        try:
+            with path.open("w", encoding="utf-8", errors="replace") as log:
+                streams = sys.stdout, sys.stderr
+                sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+                try:
+                    yield
+                except Exception:
+                    log.write(traceback.format_exc())
+                    raise
+                finally:
+                    sys.stdout, sys.stderr = streams
+        finally:  # a failed stage's log (its traceback last) is the one most worth keeping
+            for run_id, uri in _OPENED_RUNS[first:]:
+                _attach_log(run_id, uri, path)
+
+
+def _attach_log(run_id: str, uri: str, path: Path) -> None:
+    """Attach ``path`` to the finished run; a store that fails now costs the log, not the stage's result."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).log_artifact(run_id, str(path), LOG_ARTIFACT_DIR)
+    except Exception as err:  # noqa: BLE001 - the outputs are written and recorded; only the log copy is lost
+        print(f"warning: the stage's log could not be attached to MLflow run {run_id} "
+              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)

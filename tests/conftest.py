@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,30 @@ def make_scratch_repo(dest: Path, profile: str = "micro") -> Path:
 def scratch_repo(tmp_path):
     """A scratch copy of the repository configured with the micro profile."""
     return make_scratch_repo(tmp_path / "repo")
+
+
+@dataclass(frozen=True)
+class MicroRun:
+    """The micro pipeline after one ``dvc repro``: the scratch repo and the parameters each stage read."""
+
+    repo: Path
+    reads: Path  # <stage>.json: the keys the stage read (pipeline/param_reads.py)
+
+
+@pytest.fixture(scope="session")
+def micro_repro(tmp_path_factory) -> MicroRun:
+    """The micro pipeline run once by ``dvc repro`` (minutes), shared by every test that only reads the result.
+
+    Tests must not change ``repo``: copy it (``shutil.copytree``) to commit, push or rerun anything.
+    """
+    from pipeline.param_reads import ENV
+
+    base = tmp_path_factory.mktemp("micro-repro")
+    repo, reads = make_scratch_repo(base / "repo"), base / "reads"
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env={**pipeline_env(repo), ENV: str(reads)},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"micro dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return MicroRun(repo, reads)
 
 
 def _close(a, b, path: str, rel: float, diffs: list[str]) -> None:

@@ -38,11 +38,9 @@ def _undeclared_reads(repo: Path, reads: Path) -> list[str]:
     return problems
 
 
-def test_dvc_repro_then_noop_rerun(scratch_repo, tmp_path):
-    from pipeline.param_reads import ENV
-
-    reads = tmp_path / "reads"  # every stage records the parameters it reads (pipeline/param_reads.py)
-    _run(["dvc", "repro"], scratch_repo, env={**pipeline_env(scratch_repo), ENV: str(reads)})
+def test_dvc_repro_then_noop_rerun(micro_repro):
+    # micro_repro ran `dvc repro` with every stage recording the parameters it reads (pipeline/param_reads.py)
+    scratch_repo, reads = micro_repro.repo, micro_repro.reads
     stages = _stage_names(scratch_repo)
     assert {p.stem for p in reads.glob("*.json")} == stages
     assert not _undeclared_reads(scratch_repo, reads), "\n".join(_undeclared_reads(scratch_repo, reads))

@@ -130,3 +130,41 @@ def test_a_corrupt_store_stops_the_stage_with_one_line(monkeypatch, tmp_path):
     with pytest.raises(InputError, match="cannot be used") as err, tracking.stage_run("prepare", {}):
         pass
     assert "\n" not in str(err.value)
+
+
+def _log_artifact(client, run_id: str, stage: str) -> str:
+    local = client.download_artifacts(run_id, f"{tracking.LOG_ARTIFACT_DIR}/{stage}.log")
+    with open(local) as f:
+        return f.read()
+
+
+def test_the_stage_output_is_its_runs_log_artifact_summary_line_included(mlflow_uri):
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    with tracking.stage_output_logged("prepare"):
+        print("inside the run")
+        with tracking.stage_run("prepare", {}) as run:
+            print("progress", file=sys.stderr)
+        print("prepare: the summary printed after the run's block")
+    lines = _log_artifact(MlflowClient(mlflow_uri), run.run_id, "prepare").splitlines()
+    printed = ["inside the run", "progress", "prepare: the summary printed after the run's block"]
+    # in order, among MLflow's own lines (creating the store)
+    assert [line for line in lines if line in printed] == printed
+    client = MlflowClient(mlflow_uri)
+    tags = client.get_experiment_by_name(tracking.EXPERIMENT).tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"  # the UI opens it on its runs
+
+
+def test_a_crashed_stage_keeps_its_log_with_the_traceback(mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    with pytest.raises(ZeroDivisionError), tracking.stage_output_logged("prepare"):
+        with tracking.stage_run("prepare", {}) as run:
+            print("step 1")
+            _ = 1 / 0
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    log = _log_artifact(client, run.run_id, "prepare")
+    assert "step 1\n" in log and log.rstrip().endswith("ZeroDivisionError: division by zero")
