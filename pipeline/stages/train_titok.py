@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.io import atomic_dir, write_json
+from pipeline.layout import prepared_root
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.models.titok import TiTok
@@ -26,7 +27,6 @@ from pipeline.stages._common import (
     checkpoint_dir,
     final_metrics,
     prefixed_logger,
-    prepared_root,
     remove_checkpoints,
     results_dir,
     save_image_grid,

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from pipeline.io import atomic_dir, write_json
+from pipeline.layout import prepared_root
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.params import Params
 from pipeline.stages._common import (
     checkpoint_dir,
     final_metrics,
-    prepared_root,
     remove_checkpoints,
     results_dir,
     save_image_grid,
