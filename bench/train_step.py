@@ -37,13 +37,15 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.models.maskgit_vqgan import MaskGITVQGAN  # noqa: E402
-from pipeline.models.registry import MODEL_NAMES, build_model, count_parameters, model_config  # noqa: E402
+from pipeline.models.maskgit_vqgan import VQGAN_CONFIGS, MaskGITVQGAN  # noqa: E402
+from pipeline.models.registry import build_model, count_parameters, model_config  # noqa: E402
+from pipeline.models.titok import TITOK_CONFIGS  # noqa: E402
 from pipeline.train.loop import TrainConfig, train  # noqa: E402
 from pipeline.train.precision import autocast  # noqa: E402
 from pipeline.train.recipes import TiTokProxyCodeRecipe, TiTokSingleStageRecipe, VQGANRecipe  # noqa: E402
 
 CPU_MODELS = ("vqgan_demo", "titok_demo")
+TRAINABLE = (*VQGAN_CONFIGS, *TITOK_CONFIGS)  # the registry names this bench has a recipe for (no ALIT)
 # dense tensor-core peaks (FLOP/s) per precision; fp32 runs as TF32 in the loop
 PEAKS = {"H100": {"bf16": 989e12, "fp32": 494e12}, "H200": {"bf16": 989e12, "fp32": 494e12},
          "A100": {"bf16": 312e12, "fp32": 156e12}}
@@ -104,7 +106,7 @@ def measure(name: str, precision: str, compile_: bool, batch: int, steps: int, t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="*", help=f"names from the registry: {', '.join(MODEL_NAMES)}")
+    parser.add_argument("--models", nargs="*", help=f"registry names: {', '.join(TRAINABLE)}")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--precisions", nargs="*")
     parser.add_argument("--compile", choices=("off", "on", "both"))
@@ -117,7 +119,7 @@ def main() -> None:
         return
 
     gpu = torch.cuda.is_available()
-    models = args.models or (list(MODEL_NAMES) if gpu else list(CPU_MODELS))
+    models = args.models or (list(TRAINABLE) if gpu else list(CPU_MODELS))
     batch = args.batch_size or (32 if gpu else 8)
     precisions = args.precisions or ["fp32", "bf16"]
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile or ("both" if gpu else "off")]

@@ -330,6 +330,7 @@ class TrainAlit(Section):
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
+    # registry names (tests/test_params.py keeps them equal to pipeline.models.alit.ALIT_CONFIGS)
     model: Literal["alit_demo", "alit_small", "alit_base", "alit_semilarge"] = "alit_demo"
     vqgan: str | None = None
     # demo: many small steps learn more than few large ones: on the demo VQGAN, 300 x 4 leave one and the

@@ -193,7 +193,6 @@ def test_eval_stage_rejects_counts_the_model_cannot_reach(tmp_path, monkeypatch)
 
 
 def test_train_stage_trains_both_stages_and_saves_a_loadable_model(tmp_path, monkeypatch, mlflow_uri):
-    from pipeline.models.checkpoints import save_pretrained
     from pipeline.stages import train_alit as stage
 
     params = _prepare_tiny(tmp_path, monkeypatch, mlflow_uri, train_alit={
@@ -201,7 +200,7 @@ def test_train_stage_trains_both_stages_and_saves_a_loadable_model(tmp_path, mon
     torch.manual_seed(0)
     vqgan = MaskGITVQGAN(VQGANConfig(**{**TINY_VQGAN.__dict__, "ch": 16, "z_channels": 32, "norm_groups": 16,
                                         "ch_mult": (1, 2, 4)}))
-    save_pretrained(vqgan, tmp_path / "models" / "vqgan")
+    vqgan.save_pretrained(tmp_path / "models" / "vqgan")
     assert stage.run(params) == 0
 
     alit = ALIT.from_pretrained(tmp_path / "models" / "alit")

@@ -185,8 +185,8 @@ def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
     from pathlib import Path
 
     from pipeline import params as P
-    from pipeline.metrics.evaluation import feature_space, fid_num_samples, fid_reference, judge_clip, objective_clip
     from pipeline.stages import train_clip as stage
+    from pipeline.stages._inputs import feature_space, fid_num_samples, fid_reference, judge_clip, objective_clip
     from pipeline.stages.prepare import prepare
 
     monkeypatch.chdir(tmp_path)

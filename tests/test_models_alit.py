@@ -13,6 +13,7 @@ from pipeline.errors import InputError, MissingWeightsError
 from pipeline.models.alit import ALIT, ALITConfig, latent_distillation_loss
 from pipeline.models.alit_adaptive import adaptive_tokenize
 from pipeline.models.maskgit_vqgan import VQGANConfig
+from pipeline.models.registry import build_model, model_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "alit"
 ITERS = range(8)
@@ -155,7 +156,7 @@ def test_released_config_keys_match_the_official_listing(name):
     listing = json.loads((FIXTURE / "alit_released_configs_keys.json").read_text())[name]
     expected = [(e["key"], e["shape"]) for e in listing["keys"] if not e["key"].startswith("gan_losses.")]
     with torch.device("meta"):
-        model = ALIT(ALITConfig.named(name))
+        model = build_model(name)
     assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == expected
     assert sum(p.numel() for p in model.parameters()) == listing["num_params_without_gan_losses"]
 
@@ -194,7 +195,7 @@ def test_from_pretrained_lists_shape_mismatches(tmp_path, model):
 
 def test_save_pretrained_round_trip(tmp_path):
     torch.manual_seed(0)
-    demo = ALIT(ALITConfig.named("alit_demo")).eval()
+    demo = build_model("alit_demo").eval()
     demo.save_pretrained(tmp_path)
     again = ALIT.from_pretrained(tmp_path)
     assert again.config == demo.config
@@ -205,7 +206,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 def test_config_rejects_a_grid_the_vqgan_does_not_have():
     with pytest.raises(ValueError, match="grid"):
-        dataclasses.replace(ALITConfig.named("alit_demo"), patch_size=8)
+        model_config("alit_demo", patch_size=8)
 
 
 def test_decode_iters_skip_decoding_and_halting(model, tensors):
@@ -304,7 +305,7 @@ def test_adaptive_rejects_bad_arguments(model, tensors):
 
 
 def test_demo_alit_starts_local_with_restarts_released_configs_do_not():
-    demo, released = ALITConfig.named("alit_demo"), ALITConfig.named("alit_small")
+    demo, released = model_config("alit_demo"), model_config("alit_small")
     assert demo.init == "local" and demo.restart_dead_codes
     assert released.init == "vit" and not released.restart_dead_codes
     assert demo.vqgan.restart_dead_codes  # the shared demo VQGAN, trained by train_vqgan
@@ -323,7 +324,7 @@ def _first_block_attention(model, images):
 
 def test_local_alit_init_routes_each_grid_cell_through_its_own_latent():
     torch.manual_seed(0)
-    demo = ALITConfig.named("alit_demo")
+    demo = model_config("alit_demo")
     model = ALIT(dataclasses.replace(demo, vqgan=dataclasses.replace(demo.vqgan, restart_dead_codes=False))).eval()
     images = torch.rand(2, 3, 64, 64)
     enc, dec = _first_block_attention(model, images)

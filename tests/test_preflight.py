@@ -40,12 +40,11 @@ def test_paper_profile_with_nothing_in_place_lists_every_input_with_its_remedy(t
 
 
 def test_weights_that_load_pass_and_a_damaged_file_is_named(tmp_path):
-    from pipeline.models.checkpoints import save_pretrained
     from pipeline.models.registry import build_model
 
     vqgan = build_model("vqgan_demo")
-    save_pretrained(vqgan, tmp_path / "weights" / "vqgan")
-    save_pretrained(build_model("titok_demo", vqgan=vqgan.config), tmp_path / "weights" / "titok")
+    vqgan.save_pretrained(tmp_path / "weights" / "vqgan")
+    build_model("titok_demo", vqgan=vqgan.config).save_pretrained(tmp_path / "weights" / "titok")
     rows = _rows(_paper(tmp_path))
     assert rows["VQGAN"].status == "ok" and rows["TiTok"].status == "ok"
     damaged = tmp_path / "weights" / "titok" / "model.safetensors"

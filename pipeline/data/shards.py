@@ -18,7 +18,7 @@ Layout of ``<paths.data>/prepared/`` (written by the ``prepare`` stage, atomical
 
 Readers (the API other stages rely on):
 
-- ``read_manifest(root) -> dict``;
+- ``read_manifest(root) -> dict``; ``manifest_class_names(root) -> list[str]``, in label order;
 - ``load_split(root, split, limit=None) -> SplitData``: a whole (small) split in memory:
   ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``meta`` (one dict of all non-image columns
   per row), in file order;
@@ -60,6 +60,11 @@ def read_manifest(root: Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: no prepared data here (manifest.json missing). {REMEDY}")
     return json.loads(path.read_text())
+
+
+def manifest_class_names(root: Path) -> list[str]:
+    """The class names of a prepared-data folder, in label order (index 0 first)."""
+    return [c["name"] for c in sorted(read_manifest(root)["classes"], key=lambda c: c["index"])]
 
 
 def _split_info(root: Path, split: str) -> dict:

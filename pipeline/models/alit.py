@@ -22,8 +22,9 @@ quantised latents), so official checkpoints load with ``strict=True`` once the t
 
 Public API
 ----------
-``ALITConfig`` (``ALITConfig.named("alit_small" | "alit_base" | "alit_semilarge" | "alit_demo")``,
-    ``to_dict`` / ``from_dict``, which also reads the official constructor arguments).
+``ALITConfig`` (``to_dict`` / ``from_dict``, which also reads the official constructor arguments);
+    ``ALIT_CONFIGS``, the named configs ``alit_small``, ``alit_base``, ``alit_semilarge`` and
+    ``alit_demo`` (at the bottom of this file), built through ``pipeline.models.registry``.
 ``ALIT(config)``: ``forward(images, ...)`` -> per-iteration dict (logits, code targets, soft codes,
     VQ losses, codes, halting masks, optional reconstructions); ``begin`` / ``step`` to run one
     iteration at a time (used by ``alit_adaptive``); ``reconstruct_all_iterations(images)``;
@@ -44,7 +45,6 @@ Differences from the official code, all without numerical effect on the recorded
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -55,8 +55,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import InputError, MissingWeightsError
+from pipeline.models.checkpoints import load_state_dict_strict, read_json, read_state_dict, weights_file, write_snapshot
 from pipeline.models.local_init import init_local_attention_alit
-from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
+from pipeline.models.maskgit_vqgan import VQGAN_CONFIGS, MaskGITVQGAN, VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
 from pipeline.models.vit import Transformer, weight_init
 
@@ -105,7 +106,7 @@ class ALITConfig:
         weight_init(self.init)  # a known initialiser name
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        vq_grid = self.image_size // 2 ** (len(self.vqgan.ch_mult) - 1)
+        vq_grid = self.image_size // self.vqgan.downsample_factor
         if vq_grid != self.grid_size:
             raise ValueError(f"the VQGAN grid ({vq_grid}x{vq_grid}) must equal image_size // patch_size "
                              f"({self.grid_size}); change patch_size or the VQGAN's ch_mult")
@@ -152,12 +153,6 @@ class ALITConfig:
                    dynamic_halting=kw["dynamic_halting"],
                    dynamic_halting_threshold=kw["dynamic_halting_threshold"], vqgan=vqgan)
 
-    @classmethod
-    def named(cls, name: str) -> ALITConfig:
-        if name not in ALIT_CONFIGS:
-            raise KeyError(f"unknown ALIT config {name!r}; known: {sorted(ALIT_CONFIGS)}")
-        return ALIT_CONFIGS[name]()
-
 
 def _alit_vqgan_config(ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
                        n_embed: int) -> VQGANConfig:
@@ -168,27 +163,6 @@ def _alit_vqgan_config(ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_c
 
 def _mage_vqgan() -> VQGANConfig:
     return _alit_vqgan_config(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=256, n_embed=1024)
-
-
-def _alit_demo() -> ALITConfig:
-    # The demo shares the pipeline's ``vqgan_demo`` (64 px, f=4: a 16x16 grid, MaskGIT key names), so
-    # one trained demo VQGAN serves TiTok and ALIT, and the token counts are the paper's 32..256.
-    from pipeline.models.registry import model_config
-
-    # Xavier init and dead-code restarts: with the official init every image's 1-D tokens fall on the same
-    # codes, and the decoder learns the same code map for all images. A position-local start, as
-    # titok_demo's: without it, on the demo VQGAN, stage 1 ends with one output image for every input.
-    return ALITConfig(width=64, num_layers=2, num_heads=4, image_size=64, patch_size=4, vq_codebook_size=256,
-                      vq_token_dim=12, restart_dead_codes=True, init="local", vqgan=model_config("vqgan_demo"))
-
-
-ALIT_CONFIGS: dict[str, Callable[[], ALITConfig]] = {
-    # Released checkpoints (official adaptive_tokenizers/__init__.py); note that alit_small is 1024 wide.
-    "alit_small": lambda: ALITConfig(width=1024, num_layers=8, num_heads=8, vqgan=_mage_vqgan()),
-    "alit_base": lambda: ALITConfig(width=768, num_layers=12, num_heads=12, vqgan=_mage_vqgan()),
-    "alit_semilarge": lambda: ALITConfig(width=1024, num_layers=16, num_heads=16, vqgan=_mage_vqgan()),
-    "alit_demo": _alit_demo,
-}
 
 
 class BaseTokenizer(nn.Module):
@@ -433,7 +407,7 @@ class ALIT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> ALIT:
-        """Build from ``folder/config.json`` and load ``model.safetensors`` or ``pytorch_model.bin``.
+        """Build from ``folder/config.json`` and load ``model.safetensors`` or ``pytorch_model.bin`` strictly.
 
         config.json is our ``ALITConfig.to_dict()`` or the official constructor arguments (the
         fixtures' format). A ``pytorch_model.bin`` may be an official training checkpoint (a dict with
@@ -445,33 +419,21 @@ class ALIT(nn.Module):
         if not config_path.is_file():
             raise MissingWeightsError("ALIT config", str(config_path),
                                       "save one with ALIT.save_pretrained or write ALITConfig.to_dict() as JSON")
-        model = cls(ALITConfig.from_dict(json.loads(config_path.read_text())))
-        model.load_state_dict(load_alit_state_dict(folder, map_location), strict=True)
+        model = cls(ALITConfig.from_dict(read_json(config_path)))
+        weights = weights_file(folder)
+        if weights is None:
+            raise MissingWeightsError(
+                "ALIT", f"{folder / 'model.safetensors'} (or pytorch_model.bin)",
+                "convert an official checkpoint (Dropbox links in the ALIT README) or train one; an official "
+                ".pth can be used as pytorch_model.bin")
+        state = read_state_dict(weights, map_location=map_location, unwrap=("ema", "model"))
+        state = {k: v for k, v in state.items() if not k.startswith("gan_losses.")}
+        load_state_dict_strict(model, state, weights, hint="check that config.json describes this checkpoint")
         return model.eval()
 
     def save_pretrained(self, folder: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """As ``nn.Module.load_state_dict``, but shape mismatches are listed all at once, key by key."""
-        expected = self.state_dict()
-        wrong = [f"  {k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}"
-                 for k, v in state_dict.items() if k in expected and expected[k].shape != v.shape]
-        if wrong:
-            raise InputError(f"ALIT checkpoint does not fit the config ({len(wrong)} shape mismatches):\n"
-                             + "\n".join(wrong))
-        if strict:
-            missing = sorted(set(expected) - set(state_dict))
-            unexpected = sorted(set(state_dict) - set(expected))
-            if missing or unexpected:
-                raise InputError(f"ALIT checkpoint keys do not match: missing {_short(missing)}, "
-                                 f"unexpected {_short(unexpected)}")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """Write ``config.json`` (``ALITConfig.to_dict()``) and ``model.safetensors`` into ``folder``, atomically."""
+        write_snapshot(folder, self.config.to_dict(), self.state_dict())
 
 
 _PER_ITER_KEYS = ("logits", "soft_code", "vq_loss", "code_indices", "latent_tokens", "image_tokens",
@@ -503,26 +465,25 @@ def latent_distillation_loss(outputs: dict[str, Any], codebook: torch.Tensor,
     return total, logs
 
 
-def load_alit_state_dict(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The weights in ``folder`` with the training-only ``gan_losses.*`` entries removed."""
-    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        sd = load_file(str(st), device=str(map_location))
-    elif pt.is_file():
-        sd = torch.load(pt, map_location=map_location, weights_only=True)
-        if "ema" in sd or "model" in sd:  # an official training checkpoint
-            sd = sd.get("ema", sd.get("model"))
-    else:
-        raise MissingWeightsError(
-            "ALIT", f"{st} (or {pt.name})",
-            "convert an official checkpoint (Dropbox links in the ALIT README) or train one; an official "
-            ".pth can be used as pytorch_model.bin")
-    return {k: v for k, v in sd.items() if not k.startswith("gan_losses.")}
+# ---- named configs (built by pipeline.models.registry) ------------------------------------------------
+# alit_small, alit_base, alit_semilarge: the released checkpoints, on the MAGE VQGAN (256 px, f16).
+# alit_demo: 64 px on vqgan_demo (f4), the same 16x16 grid and 32..256 tokens as the paper's.
 
 
-def _short(keys: list[str], n: int = 8) -> str:
-    return str(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+def _alit_demo() -> ALITConfig:
+    # The demo shares the pipeline's vqgan_demo (64 px, f=4: a 16x16 grid, MaskGIT key names), so one
+    # trained demo VQGAN serves TiTok and ALIT, and the token counts are the paper's 32..256.
+    # Xavier init and dead-code restarts: with the official init every image's 1-D tokens fall on the same
+    # codes, and the decoder learns the same code map for all images. A position-local start, as
+    # titok_demo's: without it, on the demo VQGAN, stage 1 ends with one output image for every input.
+    return ALITConfig(width=64, num_layers=2, num_heads=4, image_size=64, patch_size=4, vq_codebook_size=256,
+                      vq_token_dim=12, restart_dead_codes=True, init="local", vqgan=VQGAN_CONFIGS["vqgan_demo"]())
 
 
+ALIT_CONFIGS: dict[str, Callable[[], ALITConfig]] = {
+    # Released checkpoints (official adaptive_tokenizers/__init__.py); note that alit_small is 1024 wide.
+    "alit_small": lambda: ALITConfig(width=1024, num_layers=8, num_heads=8, vqgan=_mage_vqgan()),
+    "alit_base": lambda: ALITConfig(width=768, num_layers=12, num_heads=12, vqgan=_mage_vqgan()),
+    "alit_semilarge": lambda: ALITConfig(width=1024, num_layers=16, num_heads=16, vqgan=_mage_vqgan()),
+    "alit_demo": _alit_demo,
+}

@@ -37,16 +37,11 @@ Public API: ``init_local_attention(titok, gain=3.0)``, ``init_local_attention_al
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pipeline.models.vit import centre_patch_embedding_
-
-if TYPE_CHECKING:
-    from pipeline.models.alit import ALIT
-    from pipeline.models.titok import TiTok
 
 
 def latent_grid(n: int) -> tuple[int, int]:
@@ -126,8 +121,11 @@ def _init_titok_side(side: nn.Module, grid: int, latent_yx: torch.Tensor, heads:
 
 
 @torch.no_grad()
-def init_local_attention(model: TiTok, gain: float = 3.0) -> None:
-    """Re-initialise a (xavier-initialised) TiTok in place as described in the module docstring.
+def init_local_attention(model: nn.Module, gain: float = 3.0) -> None:
+    """Re-initialise a (xavier-initialised) ``TiTok`` in place as described in the module docstring.
+
+    Typed ``nn.Module``: the models call this from their constructors, so naming their classes here
+    would make the two modules import each other.
 
     ``gain`` scales W_q and W_k: at 3, an encoder latent token puts ~99% of its attention on its cell's
     patches and a decoder mask token ~100% on its cell's latent token (demo sizes).
@@ -142,8 +140,8 @@ def init_local_attention(model: TiTok, gain: float = 3.0) -> None:
 
 
 @torch.no_grad()
-def init_local_attention_alit(model: ALIT, gain: float = 3.0) -> None:
-    """Re-initialise a (xavier-initialised) ALIT in place as described in the module docstring."""
+def init_local_attention_alit(model: nn.Module, gain: float = 3.0) -> None:
+    """Re-initialise a (xavier-initialised) ``ALIT`` in place as described in the module docstring."""
     c = model.config
     hd = _check_heads("ALIT", c.width, c.num_heads)
     z = c.vqgan.z_channels

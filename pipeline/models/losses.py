@@ -16,10 +16,11 @@ Public API
 ``LPIPS(vgg_path, lin_path)``: the learned perceptual distance of Zhang et al. (2018) on VGG16
     features relu1_2 ... relu5_3: per layer, unit-normalise the channels, square the difference, weight
     channels with the learned 1x1 layer, average over space, sum over layers. ``forward(x, y)`` with
-    images in [0, 1] -> (B,) distances. Weights come from two local files, loaded with
-    ``torch.load(weights_only=True)``: torchvision's ImageNet VGG16 state dict (``features.*`` keys,
-    e.g. ``vgg16-397923af.pth``) and the LPIPS v0.1 linear layers (``lin{0..4}.model.1.weight``, the
-    ``vgg.pth`` shipped in the ``lpips`` package). A missing file raises ``MissingWeightsError``.
+    images in [0, 1] -> (B,) distances. Weights come from two local files, read and loaded strictly
+    by ``pipeline.models.checkpoints`` (``torch.load(weights_only=True)``): torchvision's ImageNet
+    VGG16 state dict (``features.*`` keys, e.g. ``vgg16-397923af.pth``) and the LPIPS v0.1 linear
+    layers (``lin{0..4}.model.1.weight``, the ``vgg.pth`` shipped in the ``lpips`` package). A missing
+    file raises ``MissingWeightsError``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg as tv_vgg
 
-from pipeline.errors import InputError, MissingWeightsError
+from pipeline.errors import MissingWeightsError
+from pipeline.models.checkpoints import load_state_dict_strict, read_state_dict
 
 
 class PatchDiscriminator(nn.Module):
@@ -91,35 +93,29 @@ _LIN_HOW = ("the LPIPS v0.1 linear layers: `pip download lpips` (or clone richzh
             "copy lpips/weights/v0.1/vgg.pth to this path")
 
 
-def _load_local(path: str | Path, what: str, how: str) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
+def _read_local(path: str | Path, what: str, how: str) -> dict[str, torch.Tensor]:
+    """The state dict in a local weights file; a missing file says how to get it (nothing is downloaded)."""
+    if not Path(path).is_file():
         raise MissingWeightsError(what, str(path), how)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise InputError(f"cannot read {what} from {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(state, dict):
-        raise InputError(f"{path} holds a {type(state).__name__}, expected a state dict of {what}")
-    return state
+    return read_state_dict(path)
 
 
 class LPIPS(nn.Module):
     def __init__(self, vgg_path: str | Path, lin_path: str | Path) -> None:
         super().__init__()
         features = tv_vgg.make_layers(tv_vgg.cfgs["D"])[: _LPIPS_TAPS[-1] + 1]  # vgg16 up to relu5_3
-        vgg = _load_local(vgg_path, "the LPIPS VGG16 backbone", _VGG_HOW)
+        vgg = _read_local(vgg_path, "the LPIPS VGG16 backbone", _VGG_HOW)
         vgg = {k.removeprefix("features."): v for k, v in vgg.items()
                if k.startswith("features.") and int(k.split(".")[1]) <= _LPIPS_TAPS[-1]}
-        _strict_load(features, vgg, vgg_path, "torchvision VGG16 features")
+        load_state_dict_strict(features, vgg, vgg_path, expected="torchvision VGG16 features (features.* keys)")
         bounds = (0, *(t + 1 for t in _LPIPS_TAPS))
         self.slices = nn.ModuleList(features[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
-        lin = _load_local(lin_path, "the LPIPS linear layers", _LIN_HOW)
+        lin = _read_local(lin_path, "the LPIPS linear layers", _LIN_HOW)
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _LPIPS_CHANNELS)
         lin = {f"{i}.weight": lin.get(f"lin{i}.model.1.weight") for i in range(len(_LPIPS_CHANNELS))}
-        _strict_load(self.lins, {k: v for k, v in lin.items() if v is not None}, lin_path,
-                     "LPIPS linear layers (keys lin{i}.model.1.weight)")
+        load_state_dict_strict(self.lins, {k: v for k, v in lin.items() if v is not None}, lin_path,
+                               expected="the LPIPS linear layers (keys lin{i}.model.1.weight)")
         # the LPIPS input scaling: images in [-1, 1] are standardised with these per-channel constants
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
@@ -139,12 +135,3 @@ class LPIPS(nn.Module):
             dist = dist + lin((a - b).pow(2)).mean(dim=(1, 2, 3))  # (B,)
         return dist
 
-
-def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
-    own = module.state_dict()
-    problems = [f"missing {k}" for k in own if k not in state]
-    problems += [f"{k}: file has {tuple(state[k].shape)}, expected {tuple(v.shape)}"
-                 for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if problems:
-        raise InputError(f"{path} does not hold {what}: " + "; ".join(problems[:6]))
-    module.load_state_dict(state)

@@ -31,7 +31,9 @@ Public API
 * ``forward(images) -> (decode(encode(images)[0]), info)``.
 * ``load_pixel_decoder(vqgan)``: copy a ``MaskGITVQGAN``'s decoder and codebook into
   ``pixel_decoder`` / ``pixel_quantize`` (the official stage-2 initialisation).
-* ``from_pretrained(folder)`` / ``save_pretrained(folder)``: see ``pipeline.models.checkpoints``.
+* ``TiTok.from_pretrained(folder, **overrides)`` / ``save_pretrained(folder)``: a snapshot folder
+  (``pipeline.models.checkpoints``) whose ``config.json`` is the official nested config or ours.
+``TITOK_CONFIGS``: the named configs (at the bottom of this file), built through ``pipeline.models.registry``.
 
 Official quirks reproduced:
 
@@ -46,14 +48,25 @@ Official quirks reproduced:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from pipeline.errors import InputError, MissingWeightsError
+from pipeline.models.checkpoints import (
+    LAYOUT,
+    load_state_dict_strict,
+    read_json,
+    read_state_dict,
+    weights_file,
+    write_snapshot,
+)
 from pipeline.models.local_init import init_local_attention
-from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig, VQGANDecoder, VQGANQuantizer
+from pipeline.models.maskgit_vqgan import VQGAN_CONFIGS, MaskGITVQGAN, VQGANConfig, VQGANDecoder, VQGANQuantizer
 from pipeline.models.quantizer import GaussianLatent, VectorQuantizer
 from pipeline.models.vit import Transformer, weight_init
 
@@ -63,6 +76,9 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "base": (768, 12, 12),
     "large": (1024, 24, 16),
 }
+HOW_TITOK = ("hf download yucornetto/tokenizer_titok_l32_imagenet --local-dir {folder}  "
+             "(other released tokenizers: yucornetto/tokenizer_titok_{{b64,s128,bl64_vq8k,bl128_vq8k,"
+             "sl256_vq8k,ll32_vae_c16,bl64_vae_c16,bl128_vae_c16}}_imagenet)")
 
 
 @dataclass
@@ -166,6 +182,26 @@ class TiTokConfig:
                           commitment_cost=vq.get("commitment_cost", 0.25))
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], source: str | Path = "config.json", **overrides: Any) -> TiTokConfig:
+        """The config of a snapshot's ``config.json``: ours or the official one; ``overrides`` replace fields.
+
+        Ours is ``{"model_type": "titok", "config": {...TiTokConfig fields...}}`` (``save_pretrained``).
+        The official one is nested, ``{"model": {"vq_model": {...}}, "dataset": {"preprocessing":
+        {"crop_size": ...}}}`` as in ``yucornetto/tokenizer_titok_*_imagenet``, mapped by
+        :meth:`from_official`; extra ViT size names may sit in a top-level ``"vit_sizes"`` entry
+        ({name: {"width", "num_layers", "num_heads"}}). ``source`` names the file in errors.
+        """
+        try:
+            if raw.get("model_type") == "titok":
+                return cls.from_dict({**raw["config"], **overrides})
+            if "model" in raw and "vq_model" in raw["model"]:
+                return cls.from_official(raw, extra_sizes=raw.get("vit_sizes"), **overrides)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{source}: not a usable TiTok config: {err}") from err
+        raise InputError(f"{source}: not a TiTok config (expected the official {{'model': {{'vq_model': ...}}}} "
+                         "layout or {'model_type': 'titok', 'config': ...})")
 
 
 class DepthToSpace(nn.Module):
@@ -330,12 +366,83 @@ class TiTok(nn.Module):
         self.pixel_quantize.embedding.load_state_dict(vqgan.quantize.embedding.state_dict())  # no usage EMA
 
     @classmethod
-    def from_pretrained(cls, folder, **overrides) -> TiTok:
-        from pipeline.models.checkpoints import load_titok
+    def from_pretrained(cls, folder: str | Path, **overrides: Any) -> TiTok:
+        """Build from ``folder/config.json`` (see :meth:`TiTokConfig.from_json`), load the weights strictly.
 
-        return load_titok(folder, **overrides)
+        State-dict keys are the official ones, so a released snapshot loads without any key mapping.
+        """
+        folder = Path(folder)
+        how = HOW_TITOK.format(folder=folder)
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise MissingWeightsError("TiTok tokenizer", f"{config_path} (snapshot layout: {LAYOUT})", how)
+        weights = weights_file(folder)
+        if weights is None:
+            raise MissingWeightsError("TiTok tokenizer", f"{folder}/model.safetensors or pytorch_model.bin "
+                                      f"(snapshot layout: {LAYOUT})", how)
+        model = cls(TiTokConfig.from_json(read_json(config_path), config_path, **overrides))
+        load_state_dict_strict(model, read_state_dict(weights), weights,
+                               hint="check that config.json describes this checkpoint (sizes, token count, "
+                                    "codebook, is_legacy / finetune_decoder / quantize_mode)")
+        return model.eval()
 
-    def save_pretrained(self, folder) -> None:
-        from pipeline.models.checkpoints import save_pretrained
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write ``config.json`` (ours) and ``model.safetensors`` into ``folder``, each atomically."""
+        write_snapshot(folder, {"model_type": "titok", "config": self.config.to_dict()}, self.state_dict())
 
-        save_pretrained(self, folder)
+
+# ---- named configs (built by pipeline.models.registry) ------------------------------------------------
+# titok_s128, titok_b64, titok_l32: the released two-stage tokenizers (legacy proxy-code head + MaskGIT-VQGAN
+#     pixel decoder; 83.67M / 204.81M / 641.05M parameters with the pixel decoder).
+# titok_bl64_vq8k, titok_bl128_vq8k, titok_sl256_vq8k: single-stage VQ, RGB head.
+# titok_ll32_vae, titok_bl64_vae, titok_bl128_vae: single-stage VAE (16 channels), RGB head.
+# titok_demo: a tiny 32-token TiTok for 64x64 images with the legacy proxy-code head, whose pixel decoder and
+#     proxy codebook are vqgan_demo's (decoder grid 16x16 = the VQGAN grid); it starts position-local
+#     (init="local") and keeps token j = latent j (legacy_reshape=False).
+
+
+def _vit(prefix: str, size: str) -> dict[str, int]:
+    width, depth, heads = VIT_SIZES[size]
+    return {f"{prefix}_width": width, f"{prefix}_depth": depth, f"{prefix}_heads": heads}
+
+
+def _titok_legacy(size: str, tokens: int) -> TiTokConfig:
+    return TiTokConfig(**_vit("enc", size), **_vit("dec", size), num_latent_tokens=tokens, token_size=12,
+                       codebook_size=4096, use_l2_norm=True, legacy=True, pixel_decoder=True)
+
+
+def _titok_vq8k(enc: str, dec: str, tokens: int) -> TiTokConfig:
+    return TiTokConfig(**_vit("enc", enc), **_vit("dec", dec), num_latent_tokens=tokens, token_size=64,
+                       codebook_size=8192, use_l2_norm=False, legacy=False, pixel_decoder=False)
+
+
+def _titok_vae(enc: str, dec: str, tokens: int) -> TiTokConfig:
+    return TiTokConfig(**_vit("enc", enc), **_vit("dec", dec), num_latent_tokens=tokens, token_size=16,
+                       quantize_mode="vae", legacy=False, pixel_decoder=False)
+
+
+def _titok_demo() -> TiTokConfig:
+    # Width 96 x 3 layers: a stage-1 step costs ~0.9 GFLOP per image, so the demo trains in minutes on CPU.
+    # Dead-code restarts: with the official codebook, a few hundred steps leave every image with the same
+    # 32 codes. init="local" (pipeline.models.local_init): from xavier or the official init the model
+    # stays where every token carries the image's mean colour; the local start needs token j = latent j,
+    # hence legacy_reshape=False (the proxy-code head and pixel decoder stay the legacy ones).
+    return TiTokConfig(image_size=64, enc_width=96, enc_depth=3, enc_heads=4, enc_patch_size=8,
+                       dec_width=96, dec_depth=3, dec_heads=4, dec_patch_size=4, num_latent_tokens=32,
+                       token_size=12, codebook_size=256, use_l2_norm=True, restart_dead_codes=True,
+                       init="local", legacy=True, legacy_reshape=False, pixel_decoder=True,
+                       vqgan=VQGAN_CONFIGS["vqgan_demo"]())
+
+
+TITOK_CONFIGS: dict[str, Callable[[], TiTokConfig]] = {
+    "titok_s128": lambda: _titok_legacy("small", 128),
+    "titok_b64": lambda: _titok_legacy("base", 64),
+    "titok_l32": lambda: _titok_legacy("large", 32),
+    "titok_bl64_vq8k": lambda: _titok_vq8k("base", "large", 64),
+    "titok_bl128_vq8k": lambda: _titok_vq8k("base", "large", 128),
+    "titok_sl256_vq8k": lambda: _titok_vq8k("small", "large", 256),
+    "titok_ll32_vae": lambda: _titok_vae("large", "large", 32),
+    "titok_bl64_vae": lambda: _titok_vae("base", "large", 64),
+    "titok_bl128_vae": lambda: _titok_vae("base", "large", 128),
+    "titok_demo": _titok_demo,
+}

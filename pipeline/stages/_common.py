@@ -14,15 +14,11 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.data.shards import ShardDataset, load_split, read_manifest
+from pipeline.layout import prepared_root
 from pipeline.params import Optim, Params
 from pipeline.train.loop import TrainConfig
 
 IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are decoded once and held in memory
-
-
-def prepared_root(params: Params) -> Path:
-    """The prepared-data folder written by the ``prepare`` stage."""
-    return Path(params.paths.data) / "prepared"
 
 
 def results_dir(params: Params, stage: str) -> Path:

@@ -24,9 +24,10 @@ from pipeline.data.transforms import decode_stored
 from pipeline.errors import InputError
 from pipeline.experiments.tokenopt import TokenOptConfig
 from pipeline.io import write_json
+from pipeline.layout import prepared_root
 from pipeline.models.titok import TiTok
 from pipeline.params import Params, TokenoptLoop
-from pipeline.stages._common import load_chosen_titok, prepared_root
+from pipeline.stages._common import load_chosen_titok
 
 IMAGES_FILE = "images.npz"
 RECORDS_FILE = "records.json"

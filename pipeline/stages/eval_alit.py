@@ -35,12 +35,13 @@ from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
 from pipeline.experiments import alit_analysis as aa
 from pipeline.io import atomic_dir, write_json
-from pipeline.metrics.evaluation import feature_space
+from pipeline.layout import prepared_root
 from pipeline.metrics.fid import fidelity_metrics, reference_stats
 from pipeline.metrics.image_stats import png_bits_per_pixel
 from pipeline.metrics.images import to_float
 from pipeline.models.alit import ALIT
 from pipeline.params import Params
+from pipeline.stages._inputs import feature_space
 from pipeline.tracking import stage_run
 
 STAGE = "eval_alit"
@@ -101,7 +102,7 @@ def run(params: Params) -> int:
         raise InputError(f"eval_alit.attention_layer: {cfg.attention_layer} out of range for a decoder of "
                          f"{model.config.num_layers} blocks")
     counts = sorted(cfg.token_counts)
-    root = Path(params.paths.data) / "prepared"
+    root = prepared_root(params)
     manifest = read_manifest(root)
     if manifest.get("image_size") not in (None, model.config.image_size):
         raise InputError(f"{root}: images are {manifest['image_size']} px but the ALIT at {folder} works on "

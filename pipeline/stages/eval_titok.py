@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 
 from pipeline.io import write_json
+from pipeline.layout import prepared_root
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
-from pipeline.stages._common import prepared_root, results_dir, save_image_grid, titok_dir, to_float, to_uint8
+from pipeline.stages._common import results_dir, save_image_grid, titok_dir, to_float, to_uint8
 from pipeline.stages.train_titok import reconstruct
 from pipeline.tracking import stage_run
 
@@ -37,9 +38,9 @@ def run(params: Params) -> int:
     """Reconstruct the evaluation split and write the metrics and a reconstruction grid."""
     from pipeline.data.shards import load_split
     from pipeline.metrics.clip_score import zero_shot_accuracy
-    from pipeline.metrics.evaluation import class_names, feature_space, judge_clip
     from pipeline.metrics.fid import fidelity_metrics, reference_stats
     from pipeline.metrics.image_stats import l1, psnr, ssim
+    from pipeline.stages._inputs import class_names, feature_space, judge_clip
 
     cfg = params.eval_titok
     results = results_dir(params, STAGE)

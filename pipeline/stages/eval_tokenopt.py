@@ -42,7 +42,13 @@ import torch
 from pipeline.errors import InputError
 from pipeline.io import write_json, write_text
 from pipeline.metrics.clip_score import clip_score, zero_shot_classifier, zero_shot_logits
-from pipeline.metrics.evaluation import (
+from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics
+from pipeline.metrics.image_stats import l1, mean_brightness, psnr
+from pipeline.models.clip import ClipModel
+from pipeline.params import Params
+from pipeline.stages import _tokenopt as common
+from pipeline.stages._common import results_dir
+from pipeline.stages._inputs import (
     class_names,
     feature_space,
     fid_num_samples,
@@ -50,12 +56,6 @@ from pipeline.metrics.evaluation import (
     judge_clip,
     objective_clip,
 )
-from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics
-from pipeline.metrics.image_stats import l1, mean_brightness, psnr
-from pipeline.models.clip import ClipModel
-from pipeline.params import Params
-from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import results_dir
 from pipeline.tracking import stage_run
 
 STAGE = "eval_tokenopt"

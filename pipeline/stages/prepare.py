@@ -33,6 +33,7 @@ from pipeline.data.shard_writer import MANIFEST, SAMPLES, SKIPPED, ShardWriter
 from pipeline.data.transforms import Prepared, Skipped, apply, decode_stored
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir, write_json
+from pipeline.layout import prepared_root
 from pipeline.params import Params
 
 SAMPLES_PER_SPLIT = 10
@@ -174,7 +175,7 @@ def run(params: Params) -> int:
     """``python -m pipeline prepare``: build ``<paths.data>/prepared`` and log it to MLflow."""
     from pipeline.tracking import stage_run
 
-    out = Path(params.paths.data) / "prepared"
+    out = prepared_root(params)
     opened = open_source(params)  # a whole-input failure stops here, before any run is recorded
     with stage_run("prepare", params) as tracked:
         start = time.perf_counter()

@@ -26,6 +26,7 @@ from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
 from pipeline.experiments import token_manipulation as tm
 from pipeline.io import atomic_dir, write_json
+from pipeline.layout import prepared_root
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.stages._common import load_chosen_titok
@@ -83,7 +84,7 @@ def run(params: Params) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device)
 
-    root = Path(params.paths.data) / "prepared"
+    root = prepared_root(params)
     imagenet = str(read_manifest(root).get("source", "")).startswith("imagenet")
     data = load_split(root, cfg.split, limit=cfg.num_images)
     images = torch.from_numpy(data.images)  # (M, H, W, 3) uint8

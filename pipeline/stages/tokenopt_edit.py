@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from pipeline.experiments.tokenopt_tasks import edit_images
 from pipeline.io import atomic_dir
-from pipeline.metrics.evaluation import class_names, objective_clip
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
 from pipeline.stages._common import results_dir, save_image_grid, to_uint8
+from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
 STAGE = "tokenopt_edit"

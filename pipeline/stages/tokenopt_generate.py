@@ -34,12 +34,12 @@ from tqdm import tqdm
 from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
 from pipeline.experiments.tokenopt_tasks import TaskOutput, associate_seeds, generate_class_images
 from pipeline.io import atomic_dir
-from pipeline.metrics.evaluation import class_names, objective_clip
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.side_by_side import in_parallel, run_jobs
 from pipeline.stages import _tokenopt as common
 from pipeline.stages._common import results_dir, save_image_grid, to_uint8
+from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
 STAGE = "tokenopt_generate"

@@ -19,15 +19,15 @@ and ``<paths.results>/train_alit/metrics.json`` (DVC metrics); logs to MLflow.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.io import atomic_dir, write_json
-from pipeline.models.alit import ALIT, ALITConfig
+from pipeline.models.alit import ALIT
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
+from pipeline.models.registry import model_config
 from pipeline.params import Optim, Params
 from pipeline.stages._common import (
     checkpoint_dir,
@@ -68,12 +68,12 @@ def load_base_vqgan(params: Params) -> MaskGITVQGAN:
 
 def build_alit(params: Params, vqgan: MaskGITVQGAN) -> ALIT:
     """The named ALIT at ``image_size`` on ``vqgan`` (its config and weights)."""
-    factor = 2 ** (len(vqgan.config.ch_mult) - 1)
+    factor = vqgan.config.downsample_factor
     if params.image_size % factor:
         raise InputError(f"image_size {params.image_size} is not a multiple of the VQGAN's downsampling "
                          f"factor {factor}")
-    config = replace(ALITConfig.named(params.train_alit.model), image_size=params.image_size, patch_size=factor,
-                     vqgan=vqgan.config)
+    config = model_config(params.train_alit.model, image_size=params.image_size, patch_size=factor,
+                          vqgan=vqgan.config)
     torch.manual_seed(params.seed)
     alit = ALIT(config)
     alit.base_tokenizer.vqgan.load_state_dict(vqgan.state_dict())

@@ -31,11 +31,12 @@ import torch
 from pipeline.data.demo import NUMBER_WORDS, PLURALS
 from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_json, write_text
+from pipeline.layout import JUDGE_SUBDIR, prepared_root, trained_clip_dir
 from pipeline.metrics.clip_score import zero_shot_accuracy
-from pipeline.metrics.evaluation import JUDGE_SUBDIR, class_names, trained_clip_dir
 from pipeline.models.clip import ClipModel, create_clip, load_clip, num_parameters, save_clip
 from pipeline.params import Params
 from pipeline.side_by_side import run_jobs
+from pipeline.stages._inputs import class_names
 from pipeline.tracking import stage_run
 from pipeline.train.clip import ClipTrainConfig, ClipTrainResult, train_clip
 
@@ -67,7 +68,7 @@ def caption_variants(meta: dict) -> list[str]:
 
 
 def _val(params: Params):
-    return load_split(Path(params.paths.data) / "prepared", "val", limit=params.clip.eval_images)
+    return load_split(prepared_root(params), "val", limit=params.clip.eval_images)
 
 
 def _train_one(images: torch.Tensor, labels: torch.Tensor, captions: list[list[str]], label_texts: list[str],
@@ -85,7 +86,7 @@ def _train_one(images: torch.Tensor, labels: torch.Tensor, captions: list[list[s
 
 def _train(params: Params, run) -> dict:
     c = params.clip
-    train = load_split(Path(params.paths.data) / "prepared", "train")
+    train = load_split(prepared_root(params), "train")
     names = class_names(params)
     data = (torch.from_numpy(train.images), torch.from_numpy(train.labels), [caption_variants(m) for m in train.meta],
             [c.templates[0].format(n) for n in names])

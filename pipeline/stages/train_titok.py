@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pipeline.io import atomic_dir, write_json
-from pipeline.models.checkpoints import save_pretrained
+from pipeline.layout import prepared_root
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.models.titok import TiTok
@@ -27,7 +27,6 @@ from pipeline.stages._common import (
     checkpoint_dir,
     final_metrics,
     prefixed_logger,
-    prepared_root,
     remove_checkpoints,
     results_dir,
     save_image_grid,
@@ -138,7 +137,7 @@ def run(params: Params) -> int:
                         title=f"{STAGE}: val reconstructions from {titok.config.num_latent_tokens} tokens, "
                               f"PSNR {val_psnr:.2f} dB")
         with atomic_dir(out_dir) as tmp:
-            save_pretrained(titok, tmp)
+            titok.save_pretrained(tmp)
         metrics = {"source": cfg.source, "model": cfg.model if cfg.source == "train" else str(cfg.folder),
                    "num_tokens": titok.config.num_latent_tokens,
                    "parameters": sum(p.numel() for p in titok.parameters()),

@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 
 from pipeline.io import atomic_dir, write_json
-from pipeline.models.checkpoints import save_pretrained
+from pipeline.layout import prepared_root
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.params import Params
 from pipeline.stages._common import (
     checkpoint_dir,
     final_metrics,
-    prepared_root,
     remove_checkpoints,
     results_dir,
     save_image_grid,
@@ -87,7 +86,7 @@ def run(params: Params) -> int:
         save_image_grid([shown, recon], results / "reconstructions.png", labels=["input", "VQGAN"],
                         title=f"{STAGE}: val reconstructions, PSNR {quality['psnr']:.2f} dB")
         with atomic_dir(out_dir) as tmp:
-            save_pretrained(vqgan, tmp)
+            vqgan.save_pretrained(tmp)
         metrics = {"source": cfg.source, "model": cfg.model if cfg.source == "train" else str(cfg.folder),
                    "parameters": sum(p.numel() for p in vqgan.parameters()),
                    "val": quality, **train_metrics}

@@ -1,5 +1,10 @@
-"""What the evaluation stages call: the CLIP models and the FID set-up that ``params.yaml`` names.
+"""What ``params.yaml`` names, loaded: prepared data, the CLIP models and the FID set-up of the stages.
 
+The stage side of the stage/library line: the library (``pipeline.models``, ``metrics``, ``data``,
+``train``, ``experiments``) takes plain values (folders, model names, images) and never imports
+``pipeline.params``; the stages turn their parameters into those values here.
+
+- :func:`class_names`: the class names of the prepared data.
 - :func:`objective_clip` / :func:`judge_clip`: the CLIP that token optimisation maximises and the
   independent judge that scores its results. Demo: the two models ``train_clip`` trains
   (``<paths.models>/clip`` and ``<paths.models>/clip/judge``: other image tower, other seed; no
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.data.shards import load_split, read_manifest
+from pipeline.data.shards import load_split, manifest_class_names
 from pipeline.errors import InputError
+from pipeline.layout import JUDGE_SUBDIR, prepared_root, trained_clip_dir
 from pipeline.metrics.fid import (
     FeatureSpace,
     ReferenceStats,
@@ -27,13 +33,6 @@ from pipeline.metrics.fid import (
 )
 from pipeline.models.clip import ClipModel, load_clip
 from pipeline.params import Params
-
-JUDGE_SUBDIR = "judge"  # the demo judge's folder inside trained_clip_dir
-
-
-def trained_clip_dir(params: Params) -> Path:
-    """Where ``train_clip`` writes the demo CLIP (open_clip ``local-dir`` layout)."""
-    return Path(params.paths.models) / "clip"
 
 
 def _trained(folder: Path, config: str, device: str) -> ClipModel:
@@ -61,8 +60,7 @@ def judge_clip(params: Params, device: str = "cpu") -> ClipModel:
 
 def class_names(params: Params) -> list[str]:
     """Class names of the prepared data, in label order."""
-    classes = read_manifest(Path(params.paths.data) / "prepared")["classes"]
-    return [c["name"] for c in sorted(classes, key=lambda c: c["index"])]
+    return manifest_class_names(prepared_root(params))
 
 
 def feature_space(params: Params, clip: ClipModel | None = None) -> FeatureSpace:
@@ -89,5 +87,5 @@ def fid_reference(params: Params, space: FeatureSpace, cache: str | Path, *,
     if f.adm_npz is not None and split in (None, f.reference_split):
         return reference_stats(space, adm_npz=f.adm_npz, cache=cache, prc_images=f.prc_images,
                                batch_size=f.batch_size)
-    data = load_split(Path(params.paths.data) / "prepared", split or f.reference_split, limit=f.reference_images)
+    data = load_split(prepared_root(params), split or f.reference_split, limit=f.reference_images)
     return reference_stats(space, images=data.images, cache=cache, prc_images=f.prc_images, batch_size=f.batch_size)
