@@ -7,11 +7,13 @@ named ``.<name>.tmp-<pid>`` (git- and DVC-ignored) and stale ones are removed on
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,58 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path``, atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def _csv_cell(value: Any) -> Any:
+    # 6 significant digits: a training curve is read by eye and diffed by DVC, not re-used as data
+    return f"{value:.6g}" if isinstance(value, float) else "" if value is None else value
+
+
+def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Write ``rows`` under the header ``columns``, atomically; a key a row lacks is an empty cell."""
+    buffer = StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
+    write_text(path, buffer.getvalue())
+
+
+def _dotted(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(obj, Mapping) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def write_metrics(folder: str | os.PathLike[str], details: Mapping[str, Any], headline: Mapping[str, str]) -> dict:
+    """Write a stage's numbers as ``metrics.json`` (the headline) and ``details.json`` (the full record).
+
+    ``dvc metrics show`` prints every key of every metrics file as one column of one table, so a metrics
+    file holds only the few scalars a person compares across runs: ``headline`` maps each flat name of
+    ``metrics.json`` to the dotted key of ``details`` it shows (absent keys are left out, e.g. the
+    training values of an imported model). ``details.json`` holds everything, headline included, under the
+    same keys as before: the report and ``verify`` read it by key. Returns the headline written.
+    """
+    folder = Path(folder)
+    shown = {name: value for name, key in headline.items() if (value := _dotted(details, key)) is not None}
+    if any(isinstance(v, Mapping | list) for v in shown.values()):
+        raise ValueError(f"{folder}/metrics.json: headline values must be scalars, found {shown}")
+    write_json(folder / "details.json", details)
+    write_json(folder / "metrics.json", shown)
+    return shown
+
+
+CURVE_COLUMNS = ("step", "loss")  # first, and present even in the curve of a run that trained nothing
+
+
+def write_curve(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """A training curve as a DVC plot (``x: step``): one CSV row per logged step, atomically.
+
+    ``rows`` are what the run logged to MLflow every ``log_every`` steps (``TrainResult.history``):
+    ``step``, ``loss``, then the other series (loss terms, codebook usage, ``lr``, ``images_per_s``) in
+    name order. No rows (an imported model, a phase with 0 steps) leaves the header alone, which
+    ``dvc plots`` shows as no plot.
+    """
+    rest = sorted({k for row in rows for k in row} - set(CURVE_COLUMNS))
+    write_csv(path, rows, [*CURVE_COLUMNS, *rest])

@@ -11,7 +11,7 @@ Reads ``<paths.results>/report/report.json`` (written with report.md by the ``re
    content on disk hashes to it. Hashes come from DVC's own code (``dvc_data`` build, honouring
    .dvcignore): md5 of the content for a file, the ``.dir`` md5 for a folder;
 3. every figure shown has the md5 the report printed;
-4. every number shown equals the value in its metrics file now, and report.md shows it;
+4. every number shown equals the value in its file now (a stage's details.json), and report.md shows it;
 5. report.md and report.html are what report.json renders to, and every verdict of report.json
    (paper rows and ground-truth checks) is what the metrics files and the paper numbers give now;
    summary.json agrees with report.json;

@@ -132,9 +132,11 @@ def assert_same_results(a: Path, b: Path, rel: float = 1e-3) -> None:
     prepared = [p for p in outs[0] if p.endswith("/prepared")]
     assert prepared and all(outs[0][p] == outs[1][p] for p in prepared), "prepared data differs"
     diffs: list[str] = []
-    for path in sorted(p for p in outs[0] if p.endswith("metrics.json")):
+    # metrics.json is the headline of details.json (the full record): both, so nothing goes unchecked
+    for path in sorted(p for p in outs[0] if p.endswith(("metrics.json", "details.json"))):
         _close(json.loads((a / path).read_text()), json.loads((b / path).read_text()), path, rel, diffs)
     assert not diffs, "metrics differ:\n" + "\n".join(diffs[:40])
+    # (the training curves hold images/s: they differ between runs by design)
     byte_diffs = sorted(p for p in outs[0] if outs[0][p] != outs[1][p])
     if byte_diffs:
         print(f"outputs equal in metrics but not byte-identical: {byte_diffs}")

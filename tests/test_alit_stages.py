@@ -162,9 +162,10 @@ def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatc
     assert stage.run(params) == 0
 
     out = tmp_path / "results" / "eval_alit"
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "rfid_vs_tokens.csv", "rfid_vs_tokens.png",
-                                               "per_image.csv", "complexity.png", "attention.png"}
-    m = json.loads((out / "metrics.json").read_text())
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "details.json", "rfid_vs_tokens.csv",
+                                               "rfid_vs_tokens.png", "per_image.csv", "complexity.png",
+                                               "attention.png"}
+    m = json.loads((out / "details.json").read_text())
     assert set(m["val"]["per_tokens"]) == {"32", "64", "256"}
     for s in m["val"]["per_tokens"].values():
         assert 0 <= s["l1"] <= 1 and s["psnr"] > 0 and s["rfid"] >= 0
@@ -178,6 +179,12 @@ def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatc
     rows = (out / "rfid_vs_tokens.csv").read_text().splitlines()
     assert rows[0] == "tokens,l1,psnr,rfid,probe_accuracy,ood_l1,ood_psnr,ood_rfid" and len(rows) == 4
     assert len((out / "per_image.csv").read_text().splitlines()) == 21
+    headline = json.loads((out / "metrics.json").read_text())
+    curve = m["val"]["per_tokens"]
+    assert headline == {"rfid_32": curve["32"]["rfid"], "rfid_256": curve["256"]["rfid"],
+                        "adaptive_mean_tokens": a["mean_tokens"], "adaptive_rfid": a["rfid"],
+                        "complexity_spearman": m["complexity"]["spearman_png_bpp"],
+                        "ood_mean_tokens": m["familiarity"]["mean_tokens_ood"]}
 
 
 def test_eval_stage_rejects_counts_the_model_cannot_reach(tmp_path, monkeypatch):
@@ -205,6 +212,12 @@ def test_train_stage_trains_both_stages_and_saves_a_loadable_model(tmp_path, mon
 
     alit = ALIT.from_pretrained(tmp_path / "models" / "alit")
     assert alit.config.image_size == 32 and alit.config.grid_size == 8 and alit.config.width == 64  # alit_demo
-    m = json.loads((tmp_path / "results" / "train_alit" / "metrics.json").read_text())
+    results = tmp_path / "results" / "train_alit"
+    m = json.loads((results / "details.json").read_text())
     assert m["stage1"]["steps"] == 2 and m["stage2"]["steps"] == 2
+    headline = json.loads((results / "metrics.json").read_text())
+    assert headline["stage1_steps"] == 2 and headline["stage2_loss"] == m["stage2"]["loss"]
+    for phase in ("stage1", "stage2"):  # log_every defaults to 10: the last step is always logged
+        rows = (results / f"curve_{phase}.csv").read_text().splitlines()
+        assert rows[0].startswith("step,loss,") and "images_per_s" in rows[0] and rows[1].startswith("2,")
     assert not list((tmp_path / "models" / "checkpoints").glob("train_alit*"))

@@ -196,15 +196,22 @@ def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
         "clip": {"train": {"epochs": 2, "batch_size": 10, "warmup_steps": 1}}, "fid": {"samples_per_class": 2}})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)
     assert stage.run(params) == 0
-    metrics = json.loads((tmp_path / "results" / "clip" / "metrics.json").read_text())
+    results = tmp_path / "results" / "clip"
+    metrics = json.loads((results / "details.json").read_text())
     assert metrics["steps"] == 6 and metrics["val_images"] == 20 and metrics["chance"] == pytest.approx(0.1)
     assert 0 <= metrics["zero_shot_top1"] <= 1
     # the judge: another config, another seed, its own accuracy
     judge_metrics = metrics["judge"]
     assert judge_metrics["model"] == "clip_judge_demo" != metrics["model"]
     assert judge_metrics["seed"] == params.seed + 1 and 0 <= judge_metrics["zero_shot_top1"] <= 1
-    assert not any("seconds" in k for k in metrics)  # timings go to MLflow: metrics.json is reproducible
-    assert (tmp_path / "results" / "clip" / "train_loss.csv").read_text().startswith("step,loss\n0,")
+    assert not any("seconds" in k for k in metrics)  # timings go to MLflow: details.json is reproducible
+    headline = json.loads((results / "metrics.json").read_text())
+    assert headline == {"parameters": metrics["parameters"], "steps": 6, "loss": metrics["final_loss"],
+                        "zero_shot_top1": metrics["zero_shot_top1"],
+                        "judge_top1": judge_metrics["zero_shot_top1"], "chance": metrics["chance"]}
+    for role in ("objective", "judge"):  # the training curves: step 0 and every 10th, with images/s
+        rows = (results / f"curve_{role}.csv").read_text().splitlines()
+        assert rows[0] == "step,loss,images_per_s" and [r.split(",")[0] for r in rows[1:]] == ["0"]
     clip = judge_clip(params)  # the demo judge, read back from models/clip/judge
     assert clip.image_size == (64, 64) and clip.name == "clip_judge_demo"
     objective = objective_clip(params)

@@ -190,7 +190,7 @@ def test_report_has_every_section(finished):
     summary = json.loads((finished / "results/report/summary.json").read_text())
     assert summary["numbers"]["within"] == 1 and summary["numbers"]["outside"] == 1
     assert summary["numbers"]["unknown"] == 1 and summary["ground_truth"]["pass"] == 1
-    assert summary["reproduced"]["a_within"] == 2.2
+    assert set(summary) == {"numbers", "ground_truth"}  # the headline: the values are in report.json
     assert "Data and pipelines are up to date." in _run(["dvc", "status"], finished).stdout
 
 

@@ -197,11 +197,14 @@ def test_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
     assert stage.run(params) == 0
 
     out = tmp_path / "results" / "token_manipulation"
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "positions.json", "figures"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "details.json", "positions.json", "figures"}
     assert {p.name for p in (out / "figures").iterdir()} == {
         "heatmap.png", "edits_brightness.png", "edits_blur.png", "edits_color_index.png", "edits_saturation.png"}
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "details.json").read_text())
     assert set(metrics["attributes"]) == {"brightness", "blur", "color_index", "saturation"}
+    headline = json.loads((out / "metrics.json").read_text())
+    assert headline == {"num_images": 40, **{f"{a}_top_minus_random": e["difference"]["mean"]
+                                             for a, e in metrics["attributes"].items()}}
     assert metrics["attributes"]["color_index"]["measure"] == "colour_temperature"
     blur = metrics["attributes"]["blur"]
     assert blur["measure"] == "sharpness" and len(blur["positions"]) == 2 and blur["num_pairs"] == 12

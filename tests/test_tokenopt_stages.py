@@ -123,7 +123,7 @@ def test_four_stages_end_to_end(setup, fake_tracking):
     assert [r["mask"] for r in records] == ["center"] * 3 + ["boxes"] * 3
     assert arrays["masks"][0, SIZE // 2, SIZE // 2] == 0 and arrays["masks"][0, 0, 0] == 1
 
-    metrics = json.loads((results / "eval_tokenopt" / "metrics.json").read_text())
+    metrics = json.loads((results / "eval_tokenopt" / "details.json").read_text())
     gen = metrics["generate"]
     assert gen["num_samples"] == 10 and gen["protocol_num_samples"] == 10 and metrics["chance"] == 0.1
     assert set(gen["methods"]) == {"optimized", "optimized_random_init", "seeds", "seed_reconstructions",
@@ -145,6 +145,10 @@ def test_four_stages_end_to_end(setup, fake_tracking):
         row = metrics["inpaint"][kind]
         assert row["num_images"] == 3 and 0 < row["known_fraction"] < 1
         assert {"fid", "l1_hole", "psnr_hole", "psnr_known"} <= set(row["result"]) and "psnr_hole" in row["start"]
+    headline = json.loads((results / "eval_tokenopt" / "metrics.json").read_text())
+    assert headline["judge_top1"] == gen["methods"]["optimized"]["judge_zero_shot_top1"]
+    assert headline["inpaint_boxes_psnr_hole"] == metrics["inpaint"]["boxes"]["result"]["psnr_hole"]
+    assert len(headline) <= 12 and all(isinstance(v, int | float) for v in headline.values())
     table = (results / "eval_tokenopt" / "generation.csv").read_text().splitlines()
     assert table[0].startswith("method,fid,") and len(table) == 7
     assert (Path(params.paths.data) / "tokenopt" / "fid_reference.npz").is_file()

@@ -166,7 +166,10 @@ def test_killed_run_resumes_bit_identical(tmp_path):
 
 
 def test_sigusr1_checkpoints_and_exits_for_requeue(tmp_path):
+    before = []
+
     def send_usr1(metrics, step):
+        before.append({"step": step, **metrics})
         if step == 5:
             os.kill(os.getpid(), signal.SIGUSR1)
 
@@ -177,6 +180,8 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(tmp_path):
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers restored
     _, result = run_toy(tmp_path, steps=20, log_every=1, ckpt_every=100)
     assert result.step == 20
+    # the training curve survives the requeue: the 5 steps logged before it, then the 15 after
+    assert result.history[:5] == before and [r["step"] for r in result.history] == list(range(1, 21))
 
 
 def test_ddp_two_processes_match_one(tmp_path):
@@ -201,6 +206,7 @@ def test_log_fn_gets_loss_terms_lr_and_throughput(tmp_path):
     assert {"loss", "l2", "quantizer", "gan", "disc/loss", "codebook_usage", "lr", "images_per_s",
             "grad_norm"} <= keys
     assert result.metrics == seen[-1][1]
+    assert result.history == [{"step": s, **m} for s, m in seen]  # the curve: what log_fn got, with its step
     # a finished run is not trained again
     _, again = run_toy(tmp_path, steps=10, log_fn=lambda m, s: seen.append((s, m)))
     assert again.step == 10 and len(seen) == 2

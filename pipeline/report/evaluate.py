@@ -291,15 +291,11 @@ def counts(rows: list[dict], keys: dict[str, str]) -> dict[str, int]:
 
 
 def summary(data: dict) -> dict:
-    """``summary.json``: status counts and every reproduced number (DVC metrics, for ``dvc metrics diff``)."""
+    """``summary.json``, the report's headline (DVC metrics): how many paper numbers have each status and how
+    many ground-truth checks have each outcome. Per experiment the counts are in report.md's summary table;
+    each reproduced value is in report.json (its row) and in its stage's details.json."""
     all_rows = [r for e in data["experiments"] for r in e["rows"]]
-    return {
-        "profile": data["profile"],
-        "numbers": counts(all_rows, STATUS_TEXT),
-        "experiments": {e["id"]: counts(e["rows"], STATUS_TEXT) for e in data["experiments"]},
-        "ground_truth": counts(data["ground_truth"]["rows"], CHECK_TEXT),
-        "reproduced": {r["id"]: r["reproduced"] for r in all_rows if r["reproduced"] is not None},
-    }
+    return {"numbers": counts(all_rows, STATUS_TEXT), "ground_truth": counts(data["ground_truth"]["rows"], CHECK_TEXT)}
 
 
 def numbers_cited(data: dict) -> Iterator[dict]:

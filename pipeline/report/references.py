@@ -66,7 +66,8 @@ class Tolerance(Section):
 
 
 class Metric(Section):
-    """Where this pipeline measures a number: a key of a stage's metrics file (relative to ``paths.results``)."""
+    """Where this pipeline measures a number: a key of a stage's record, its ``details.json`` (relative to
+    ``paths.results``; the stage's ``metrics.json`` holds only a headline under flat names)."""
 
     stage: str
     file: str

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from pipeline.report.document import Block, Bold, Bullets, Code, Document, Figure, Paragraph, Section, Table, Text
-from pipeline.report.evaluate import CHECK_TEXT, STATUS_TEXT, fmt, summary
+from pipeline.report.evaluate import CHECK_TEXT, STATUS_TEXT, counts, fmt, summary
 
 CHECK_HEADER = ["id", "check", "metric", "value", "expected", "also", "result"]
 NUMBER_HEADER = ["id", "what", "paper", "reproduced", "metric", "tolerance", "status"]
@@ -126,7 +126,7 @@ def _intro(data: dict) -> Section:
 
 def _summary(data: dict) -> Section:
     s = summary(data)
-    rows: list[list[Text]] = [[e["title"].split(" (")[0], *(str(s["experiments"][e["id"]][k]) for k in STATUS_TEXT)]
+    rows: list[list[Text]] = [[e["title"].split(" (")[0], *(str(v) for v in counts(e["rows"], STATUS_TEXT).values())]
                               for e in data["experiments"]]
     rows.append([Bold("all"), *(str(s["numbers"][k]) for k in STATUS_TEXT)])
     checks = ", ".join(f"{CHECK_TEXT[k]} {v}" for k, v in s["ground_truth"].items() if v)

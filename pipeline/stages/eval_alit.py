@@ -18,7 +18,9 @@ Reads ``<paths.models>/alit`` (from ``train_alit``) and the prepared splits. On 
   iteration's 32 tokens, at the last iteration.
 
 The halting draws are seeded with ``seed``. Writes ``<paths.results>/eval_alit/`` atomically:
-``metrics.json`` (DVC metrics), ``rfid_vs_tokens.csv`` (DVC plot: tokens, l1, psnr, rfid,
+``details.json`` (all of the above), ``metrics.json`` (its headline, DVC metrics: rFID at the fewest
+and the most tokens, the adaptive count and its rFID, the complexity correlation, the adaptive count out
+of distribution), ``rfid_vs_tokens.csv`` (DVC plot: tokens, l1, psnr, rfid,
 probe_accuracy and the same on the OOD split), ``per_image.csv`` (adaptive count and complexity per
 image), ``rfid_vs_tokens.png``, ``complexity.png``, ``attention.png``; logs everything to MLflow.
 """
@@ -34,7 +36,7 @@ import torch
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
 from pipeline.experiments import alit_analysis as aa
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, write_metrics
 from pipeline.layout import prepared_root
 from pipeline.metrics.fid import fidelity_metrics, reference_stats
 from pipeline.metrics.image_stats import png_bits_per_pixel
@@ -191,7 +193,11 @@ def run(params: Params) -> int:
             "specialisation": {"attention_layer": cfg.attention_layer,
                                "attention_share_per_group": [round(float(m), 6) for m in mass]},
         }
-        write_json(tmp / "metrics.json", metrics)
+        split = cfg.split
+        write_metrics(tmp, metrics, {  # the headline: the curve's two ends, the adaptive length and its analyses
+            **{f"rfid_{n}": f"{split}.per_tokens.{n}.rfid" for n in (counts[0], counts[-1])},
+            "adaptive_mean_tokens": f"{split}.adaptive.mean_tokens", "adaptive_rfid": f"{split}.adaptive.rfid",
+            "complexity_spearman": "complexity.spearman_png_bpp", "ood_mean_tokens": "familiarity.mean_tokens_ood"})
         seconds = time.perf_counter() - start  # printed only (stage_run logs the wall time)
         mlrun.log_metrics({k: v for k, v in metrics.items() if k not in ("alit", "criterion")})
         for f in sorted(tmp.iterdir()):

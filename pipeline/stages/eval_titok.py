@@ -7,14 +7,15 @@ codebook usage of the 1D tokens (fraction of codes used, perplexity), and the ju
 top-1 on the originals and on the reconstructions (does a reconstruction keep what makes its class?).
 The feature space is ``fid.feature_space``: ADM's Inception at paper scale, the demo judge's image
 encoder in the demo (the demo has no Inception weights; its numbers are therefore not comparable to
-the paper's).
+the paper's). Writes ``<paths.results>/eval_titok/details.json`` (all of it), ``metrics.json`` (its
+headline, DVC metrics) and ``reconstructions.png``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from pipeline.io import write_json
+from pipeline.io import write_metrics
 from pipeline.layout import prepared_root
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
@@ -23,6 +24,8 @@ from pipeline.stages.train_titok import reconstruct
 from pipeline.tracking import stage_run
 
 STAGE = "eval_titok"
+# metrics.json (what `dvc metrics show` prints): flat name -> key of details.json
+HEADLINE = {k: k for k in ("num_images", "rfid", "is", "psnr", "ssim", "codebook_usage", "judge_accuracy_ratio")}
 
 
 def codebook_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
@@ -75,7 +78,7 @@ def run(params: Params) -> int:
                               f"(PSNR {quality['psnr']:.2f} dB, rFID {fidelity['fid']:.2f})")
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
         run.log_artifact(results / "reconstructions.png")
-        write_json(results / "metrics.json", metrics)
+        write_metrics(results, metrics, HEADLINE)
     print(f"{STAGE}: PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f}, rFID {fidelity['fid']:.2f}, "
           f"codebook usage {usage['codebook_usage']:.2f}, judge top-1 {judged['judge_top1_originals']:.3f} "
           f"(originals) / {judged['judge_top1_reconstructions']:.3f} (reconstructions)")

@@ -27,8 +27,9 @@ with each other only. ``judge_independent`` records that judge and objective are
 ``seeds`` baseline is drawn from ``tokenopt.generate.seed_split``; when that is also the reference split,
 its FID is optimistic (the seeds are reference images).
 
-Writes ``<paths.results>/eval_tokenopt/metrics.json`` (DVC metrics) and ``generation.csv`` (one row
-per generation method, a DVC plot); logs both to MLflow. No timings in the outputs.
+Writes ``<paths.results>/eval_tokenopt/details.json`` (all of the above), ``metrics.json`` (its headline,
+DVC metrics: ``HEADLINE`` and the hole PSNR per mask kind) and ``generation.csv`` (one row per generation
+method, a DVC plot); logs them to MLflow. No timings in the outputs.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError
-from pipeline.io import write_json, write_text
+from pipeline.io import write_metrics, write_text
 from pipeline.metrics.clip_score import clip_score, zero_shot_classifier, zero_shot_logits
 from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics
 from pipeline.metrics.image_stats import l1, mean_brightness, psnr
@@ -198,6 +199,19 @@ def _finite(obj):
     return obj
 
 
+# metrics.json (what `dvc metrics show` prints): flat name -> dotted key of details.json; the judge's accuracy
+# on the prompted class for the optimised images and the baselines they must beat (chance, the seed images,
+# real images: the ceiling), their FD, and how often edits went the prompted way.
+HEADLINE = {"fid": "generate.methods.optimized.fid",
+            "judge_top1": "generate.methods.optimized.judge_zero_shot_top1",
+            "judge_top1_random_init": "generate.methods.optimized_random_init.judge_zero_shot_top1",
+            "judge_top1_seeds": "generate.methods.seeds.judge_zero_shot_top1",
+            "judge_top1_real": "generate.methods.real_val.judge_zero_shot_top1",
+            "chance": "chance",
+            "edit_judge_improved": "edit.overall.judge_improved_fraction",
+            "edit_brightness_as_prompted": "edit.overall.brightness_as_prompted_fraction"}
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4g}"
 
@@ -221,7 +235,8 @@ def run(params: Params) -> int:
             "generate": _generation(params, scorer, names), "edit": _editing(params, scorer),
             "inpaint": _inpainting(params, scorer)})
         out = results_dir(params, STAGE)
-        write_json(out / "metrics.json", metrics)
+        write_metrics(out, metrics, HEADLINE | {f"inpaint_{kind}_psnr_hole": f"inpaint.{kind}.result.psnr_hole"
+                                                for kind in metrics["inpaint"]})
         methods = metrics["generate"]["methods"]
         table = "method," + ",".join(GENERATION_COLUMNS) + "\n" + "".join(
             f"{m}," + ",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in GENERATION_COLUMNS) + "\n"
@@ -231,7 +246,7 @@ def run(params: Params) -> int:
         mlrun.log_metrics({"generate": metrics["generate"], "inpaint": metrics["inpaint"],
                            "edit": {"overall": edit["overall"]} | {f"prompt_{i}": v for i, v in
                                                                    enumerate(edit["per_prompt"].values())}})
-        mlrun.log_artifact(out / "metrics.json", STAGE)
+        mlrun.log_artifact(out / "details.json", STAGE)
         mlrun.log_artifact(out / "generation.csv", STAGE)
 
     g = metrics["generate"]

@@ -7,7 +7,7 @@ Writes to ``<paths.results>/report/``, each file atomically:
   figures, the demo's ground-truth checks, and the provenance (git commit, profile, dvc.lock hashes,
   hardware, wall time and MLflow run id per stage);
 - ``report.json``: everything the two documents show, read by ``python -m pipeline.verify``;
-- ``summary.json`` (DVC metrics): status counts and every reproduced number.
+- ``summary.json`` (DVC metrics): how many paper numbers have each status, how many checks pass or fail.
 
 The report cites no hash of its own outputs (they do not exist yet) and reads no clock.
 """

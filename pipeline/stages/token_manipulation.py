@@ -6,9 +6,11 @@ token positions per attribute and measures copy-paste edits (see
 :mod:`pipeline.experiments.token_manipulation`). Writes ``<paths.results>/token_manipulation/``
 atomically:
 
-- ``metrics.json`` (DVC metrics): per attribute with an image measure, the effect of copying the
-  top-ranked position(s) and random ones (mean and bootstrap 95 % interval, in standard deviations of
-  the measure), their paired difference and ``top_beats_random`` (the intervals do not overlap);
+- ``details.json``: per attribute with an image measure, the effect of copying the top-ranked
+  position(s) and random ones (mean and bootstrap 95 % interval, in standard deviations of the measure),
+  their paired difference and ``top_beats_random`` (the intervals do not overlap);
+- ``metrics.json`` (DVC metrics, the headline of details.json): the number of images and, per attribute,
+  the mean paired difference ``<attribute>_top_minus_random``;
 - ``positions.json``: per attribute, the ranking and both scores of every position;
 - ``figures/heatmap.png``: positions x attributes; ``figures/edits_<attribute>.png``: target,
   reference and edits. (Figures sit in their own folder so that dvc.yaml can declare it as one output
@@ -25,7 +27,7 @@ import torch
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
 from pipeline.experiments import token_manipulation as tm
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, write_json, write_metrics
 from pipeline.layout import prepared_root
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
@@ -129,7 +131,9 @@ def run(params: Params) -> int:
         metrics = {"tokenizer": {"source": cfg.tokenizer.source, "folder": str(folder)},
                    "num_images": len(images), "num_tokens": n, "effect_units": "sd of the measure over reconstructions",
                    "attributes": effects}
-        write_json(tmp / "metrics.json", metrics)
+        headline = {"num_images": "num_images",
+                    **{f"{a}_top_minus_random": f"attributes.{a}.difference.mean" for a in effects}}
+        write_metrics(tmp, metrics, headline)
         write_json(tmp / "positions.json", positions)
         mlrun.log_metrics({a: {"top_effect": e["top"]["mean"], "top_ci_low": e["top"]["ci_low"],
                                "top_ci_high": e["top"]["ci_high"], "random_effect": e["random"]["mean"],

@@ -13,7 +13,9 @@ removed once the stage completes).
 and saves it in our format; nothing is trained.
 
 Writes ``<paths.models>/alit/`` (config.json + model.safetensors, ``ALIT.from_pretrained``) atomically
-and ``<paths.results>/train_alit/metrics.json`` (DVC metrics); logs to MLflow.
+and, under ``<paths.results>/train_alit/``, ``metrics.json`` (the headline, DVC metrics), ``details.json``
+(everything) and one training curve per phase, ``curve_stage1.csv`` and ``curve_stage2.csv`` (DVC plots;
+header only for a phase that did not run); logs to MLflow.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import InputError, MissingWeightsError
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.models.alit import ALIT
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import model_config
@@ -43,6 +45,10 @@ from pipeline.train.loop import train
 from pipeline.train.recipes import GANSettings
 
 STAGE = "train_alit"
+# metrics.json (what `dvc metrics show` prints): flat name -> dotted key of details.json
+HEADLINE = {"parameters": "parameters", "stage1_steps": "stage1.steps", "stage1_loss": "stage1.loss",
+            "stage1_code_accuracy": "stage1.code_accuracy_last", "stage2_steps": "stage2.steps",
+            "stage2_loss": "stage2.loss"}
 
 
 def alit_dir(params: Params) -> Path:
@@ -87,11 +93,11 @@ def _flip(batch):
     return images, torch.tensor([b[1] for b in batch])
 
 
-def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tuple[dict, Path]:
+def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tuple[dict, list[dict], Path]:
     """Train ``recipe`` with the ``optim`` section; EMA weights (if any) end up in the recipe's model.
 
-    Returns the stage's metrics and its checkpoint folder (kept until both stages are done, so that a
-    run killed in stage 2 does not redo stage 1).
+    Returns the stage's metrics, its training curve and its checkpoint folder (kept until both stages are
+    done, so that a run killed in stage 2 does not redo stage 1).
     """
     cfg = params.train_alit
     ckpt = checkpoint_dir(params, f"{STAGE}-{name}", cfg.model, cfg.vqgan, *key, inputs=[base_vqgan_dir(params)])
@@ -102,16 +108,17 @@ def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tu
     if result.ema_state is not None:  # export the averaged weights, as the official evaluation does
         recipe.model.load_state_dict(result.ema_state)
     run.log_metrics({f"{name}/seconds": time.perf_counter() - start})
-    return {"steps": result.step, **final_metrics(result.metrics)}, ckpt
+    return {"steps": result.step, **final_metrics(result.metrics)}, result.history, ckpt
 
 
-def _train(params: Params, run) -> tuple[ALIT, dict]:
+def _train(params: Params, run) -> tuple[ALIT, dict, dict[str, list[dict]]]:
     cfg = params.train_alit
     alit = build_alit(params, load_base_vqgan(params))
     out: dict = {"source": "train", "model": cfg.model, "parameters": sum(p.numel() for p in alit.parameters())}
+    curves: dict[str, list[dict]] = {"stage1": [], "stage2": []}
     recipe1 = LatentDistillationRecipe(alit, cfg.iteration_weights, cfg.code_weight, cfg.quantizer_weight)
     stage1_key = (cfg.stage1, cfg.iteration_weights, cfg.code_weight, cfg.quantizer_weight, cfg.hflip)
-    out["stage1"], ckpt1 = _run_stage("stage1", recipe1, cfg.stage1, params, run, *stage1_key)
+    out["stage1"], curves["stage1"], ckpt1 = _run_stage("stage1", recipe1, cfg.stage1, params, run, *stage1_key)
     done = [ckpt1]
     if cfg.stage2.steps:
         perceptual = None
@@ -125,30 +132,35 @@ def _train(params: Params, run) -> tuple[ALIT, dict]:
                                               train_vqgan=cfg.train_vqgan)
         stage2_key = (cfg.stage2, cfg.l1_weight, cfg.perceptual_vgg, cfg.perceptual_weight, cfg.gan_weight,
                       cfg.gan_start, cfg.train_vqgan)
-        out["stage2"], ckpt2 = _run_stage("stage2", recipe2, cfg.stage2, params, run, *stage1_key, *stage2_key)
+        out["stage2"], curves["stage2"], ckpt2 = _run_stage("stage2", recipe2, cfg.stage2, params, run, *stage1_key,
+                                                            *stage2_key)
         done.append(ckpt2)
     for ckpt in done:
         remove_checkpoints(ckpt)
-    return alit.cpu(), out
+    return alit.cpu(), out, curves
 
 
-def _official(params: Params) -> tuple[ALIT, dict]:
+def _official(params: Params) -> tuple[ALIT, dict, dict[str, list[dict]]]:
     folder = Path(params.train_alit.folder)
     alit = ALIT.from_pretrained(folder)
     if alit.config.image_size != params.image_size:
         raise InputError(f"{folder}: the ALIT checkpoint works on {alit.config.image_size} px images but image_size "
                          f"is {params.image_size}")
-    return alit, {"source": "official", "folder": str(folder), "parameters": sum(p.numel() for p in alit.parameters())}
+    return alit, {"source": "official", "folder": str(folder),
+                  "parameters": sum(p.numel() for p in alit.parameters())}, {"stage1": [], "stage2": []}
 
 
 def run(params: Params) -> int:
     """Train (or import) ALIT and write it with its training metrics."""
     start = time.perf_counter()
     with stage_run(STAGE, params) as run:
-        alit, metrics = _official(params) if params.train_alit.source == "official" else _train(params, run)
+        alit, metrics, curves = _official(params) if params.train_alit.source == "official" else _train(params, run)
         with atomic_dir(alit_dir(params)) as tmp:
             alit.save_pretrained(tmp)
-        write_json(Path(params.paths.results) / STAGE / "metrics.json", metrics)
+        results = Path(params.paths.results) / STAGE
+        for phase, curve in curves.items():
+            write_curve(results / f"curve_{phase}.csv", curve)
+        write_metrics(results, metrics, HEADLINE)
         seconds = time.perf_counter() - start  # printed only (stage_run logs the wall time)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model", "folder")})
     print(f"train_alit: wrote {alit_dir(params)} ({seconds:.1f} s)")

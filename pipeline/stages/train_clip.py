@@ -17,8 +17,11 @@ file shows up here as a low number rather than later as strange optimisation res
 ``<paths.models>/clip/pretrained.json`` records which files were checked (the weights stay where
 params.yaml says; they are not copied).
 
-Both write ``<paths.results>/clip/metrics.json`` (DVC metrics: ``zero_shot_top1`` is the objective's,
-``judge.zero_shot_top1`` the judge's) and log to MLflow.
+Both write, under ``<paths.results>/clip/``, ``details.json`` (everything: ``zero_shot_top1`` is the
+objective's, ``judge.zero_shot_top1`` the judge's), ``metrics.json`` (its headline, DVC metrics) and the
+training curves ``curve_objective.csv`` and ``curve_judge.csv`` (DVC plots: the loss every
+``LOG_EVERY`` steps, as logged to MLflow, with images/s; header only when nothing was trained), and log to
+MLflow.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 from pipeline.data.demo import NUMBER_WORDS, PLURALS
 from pipeline.data.shards import load_split
-from pipeline.io import atomic_dir, write_json, write_text
+from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import JUDGE_SUBDIR, prepared_root, trained_clip_dir
 from pipeline.metrics.clip_score import zero_shot_accuracy
 from pipeline.models.clip import ClipModel, create_clip, load_clip, num_parameters, save_clip
@@ -41,6 +44,14 @@ from pipeline.tracking import stage_run
 from pipeline.train.clip import ClipTrainConfig, ClipTrainResult, train_clip
 
 STAGE = "train_clip"
+LOG_EVERY = 10  # steps between two points of the training curves (MLflow and curve_<role>.csv)
+ROLES = ("objective", "judge")
+# metrics.json (what `dvc metrics show` prints): flat name -> dotted key of details.json, for either source
+# (judge_top1: the judge's zero-shot top-1, as in eval_tokenopt's metrics.json, there on generated images)
+HEADLINE = {"parameters": "parameters", "steps": "steps", "loss": "final_loss", "zero_shot_top1": "zero_shot_top1",
+            "judge_top1": "judge.zero_shot_top1", "chance": "chance"}
+HEADLINE_PRETRAINED = {"parameters": "objective.parameters", "zero_shot_top1": "objective.zero_shot_top1",
+                       "judge_top1": "judge.zero_shot_top1", "chance": "chance"}
 
 
 def caption_variants(meta: dict) -> list[str]:
@@ -84,7 +95,7 @@ def _train_one(images: torch.Tensor, labels: torch.Tensor, captions: list[list[s
     return clip, result
 
 
-def _train(params: Params, run) -> dict:
+def _train(params: Params, run) -> tuple[dict, dict[str, list[dict]]]:
     c = params.clip
     train = load_split(prepared_root(params), "train")
     names = class_names(params)
@@ -95,11 +106,13 @@ def _train(params: Params, run) -> dict:
     trained = run_jobs([(_train_one, (*data, config, seed, settings, role)) for role, (config, seed) in roles.items()])
     val = _val(params)
     images, labels = torch.from_numpy(val.images), torch.from_numpy(val.labels)
-    metrics = {}
+    metrics, curves = {}, {}
     for (role, (config, seed)), (clip, result) in zip(roles.items(), trained, strict=True):
-        for step in range(0, result.steps, 10):
-            run.log_metrics({f"{role}/loss": result.losses[step]}, step=step)
-        # Timings go to MLflow only: metrics.json stays byte-identical across runs with the same seed.
+        curves[role] = result.curve(LOG_EVERY)
+        for row in curves[role]:
+            run.log_metrics({f"{role}/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        # Timings go to MLflow (and images/s to the curves, plots): metrics.json and details.json stay
+        # byte-identical across runs with the same seed.
         run.log_metrics({f"{role}/train_seconds": result.seconds, f"{role}/train_cpu_seconds": result.cpu_seconds,
                          f"{role}/logit_scale": clip.model.logit_scale.exp().item()})
         tail = result.losses[-min(10, len(result.losses)):]
@@ -108,13 +121,11 @@ def _train(params: Params, run) -> dict:
                          "initial_loss": result.losses[0], "final_loss": sum(tail) / len(tail),
                          "val_images": len(labels),
                          "zero_shot_top1": zero_shot_accuracy(clip, images, labels, names, c.templates)}
-    (objective, objective_result), (judge, _) = trained
+    (objective, _), (judge, _) = trained
     with atomic_dir(trained_clip_dir(params)) as tmp:
         save_clip(objective, tmp)
         save_clip(judge, tmp / JUDGE_SUBDIR)
-    curve = "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(objective_result.losses))
-    write_text(Path(params.paths.results) / "clip" / "train_loss.csv", curve)
-    return {"source": "train", **metrics["objective"], "chance": 1 / len(names), "judge": metrics["judge"]}
+    return {"source": "train", **metrics["objective"], "chance": 1 / len(names), "judge": metrics["judge"]}, curves
 
 
 def _pretrained(params: Params) -> dict:
@@ -139,9 +150,15 @@ def _pretrained(params: Params) -> dict:
 
 def run(params: Params) -> int:
     """Train the demo CLIP (or check the pretrained ones) and write it with its zero-shot accuracy."""
+    results = Path(params.paths.results) / "clip"
     with stage_run(STAGE, params) as run:
-        metrics = _train(params, run) if params.clip.source == "train" else _pretrained(params)
-        write_json(Path(params.paths.results) / "clip" / "metrics.json", metrics)
+        if params.clip.source == "train":
+            metrics, curves = _train(params, run)
+        else:
+            metrics, curves = _pretrained(params), {}
+        for role in ROLES:
+            write_curve(results / f"curve_{role}.csv", curves.get(role, []))
+        write_metrics(results, metrics, HEADLINE if params.clip.source == "train" else HEADLINE_PRETRAINED)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model")})
     top1 = metrics.get("zero_shot_top1", metrics.get("objective", {}).get("zero_shot_top1"))
     print(f"train_clip: zero-shot top-1 on val: objective {top1:.3f}, judge {metrics['judge']['zero_shot_top1']:.3f} "

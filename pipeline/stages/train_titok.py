@@ -6,7 +6,10 @@ codebook then become TiTok's pixel decoder (softmax-weighted code mix), so the m
 pixels. Stage 2 (``stage2.steps > 0``) fine-tunes the decoder side on pixels with L2 (+ perceptual
 when ``perceptual_vgg`` / ``perceptual_lin`` name local LPIPS files, + GAN when ``gan_weight > 0``), with encoder,
 codebook and latent tokens frozen. ``source: official`` imports a released checkpoint from a local
-Hugging Face snapshot folder instead. The model is written to ``<paths.models>/titok``.
+Hugging Face snapshot folder instead. The model is written to ``<paths.models>/titok``; under
+``<paths.results>/train_titok/``: ``metrics.json`` (the headline, DVC metrics), ``details.json``
+(everything), ``reconstructions.png`` and one training curve per phase, ``curve_stage1.csv`` and
+``curve_stage2.csv`` (DVC plots; header only for a phase that did not run).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
@@ -38,6 +41,10 @@ from pipeline.stages._common import (
 from pipeline.tracking import stage_run
 
 STAGE = "train_titok"
+# metrics.json (what `dvc metrics show` prints): flat name -> key of details.json
+HEADLINE = {"parameters": "parameters", "num_tokens": "num_tokens", "stage1_steps": "stage1/steps",
+            "stage1_loss": "stage1/loss", "stage2_steps": "stage2/steps", "stage2_loss": "stage2/loss"}
+Curve = list[dict[str, float]]  # TrainResult.history
 
 
 def vqgan_dir(params: Params) -> Path:
@@ -57,9 +64,9 @@ def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tup
     return torch.cat(recons), torch.cat(codes)
 
 
-def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float], Path]:
-    """Train stage 1; the model, its final metrics and its checkpoint folder (removed once stage 2 is done:
-    a preemption in stage 2 must not retrain stage 1)."""
+def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float], Curve, Path]:
+    """Train stage 1; the model, its final metrics, its curve and its checkpoint folder (removed once stage 2
+    is done: a preemption in stage 2 must not retrain stage 1)."""
     from pipeline.train.loop import train
     from pipeline.train.recipes import ProxyCodeImages, TiTokProxyCodeRecipe
 
@@ -77,7 +84,7 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
         recipe.model.load_state_dict(result.ema_state)
     titok = recipe.tokenizer.cpu()
     titok.load_pixel_decoder(vqgan)
-    return titok, final_metrics(result.metrics, "stage1/"), ckpt
+    return titok, {"stage1/steps": result.step, **final_metrics(result.metrics, "stage1/")}, result.history, ckpt
 
 
 def _perceptual(params: Params):
@@ -89,7 +96,7 @@ def _perceptual(params: Params):
     return LPIPS(cfg.perceptual_vgg, cfg.perceptual_lin) if cfg.stage2.steps > 0 and cfg.perceptual_vgg else None
 
 
-def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[str, float]]:
+def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[str, float], Curve]:
     from pipeline.train.loop import train
     from pipeline.train.recipes import GANSettings, TiTokDecoderRecipe
 
@@ -106,7 +113,8 @@ def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[
     if result.ema_state is not None:
         recipe.model.load_state_dict(result.ema_state)
     remove_checkpoints(ckpt)
-    return recipe.tokenizer.cpu(), final_metrics(result.metrics, "stage2/")
+    return recipe.tokenizer.cpu(), {"stage2/steps": result.step, **final_metrics(result.metrics, "stage2/")}, \
+        result.history
 
 
 def run(params: Params) -> int:
@@ -119,15 +127,16 @@ def run(params: Params) -> int:
     results = results_dir(params, STAGE)
     torch.manual_seed(params.seed)
     with stage_run(STAGE, params) as run:
+        curves: dict[str, Curve] = {"stage1": [], "stage2": []}
         if cfg.source == "official":
             titok = TiTok.from_pretrained(cfg.folder)
             train_metrics: dict[str, float] = {}
         else:
             vqgan = MaskGITVQGAN.from_pretrained(vqgan_dir(params))
             perceptual = _perceptual(params)
-            titok, train_metrics, stage1_ckpt = _stage1(params, vqgan, run)
+            titok, train_metrics, curves["stage1"], stage1_ckpt = _stage1(params, vqgan, run)
             if cfg.stage2.steps > 0:
-                titok, stage2_metrics = _stage2(params, titok, perceptual, run)
+                titok, stage2_metrics, curves["stage2"] = _stage2(params, titok, perceptual, run)
                 train_metrics |= stage2_metrics
             remove_checkpoints(stage1_ckpt)
         val = to_float(load_split(prepared_root(params), "val", limit=256).images)
@@ -144,6 +153,8 @@ def run(params: Params) -> int:
                    "val_psnr_first_256": val_psnr, **train_metrics}
         run.log_metrics({"val_psnr_first_256": val_psnr})
         run.log_artifact(results / "reconstructions.png")
-        write_json(results / "metrics.json", metrics)
+        for phase, curve in curves.items():
+            write_curve(results / f"curve_{phase}.csv", curve)
+        write_metrics(results, metrics, HEADLINE)
     print(f"{STAGE}: val PSNR {val_psnr:.2f} dB from {titok.config.num_latent_tokens} tokens")
     return 0

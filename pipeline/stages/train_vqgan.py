@@ -4,7 +4,8 @@ Demo: ``vqgan_demo`` trained from scratch on the demo train split with L1 + L2 +
 perceptual or GAN term: those need pretrained networks the demo does not have). Paper scale:
 ``source: official`` imports the released MaskGIT-VQGAN from a local snapshot folder. Either way
 the result is written to ``<paths.models>/vqgan`` (config.json + model.safetensors) together with its
-reconstruction quality on the val split.
+reconstruction quality on the val split: ``<paths.results>/train_vqgan/metrics.json`` (the headline, DVC
+metrics), ``details.json`` (everything) and ``curve.csv`` (the training curve, a DVC plot).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
@@ -31,6 +32,9 @@ from pipeline.stages._common import (
 from pipeline.tracking import stage_run
 
 STAGE = "train_vqgan"
+# metrics.json (what `dvc metrics show` prints): flat name -> dotted key of details.json
+HEADLINE = {"parameters": "parameters", "steps": "steps", "loss": "train/loss", "psnr": "val.psnr",
+            "codebook_usage": "val.codebook_usage"}
 
 
 @torch.no_grad()
@@ -67,6 +71,7 @@ def run(params: Params) -> int:
         if cfg.source == "official":
             vqgan = MaskGITVQGAN.from_pretrained(cfg.folder)
             train_metrics: dict[str, float] = {}
+            history: list[dict[str, float]] = []
         else:
             vqgan = build_model(cfg.model, image_size=params.image_size)
             recipe = VQGANRecipe(vqgan, l1=cfg.l1, l2=cfg.l2, quantizer_weight=cfg.quantizer_weight)
@@ -76,7 +81,8 @@ def run(params: Params) -> int:
             if result.ema_state is not None:
                 recipe.model.load_state_dict(result.ema_state)
             vqgan = recipe.tokenizer.cpu()
-            train_metrics = final_metrics(result.metrics, "train/")
+            train_metrics = {"steps": result.step, **final_metrics(result.metrics, "train/")}
+            history = result.history
         val = to_float(load_split(prepared_root(params), "val").images)
         quality = reconstruction_quality(vqgan, val)
         with torch.no_grad():
@@ -92,7 +98,8 @@ def run(params: Params) -> int:
                    "val": quality, **train_metrics}
         run.log_metrics({f"val/{k}": v for k, v in quality.items()})
         run.log_artifact(results / "reconstructions.png")
-        write_json(results / "metrics.json", metrics)
+        write_curve(results / "curve.csv", history)
+        write_metrics(results, metrics, HEADLINE)
         if cfg.source == "train":
             remove_checkpoints(ckpt)
     print(f"{STAGE}: val PSNR {quality['psnr']:.2f} dB, codebook usage {quality['codebook_usage']:.2f}")

@@ -4,7 +4,7 @@ A checkpoint is one ``torch.save`` file ``<run_dir>/ckpt-<step:08d>.pt`` holding
 plain Python values (dicts, lists, tuples, numbers, strings), so that it loads with
 ``torch.load(weights_only=True)``. Keys: ``format``, ``step``, ``data`` (epoch / samples seen in the
 epoch), ``model``, ``ema``, ``discriminator``, ``optimizer``, ``disc_optimizer``, ``scaler``,
-``rng`` (one entry per rank), ``config``.
+``rng`` (one entry per rank), ``config``, ``history`` (the metrics logged so far, one dict per window).
 """
 
 from __future__ import annotations

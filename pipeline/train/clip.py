@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,18 @@ class ClipTrainResult:
     seconds: float  # wall time
     cpu_seconds: float  # process CPU time (all threads)
     steps: int
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimiser step
+    batch_size: int = 0
+
+    def curve(self, every: int) -> list[dict[str, float]]:
+        """Every ``every``-th step (0, every, ...): its loss, and the images/s since the previous row."""
+        rows, previous = [], -1
+        for step in range(0, len(self.losses), every):
+            seconds = sum(self.step_seconds[previous + 1:step + 1])
+            rows.append({"step": step, "loss": self.losses[step],
+                         "images_per_s": self.batch_size * (step - previous) / max(seconds, 1e-9)})
+            previous = step
+        return rows
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
@@ -120,12 +132,14 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | S
     opt = torch.optim.AdamW(_param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     clip.train()
     losses: list[float] = []
+    step_seconds: list[float] = []
     start, cpu_start = time.perf_counter(), time.process_time()
     step = 0
     bar = tqdm(total=total, desc=progress, disable=progress is None, mininterval=5)
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
+            step_start = time.perf_counter()
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             lr = cosine_with_warmup(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                                     total_steps=total)
@@ -148,7 +162,8 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | S
             opt.step()
             with torch.no_grad():  # CLIP's clamp: temperature at most 100
                 clip.model.logit_scale.clamp_(0, 4.6052)
-            losses.append(loss.item())
+            losses.append(loss.item())  # (a host sync: the step's time below is its real time)
+            step_seconds.append(time.perf_counter() - step_start)
             if log is not None:
                 log(step, {"loss": losses[-1], "lr": lr, "logit_scale": clip.model.logit_scale.exp().item()})
             step += 1
@@ -156,4 +171,5 @@ def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | S
     bar.close()
     clip.eval()
     return ClipTrainResult(losses=losses, seconds=time.perf_counter() - start,
-                           cpu_seconds=time.process_time() - cpu_start, steps=step)
+                           cpu_seconds=time.process_time() - cpu_start, steps=step, step_seconds=step_seconds,
+                           batch_size=cfg.batch_size)

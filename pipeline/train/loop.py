@@ -3,7 +3,8 @@
 What the loop owns: AdamW (fused on CUDA) with warm-up + cosine schedule, gradient accumulation,
 gradient clipping, bf16/fp16 autocast (GradScaler for fp16), EMA weights, DDP (torchrun or srun; gloo
 on CPU), ``torch.compile``, checkpoints (every N steps, at the end, and on SIGTERM/SIGUSR1) with
-automatic resume, deterministic per-rank seeding, a progress bar and metrics through ``log_fn``.
+automatic resume, deterministic per-rank seeding, a progress bar and metrics through ``log_fn`` (every
+``log_every`` steps; the same rows come back in ``TrainResult.history``, the stage's training curve).
 What a recipe owns (``pipeline/train/recipes.py``): the model(s) and the losses.
 
 A stage calls it like this::
@@ -46,7 +47,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,9 @@ class TrainResult:
     metrics: dict[str, float]  # the last logged values
     ema_state: dict[str, torch.Tensor] | None  # model.state_dict() with EMA weights, if EMA is on
     is_main: bool
+    # every logged window, {"step": s, **metrics}, the same series log_fn received (MLflow): the training
+    # curve. Kept in the checkpoints, so a resumed run returns the steps logged before the interruption too.
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -309,9 +313,9 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     data = _DataStream(dataset, micro, dist, cfg, collate_fn)
 
-    step, last_saved, ema_state = 0, None, None
+    step, last_saved, ema_state, history = 0, None, None, []
     if (latest := checkpoint.latest_checkpoint(run_dir)) is not None:
-        step, ema_state = _restore(latest, dist.rank, world, model, disc, opt, disc_opt, scaler, data)
+        step, ema_state, history = _restore(latest, dist.rank, world, model, disc, opt, disc_opt, scaler, data)
         last_saved = latest
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if ema is not None and ema_state is not None:  # (EMA switched on mid-run starts from the weights)
@@ -338,7 +342,7 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
                 "model": model.state_dict(), "ema": ema.state_dict() if ema else None,
                 "discriminator": disc.state_dict() if disc is not None else None,
                 "optimizer": opt.state_dict(), "disc_optimizer": disc_opt.state_dict() if disc_opt else None,
-                "scaler": scaler.state_dict(), "rng": rngs,
+                "scaler": scaler.state_dict(), "rng": rngs, "history": history,
             }, run_dir, step, cfg.keep_checkpoints)
         if world > 1:
             torch.distributed.barrier()  # nobody exits while rank 0 is still writing
@@ -407,6 +411,7 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
             window_steps += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 logged = _log_window(window, window_steps, window_start, lr, cfg, dist, bar, log_fn, step)
+                history.append({"step": step, **logged})
                 window, window_steps, window_start = {}, 0, time.perf_counter()
 
             stop = distributed.any_process(signals.received is not None, device)
@@ -420,7 +425,7 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
     if cfg.ckpt_every and (last_saved is None or checkpoint.checkpoint_path(run_dir, step) != last_saved):
         last_saved = save()  # e.g. a fresh run with steps=0
     return TrainResult(step=step, checkpoint=last_saved, metrics=logged,
-                       ema_state=ema.state_dict_for(model) if ema else None, is_main=dist.is_main)
+                       ema_state=ema.state_dict_for(model) if ema else None, is_main=dist.is_main, history=history)
 
 
 def _log_window(window: dict[str, torch.Tensor], n: int, start: float, lr: float, cfg: TrainConfig,
@@ -440,7 +445,7 @@ def _log_window(window: dict[str, torch.Tensor], n: int, start: float, lr: float
 
 def _restore(path: Path, rank: int, world: int, model: nn.Module, disc: nn.Module | None,
              opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler,
-             data: _DataStream) -> tuple[int, dict | None]:
+             data: _DataStream) -> tuple[int, dict | None, list[dict[str, float]]]:
     state = checkpoint.load(path)
     checkpoint.load_module(model, state["model"], path, "model")
     if disc is not None:
@@ -459,4 +464,5 @@ def _restore(path: Path, rank: int, world: int, model: nn.Module, disc: nn.Modul
         checkpoint.set_rng_state(state["rng"][rank])
     else:  # another process count: the data order is kept, per-rank random streams are reseeded
         seed_everything(int(state["step"]) * 1000 + rank)
-    return int(state["step"]), state["ema"]
+    # (checkpoints written before the curve was kept have no history: the curve starts at the resume)
+    return int(state["step"]), state["ema"], list(state.get("history") or [])
