@@ -145,6 +145,14 @@ def test_four_stages_end_to_end(setup, fake_tracking):
         row = metrics["inpaint"][kind]
         assert row["num_images"] == 3 and 0 < row["known_fraction"] < 1
         assert {"fid", "l1_hole", "psnr_hole", "psnr_known"} <= set(row["result"]) and "psnr_hole" in row["start"]
+    # the protocol each score followed, for the report (its words: pipeline.report.references)
+    protocol = metrics["protocol"]
+    assert protocol["generate"] == {"samples": 10, "reference": protocol["generate"]["reference"], "uint8": "round",
+                                    "features": f"clip:{metrics['judge']}", "dataset": "demo, 10 classes",
+                                    "image_size": SIZE}
+    assert protocol["generate"]["reference"].startswith(f"demo {params.fid.reference_split}, ")
+    assert protocol["clip_score"]["features"] == "clip:clip_demo" and protocol["judge_score"]["samples"] == 10
+    assert protocol["inpaint"]["center"]["samples"] == 3 and protocol["inpaint"]["center"]["crop"] == "none"
     table = (results / "eval_tokenopt" / "generation.csv").read_text().splitlines()
     assert table[0].startswith("method,fid,") and len(table) == 7
     assert (Path(params.paths.data) / "tokenopt" / "fid_reference.npz").is_file()
