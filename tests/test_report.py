@@ -454,6 +454,15 @@ def test_reference_numbers_file():
     assert numbers["titok_l32_rfid"].value == 2.21 and numbers["titok_b64_rfid"].value == 1.70
     assert numbers["titok_s128_rfid"].value == 1.71 and numbers["titok_l32_gfid"].value == 2.77
     assert numbers["tokenopt_seed_fid"].value == "unknown"
+    # issue 18's numbers: the generation table's B-64 IS, L-32 without guidance (Table 5), the README's
+    # single-stage tokenizers, MaskGIT-VQGAN (maintainer, issue 5), each once
+    assert numbers["titok_b64_is"].value == 214.7 and numbers["titok_l32_gfid_no_guidance"].value == 3.15
+    single_stage = {"titok_bl64_vq_rfid": 2.06, "titok_bl128_vq_rfid": 1.49, "titok_sl256_vq_rfid": 1.03,
+                    "titok_ll32_vae_rfid": 1.61, "titok_bl64_vae_rfid": 1.25, "titok_bl128_vae_rfid": 0.84}
+    assert {k: numbers[k].value for k in single_stage} == single_stage
+    assert [n.id for n in numbers.values() if n.value == 2.28] == ["maskgit_vqgan_rfid"]
+    assert "issues/5" in numbers["maskgit_vqgan_rfid"].source and "Table 5" in numbers[
+        "titok_l32_gfid_no_guidance"].source
     for n in numbers.values():
         assert n.source and n.protocol.text and n.protocol.source
         assert n.value == "unknown" or n.tolerance, n.id
