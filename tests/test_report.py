@@ -428,6 +428,10 @@ def test_a_row_shows_only_what_the_run_measured_with_its_feature_space_and_chanc
     other = evaluate.evaluate_number(_entry(1.70, {"abs": 0.25}, measures={"num_tokens": 64}), tmp_path, {})
     assert other["status"] == "not_measured" and other["value"] is None  # another tokenizer's row: no value
     assert "this run measured num_tokens = 32" in other["reason"] and render._reproduced_text(other) == "n/a"
+    older = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, measures={"num_tokens": 32, "legacy": True}),
+                                     tmp_path, {})  # metrics written before the stage recorded `legacy`
+    assert older["status"] == "not_measured" and older["value"] is None
+    assert older["reason"] == "this run did not record legacy; this row is about legacy = true"
     same = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, measures={"num_tokens": 32},
                                            metric={"space": "feature_space"}), tmp_path, {})
     assert same["value"] == 41.7 and render._reproduced_text(same) == "41.7, in clip-demo features"

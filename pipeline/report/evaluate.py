@@ -89,7 +89,9 @@ def _measured_other(measures: dict, metrics: dict) -> str:
     """Why the run's value is not this row's (``measures`` keys of the metrics file that differ), or ""."""
     for key, expected in measures.items():
         found = lookup(metrics, key)
-        if found is MISSING or found != expected:
+        if found is MISSING:  # metrics older than the key: what was measured cannot be told
+            return f"this run did not record {key}; this row is about {key} = {fmt(expected)}"
+        if found != expected:
             return f"this run measured {key} = {fmt(found)}; this row is about {fmt(expected)}"
     return ""
 
