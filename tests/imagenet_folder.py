@@ -93,6 +93,7 @@ def make_imagenet(root: Path, val_layout: str = "flat", bad: bool = True) -> dic
     base = photo(7, 50, 40)
     (t / w[0] / f"{w[0]}_empty.JPEG").write_bytes(b"")                            # skipped: empty
     (t / w[0] / f"{w[0]}_truncated.JPEG").write_bytes(jpeg_bytes(base)[:-200])    # repaired
+    (t / w[0] / f"{w[0]}_grey.JPEG").write_bytes(jpeg_bytes(photo(8, 500, 375))[:3000])  # skipped: mostly fill
     (t / w[1] / f"{w[1]}_png.JPEG").write_bytes(png_bytes(base.convert("RGBA")))  # repaired (PNG, alpha)
     (t / w[1] / f"{w[1]}_cmyk.JPEG").write_bytes(jpeg_bytes(base.convert("CMYK")))  # repaired (CMYK)
     (t / w[2] / f"{w[2]}_gray.JPEG").write_bytes(jpeg_bytes(base.convert("L")))  # converted, kept
@@ -100,7 +101,7 @@ def make_imagenet(root: Path, val_layout: str = "flat", bad: bool = True) -> dic
     (t / w[2] / f"{w[2]}_corrupt.JPEG").write_bytes(corrupt_jpeg(jpeg_bytes(base)))  # skipped: corrupt
     (t / w[2] / f"{w[2]}_dangling.JPEG").symlink_to(root / "does-not-exist.JPEG")  # skipped: unreadable
     expected["train"] += 4
-    expected["skipped"] = {"empty": 1, "not_an_image": 1, "corrupt": 1, "unreadable": 1}
+    expected["skipped"] = {"empty": 1, "not_an_image": 1, "corrupt": 1, "mostly_fill": 1, "unreadable": 1}
     expected["repaired"] = {f"train/{w[0]}/{w[0]}_truncated.JPEG", f"train/{w[1]}/{w[1]}_png.JPEG",
                             f"train/{w[1]}/{w[1]}_cmyk.JPEG"}
     if val_layout == "flat":  # an image the CSV does not label

@@ -176,6 +176,14 @@ def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatc
     assert set(m["probe"]["accuracy"]) == {"32", "64", "256"} and m["probe"]["chance"] == 0.1
     assert sum(m["specialisation"]["attention_share_per_group"]) == pytest.approx(1.0, abs=1e-4)
     assert len(m["specialisation"]["attention_share_per_group"]) == 8
+    # the protocol each kind of score followed, for the report: rFID rounds to 8 bits, L1 does not
+    data = {"dataset": "demo val, 10 classes", "image_size": params.image_size, "crop": "none"}
+    rfid = m["protocol"]["rfid"]
+    assert rfid == {"samples": 20, "reference": "same images", "uint8": "round", "features": rfid["features"], **data,
+                    "pixels": "rendered, stored as png"}
+    assert rfid["features"].startswith("clip:")  # the judge's image encoder, named
+    assert m["protocol"]["errors"]["uint8"] == "none" and m["protocol"]["errors"]["samples"] == 20
+    assert m["protocol"]["probe"]["train_samples"] == m["num_images"]["probe_train"]
     rows = (out / "rfid_vs_tokens.csv").read_text().splitlines()
     assert rows[0] == "tokens,l1,psnr,rfid,probe_accuracy,ood_l1,ood_psnr,ood_rfid" and len(rows) == 4
     assert len((out / "per_image.csv").read_text().splitlines()) == 21

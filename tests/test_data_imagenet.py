@@ -41,6 +41,8 @@ def test_bad_inputs_are_skipped_or_repaired_and_reported(flat):
     by_file = {s["file"]: s for s in report["skipped"]}
     assert by_file[f"train/{WNIDS[0]}/{WNIDS[0]}_empty.JPEG"]["kind"] == "empty"
     assert by_file[f"train/{WNIDS[2]}/{WNIDS[2]}_dangling.JPEG"]["kind"] == "unreadable"
+    grey = by_file[f"train/{WNIDS[0]}/{WNIDS[0]}_grey.JPEG"]  # cut to 3 KB: PIL would "repair" it to grey
+    assert grey["kind"] == "mostly_fill" and "constant fill (128, 128, 128)" in grey["reason"]
     assert by_file["val/ILSVRC2012_val_00000099.JPEG"]["kind"] == "no_label"
     assert m["conversions"]["CMYK -> RGB"] == 1 and m["conversions"]["L -> RGB"] == 1
     assert m["conversions"]["PNG data in a .JPEG file"] == 1

@@ -7,7 +7,15 @@ import pytest
 from imagenet_folder import corrupt_jpeg, jpeg_bytes, photo, png_bytes
 from PIL import Image
 
-from pipeline.data.transforms import SkipImage, center_crop_arr, decode_rgb, decode_stored, encode, to_rgb
+from pipeline.data.transforms import (
+    SkipImage,
+    center_crop_arr,
+    decode_rgb,
+    decode_stored,
+    encode,
+    fill_fraction,
+    to_rgb,
+)
 
 
 def adm_reference(img: Image.Image, size: int) -> np.ndarray:
@@ -91,6 +99,28 @@ def test_decode_reports_conversions_and_repairs():
     assert decode_rgb(png_bytes(base), 16, name="x_1.png").notes == []
     truncated = decode_rgb(jpeg_bytes(base)[:-200], 16)
     assert truncated.repaired and "LOAD_TRUNCATED_IMAGES" in truncated.notes[0]
+
+
+def test_a_jpeg_truncated_to_a_few_kb_is_skipped_as_mostly_fill():
+    """PIL decodes the lost part of a baseline JPEG as grey rows; a file cut to 3 KB is mostly that grey."""
+    photo_jpeg = jpeg_bytes(photo(8, 500, 375))
+    assert len(photo_jpeg) > 10_000
+    with pytest.raises(SkipImage) as err:
+        decode_rgb(photo_jpeg[:3000], 32)
+    assert err.value.kind == "mostly_fill"
+    assert "% of the decoded rows" in err.value.detail and "(128, 128, 128)" in err.value.detail
+    kept = decode_rgb(photo_jpeg, 32)  # the whole file: kept, nothing to report
+    assert kept.notes == [] and not kept.repaired
+    assert decode_rgb(photo_jpeg[:-300], 32).repaired  # a few hundred bytes lost: a thin grey band, kept
+
+
+def test_fill_fraction_counts_constant_rows_from_the_bottom():
+    a = np.full((10, 4, 3), 128, np.uint8)
+    a[:3, 0] = 7  # rows 0-2 hold image data, 3-9 are fill
+    assert fill_fraction(Image.fromarray(a)) == 0.7
+    assert fill_fraction(Image.fromarray(np.full((5, 5), 128, np.uint8))) == 1.0
+    a[-1, 0] = 9  # the bottom row is not uniform: no fill at all
+    assert fill_fraction(Image.fromarray(a)) == 0.0
 
 
 @pytest.mark.parametrize(("data", "kind"), [(b"", "empty"), (b"hello", "not_an_image"),

@@ -38,7 +38,8 @@ out = pathlib.Path("results/a")
 (out / "figures").mkdir(parents=True, exist_ok=True)
 (out / "figures" / "curve.png").write_bytes(png(40))
 (out / "metrics.json").write_text(json.dumps({"score": 2.2, "num_images": 12, "stage_seconds": 0.5,
-    "attrs": {"blur": {"ok": True, "top": 0.9}, "brightness": {"ok": False, "top": 0.1}}}))
+    "attrs": {"blur": {"ok": True, "top": 0.9}, "brightness": {"ok": False, "top": 0.1}},
+    "protocol": {"score": {"samples": 12, "features": "clip:tiny", "pixels": "rendered"}}}))
 """
 
 STAGE_B = """
@@ -73,31 +74,36 @@ stages:
     metrics: [{results/report/summary.json: {cache: false}}]
 """
 
+P12 = {"text": "12 images", "source": "Table 1 notes", "samples": 12, "features": "clip:tiny"}  # make_a's record
+SCORE = {"stage": "make_a", "file": "a/metrics.json", "key": "score", "protocol": "protocol.score"}
 REFERENCES = {
     "schema": 1,
-    "comparable_profiles": ["micro"],
     "experiments": [
         {"id": "alpha", "title": "Alpha (Someone, 2024)", "stages": ["make_a"], "numbers": [
-            {"id": "a_within", "what": "score", "value": 2.0, "source": "Table 1", "protocol": "p",
-             "tolerance": {"abs": 0.5}, "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"}},
-            {"id": "a_outside", "what": "score", "value": 1.0, "source": "Table 1", "protocol": "p",
-             "tolerance": {"rel": 0.1}, "better": "lower",
-             "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"}},
-            {"id": "a_unknown", "what": "score", "value": "unknown", "source": "Table 2", "protocol": "p",
-             "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"}},
-            {"id": "a_protocol", "what": "score at 50k", "value": 2.2, "source": "Table 1", "protocol": "50k",
-             "tolerance": {"abs": 0.1}, "metric": {"stage": "make_a", "file": "a/metrics.json", "key": "score"},
-             "comparable": {"requires": {"num_images": 50000}}},
-            {"id": "a_none", "what": "gFID", "value": 2.77, "source": "README", "protocol": "ADM",
-             "tolerance": {"abs": 0.3}, "metric": None}]},
+            {"id": "a_within", "what": "score", "value": 2.0, "source": "Table 1", "protocol": P12,
+             "tolerance": {"abs": 0.5}, "metric": SCORE},
+            {"id": "a_outside", "what": "score", "value": 1.0, "source": "Table 1", "protocol": P12,
+             "tolerance": {"rel": 0.1}, "better": "lower", "metric": SCORE},
+            {"id": "a_unknown", "what": "score", "value": "unknown", "source": "Table 2", "protocol": P12,
+             "metric": SCORE},
+            {"id": "a_protocol", "what": "score at 50k", "value": 2.2, "source": "Table 1",
+             "protocol": {**P12, "text": "50k", "samples": 50000, "features": "inception"},
+             "tolerance": {"abs": 0.1}, "metric": SCORE},
+            {"id": "a_requires", "what": "score of 13 images", "value": 2.2, "source": "Table 1", "protocol": P12,
+             "tolerance": {"abs": 0.1}, "metric": SCORE, "comparable": {"requires": {"num_images": 13}}},
+            {"id": "a_none", "what": "gFID", "value": 2.77, "source": "README",
+             "protocol": {"text": "ADM", "source": "README", "samples": 50000}, "tolerance": {"abs": 0.3},
+             "metric": None}]},
         {"id": "beta", "title": "Beta (Other, 2025)", "stages": ["make_b", "never_added"], "numbers": [
-            {"id": "b_loss", "what": "loss", "value": 0.2, "source": "Fig. 3", "protocol": "q",
-             "tolerance": {"abs": 0.01}, "metric": {"stage": "make_b", "file": "b/metrics.json", "key": "loss"},
-             "comparable": {"profiles": ["paper"]}},
-            {"id": "b_renamed", "what": "old key", "value": 1.0, "source": "Fig. 3", "protocol": "q",
-             "tolerance": {"abs": 0.1}, "metric": {"stage": "make_b", "file": "b/metrics.json", "key": "old"}},
-            {"id": "b_notrun", "what": "later stage", "value": 3.0, "source": "Fig. 4", "protocol": "q",
-             "tolerance": {"abs": 0.1}, "metric": {"stage": "never_added", "file": "c/metrics.json", "key": "x"}}]},
+            {"id": "b_loss", "what": "loss", "value": 0.2, "source": "Fig. 3", "protocol": P12,
+             "tolerance": {"abs": 0.01},
+             "metric": {"stage": "make_b", "file": "b/metrics.json", "key": "loss", "protocol": "protocol.loss"}},
+            {"id": "b_renamed", "what": "old key", "value": 1.0, "source": "Fig. 3", "protocol": P12,
+             "tolerance": {"abs": 0.1},
+             "metric": {"stage": "make_b", "file": "b/metrics.json", "key": "old", "protocol": "protocol"}},
+            {"id": "b_notrun", "what": "later stage", "value": 3.0, "source": "Fig. 4", "protocol": P12,
+             "tolerance": {"abs": 0.1},
+             "metric": {"stage": "never_added", "file": "c/metrics.json", "key": "x", "protocol": "protocol"}}]},
     ],
     "ground_truth_checks": {"profiles": ["micro"], "checks": [
         {"id": "attrs_ok", "title": "Attributes found", "stage": "make_a", "file": "a/metrics.json",
@@ -164,9 +170,11 @@ def test_report_has_every_section(finished):
     assert "within tolerance" in rows["a_within"]
     assert "outside tolerance (worse than the paper)" in rows["a_outside"]
     assert "| unknown |" in rows["a_unknown"] and "unknown paper value" in rows["a_unknown"]
-    assert "not comparable at this profile (metrics num_images is 12" in rows["a_protocol"]
+    assert "| not comparable (samples 12 vs 50000; features clip:tiny vs inception) |" in rows["a_protocol"]
+    assert "| not comparable (num_images 12 vs 13) |" in rows["a_requires"]
     assert "not measured by this pipeline" in rows["a_none"]
-    assert "not comparable at this profile (profile micro" in rows["b_loss"]
+    # metrics written before the stage recorded its protocol: never compared
+    assert "| not comparable (protocol unknown: protocol.loss not recorded in b/metrics.json) |" in rows["b_loss"]
     assert "metric not in metrics file" in rows["b_renamed"]
     assert "stage not run" in rows["b_notrun"]
     assert "| pass |" in rows["attrs_ok[blur]"] and "| fail |" in rows["attrs_ok[brightness]"]
@@ -187,8 +195,18 @@ def test_report_has_every_section(finished):
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
     assert "unknown paper value" in page
 
+    # the sources say which protocol each value followed and how it compares
+    bullets = {line.split("`")[1]: line for line in md.splitlines() if line.startswith("- `")}
+    assert ("Paper's protocol parts: samples 12; features clip:tiny (source of the protocol: Table 1 notes). "
+            "This run (results/a/metrics.json: protocol.score): samples 12; features clip:tiny; pixels rendered. "
+            "Matches every part the paper's declares.") in bullets["a_within"]
+    assert "Differs from the paper's in: samples 12 vs 50000; features clip:tiny vs inception." in bullets["a_protocol"]
+    assert "This run: protocol unknown (protocol.loss not recorded in results/b/metrics.json)." in bullets["b_loss"]
+    assert bullets["a_none"].endswith("Paper's protocol parts: samples 50000 (source of the protocol: README).")
+
     summary = json.loads((finished / "results/report/summary.json").read_text())
     assert summary["numbers"]["within"] == 1 and summary["numbers"]["outside"] == 1
+    assert summary["numbers"]["not_comparable"] == 3
     assert summary["numbers"]["unknown"] == 1 and summary["ground_truth"]["pass"] == 1
     assert set(summary) == {"numbers", "ground_truth"}  # the headline: the values are in report.json
     assert "Data and pipelines are up to date." in _run(["dvc", "status"], finished).stdout
@@ -304,10 +322,27 @@ def test_verify_catches_an_edited_document_and_a_forged_verdict(finished, tmp_pa
 # --- unit checks -------------------------------------------------------------------------------------
 
 
-def _entry(value, tolerance=None, **kw):
+# The paper's protocol of the unit checks, and a run's record that matches it part for part.
+PAPER = {"samples": 50000, "train_samples": 1281167, "reference": "same images",
+         "dataset": "imagenet val, 1000 classes", "image_size": 256, "crop": "center", "uint8": "round",
+         "features": "inception"}
+RUN = {"samples": 300, "train_samples": 600, "reference": "adm:VIRTUAL_imagenet256_labeled.npz",
+       "dataset": "demo val, 10 classes", "image_size": 64, "crop": "none", "uint8": "none",
+       "features": "clip:clip_judge_demo"}  # every part different
+
+
+def _entry(value, tolerance=None, protocol=None, **kw):
+    parts = {"samples": 50000} if protocol is None else protocol
     return references.Number.model_validate(
-        {"id": "x", "what": "w", "value": value, "source": "s", "protocol": "p", "tolerance": tolerance,
-         "metric": {"stage": "s", "file": "s/metrics.json", "key": "m.fid", **kw.pop("metric", {})}, **kw})
+        {"id": "x", "what": "w", "value": value, "source": "s", "protocol": {"text": "p", "source": "ps", **parts},
+         "tolerance": tolerance,
+         "metric": {"stage": "s", "file": "s/metrics.json", "key": "m.fid", "protocol": "protocol",
+                    **kw.pop("metric", {})}, **kw})
+
+
+def _metrics(tmp_path, metrics: dict) -> None:
+    (tmp_path / "s").mkdir(exist_ok=True)
+    (tmp_path / "s/metrics.json").write_text(json.dumps(metrics))
 
 
 @pytest.mark.parametrize(("measured", "paper", "tolerance", "status"), [
@@ -319,47 +354,93 @@ def _entry(value, tolerance=None, **kw):
     (9.5, 8.2, {"rel": 0.15}, "outside"),
 ])
 def test_status_against_tolerance(tmp_path, measured, paper, tolerance, status):
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s/metrics.json").write_text(json.dumps({"m": {"fid": measured}}))
-    row = evaluate.evaluate_number(_entry(paper, tolerance, better="lower"), tmp_path, "paper", {}, ["paper"])
+    _metrics(tmp_path, {"m": {"fid": measured}, "protocol": {"samples": 50000}})
+    row = evaluate.evaluate_number(_entry(paper, tolerance, better="lower"), tmp_path, {})
     assert row["status"] == status and row["reproduced"] == measured
     if status == "outside":
         assert row["reason"] == ("worse than the paper" if measured > paper else "better than the paper")
 
 
-def test_status_scale_profile_params_and_unknown(tmp_path):
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s/metrics.json").write_text(json.dumps({"m": {"fid": 0.556}}))
+def test_a_matching_protocol_is_comparable(tmp_path):
+    """Every part the paper declares, recorded alike by the run: the value is compared with the paper's."""
+    _metrics(tmp_path, {"m": {"fid": 2.3}, "protocol": {**PAPER, "pixels": "full JPEG decode, stored as png"}})
+    row = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, protocol=PAPER), tmp_path, {})
+    assert row["status"] == "within" and row["protocol_differences"] == [] and row["reason"] == ""
+    assert "Matches every part the paper's declares" in render.protocol_text(row | {"metric": {
+        **row["metric"], "path": "results/s/metrics.json"}})
+    # a part the paper does not declare is not compared (only the declared ones are)
+    only_samples = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}), tmp_path, {})
+    assert only_samples["status"] == "within"
+
+
+@pytest.mark.parametrize("part", references.PROTOCOL_PARTS)
+def test_each_differing_part_of_the_protocol_is_named(tmp_path, part):
+    _metrics(tmp_path, {"m": {"fid": 2.3}, "protocol": {**PAPER, part: RUN[part]}})
+    row = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, protocol=PAPER), tmp_path, {})
+    assert row["status"] == "not_comparable" and row["value"] == 2.3  # the value is shown, not compared
+    assert row["reason"] == f"{part} {evaluate.fmt(RUN[part])} vs {evaluate.fmt(PAPER[part])}"
+    assert render._status_text(row) == f"not comparable ({row['reason']})"
+
+
+def test_every_differing_part_is_named_at_once(tmp_path):
+    _metrics(tmp_path, {"m": {"fid": 41.7}, "protocol": RUN})
+    row = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, protocol=PAPER), tmp_path, {})
+    assert row["status"] == "not_comparable"
+    assert row["reason"] == ("samples 300 vs 50000; train_samples 600 vs 1281167; reference "
+                             "adm:VIRTUAL_imagenet256_labeled.npz vs same images; dataset demo val, 10 classes vs "
+                             "imagenet val, 1000 classes; image_size 64 vs 256; crop none vs center; uint8 none vs "
+                             "round; features clip:clip_judge_demo vs inception")
+
+
+def test_an_unrecorded_or_unknown_part_is_never_comparable(tmp_path):
+    _metrics(tmp_path, {"m": {"fid": 2.3}, "protocol": {k: v for k, v in PAPER.items() if k != "crop"}})
+    row = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, protocol=PAPER), tmp_path, {})
+    assert row["status"] == "not_comparable" and row["reason"] == "crop not recorded vs center"
+    _metrics(tmp_path, {"m": {"fid": 2.3}, "protocol": PAPER})
+    unknown = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, protocol={**PAPER, "samples": "unknown"}),
+                                       tmp_path, {})
+    assert unknown["status"] == "not_comparable" and unknown["reason"] == "samples 50000 vs unknown"
+    _metrics(tmp_path, {"m": {"fid": 2.3}})  # metrics written before the stage recorded a protocol
+    none = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}), tmp_path, {})
+    assert none["status"] == "not_comparable" and none["run_protocol"] is None
+    assert none["reason"] == "protocol unknown: protocol not recorded in s/metrics.json"
+
+
+def test_status_scale_requires_and_unknown(tmp_path):
+    _metrics(tmp_path, {"m": {"fid": 0.556}, "init": "random", "protocol": {"samples": 50000}})
     scaled = _entry(55.6, {"abs": 0.5}, metric={"scale": 100})
-    assert evaluate.evaluate_number(scaled, tmp_path, "paper", {}, ["paper"])["status"] == "within"
-    demo = evaluate.evaluate_number(scaled, tmp_path, "demo", {}, ["paper"])
-    assert demo["status"] == "not_comparable" and demo["reproduced"] == pytest.approx(55.6)
-    needs = _entry(55.6, {"abs": 0.5}, metric={"scale": 100}, comparable={"params": {"image_size": 256}})
-    row = evaluate.evaluate_number(needs, tmp_path, "paper", {"image_size": 64}, ["paper"])
-    assert row["status"] == "not_comparable" and "params.yaml image_size is 64" in row["reason"]
-    unknown = evaluate.evaluate_number(_entry("unknown"), tmp_path, "paper", {}, ["paper"])
+    row = evaluate.evaluate_number(scaled, tmp_path, {})
+    assert row["status"] == "within" and row["reproduced"] == pytest.approx(55.6)
+    needs = _entry(55.6, {"abs": 0.5}, metric={"scale": 100}, comparable={"requires": {"init": "seed"}})
+    row = evaluate.evaluate_number(needs, tmp_path, {})
+    assert row["status"] == "not_comparable" and row["reason"] == "init random vs seed"
+    unknown = evaluate.evaluate_number(_entry("unknown"), tmp_path, {})
     assert unknown["status"] == "unknown" and unknown["value"] == 0.556
+    assert unknown["protocol_differences"] == []  # shown beside the unknown value
     assert render._paper_text(unknown) == "unknown"
-    missing = evaluate.evaluate_number(_entry("unknown"), tmp_path / "nowhere", "paper", {}, ["paper"])
+    missing = evaluate.evaluate_number(_entry("unknown"), tmp_path / "nowhere", {})
     assert missing["status"] == "unknown" and missing["reason"].startswith("stage not run")
 
 
 def test_a_row_shows_only_what_the_run_measured_with_its_feature_space_and_chance(tmp_path):
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s/metrics.json").write_text(json.dumps(
-        {"m": {"fid": 41.7, "top1": 0.11}, "num_tokens": 32, "feature_space": "clip-demo", "chance": 0.1}))
-    other = evaluate.evaluate_number(_entry(1.70, {"abs": 0.25}, measures={"num_tokens": 64}), tmp_path, "paper", {},
-                                   ["paper"])
+    _metrics(tmp_path, {"m": {"fid": 41.7, "top1": 0.11}, "num_tokens": 32, "feature_space": "clip-demo",
+                        "chance": 0.1, "protocol": {"samples": 300}})
+    other = evaluate.evaluate_number(_entry(1.70, {"abs": 0.25}, measures={"num_tokens": 64}), tmp_path, {})
     assert other["status"] == "not_measured" and other["value"] is None  # another tokenizer's row: no value
     assert "this run measured num_tokens = 32" in other["reason"] and render._reproduced_text(other) == "n/a"
+    older = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, measures={"num_tokens": 32, "legacy": True}),
+                                     tmp_path, {})  # metrics written before the stage recorded `legacy`
+    assert older["status"] == "not_measured" and older["value"] is None
+    assert older["reason"] == "this run did not record legacy; this row is about legacy = true"
     same = evaluate.evaluate_number(_entry(2.21, {"abs": 0.25}, measures={"num_tokens": 32},
-                                         metric={"space": "feature_space"}), tmp_path, "demo", {}, ["paper"])
+                                           metric={"space": "feature_space"}), tmp_path, {})
     assert same["value"] == 41.7 and render._reproduced_text(same) == "41.7, in clip-demo features"
+    assert same["status"] == "not_comparable" and same["reason"] == "samples 300 vs 50000"
     probe = evaluate.evaluate_number(_entry(55.6, {"abs": 3.0}, metric={"key": "m.top1", "chance": "chance"}),
-                                   tmp_path, "demo", {}, ["paper"])
+                                     tmp_path, {})
     assert render.at_chance(probe) and "AT CHANCE (0.1)" in render._reproduced_text(probe)
     from_params = evaluate.evaluate_number(_entry(9.0, {"rel": 0.1}, metric={"space": "fid.feature_space"}), tmp_path,
-                                         "demo", {"fid": {"feature_space": "inception"}}, ["paper"])
+                                           {"fid": {"feature_space": "inception"}})
     assert render._reproduced_text(from_params).endswith("in inception features")
 
 
@@ -377,9 +458,49 @@ def test_reference_numbers_file():
     assert numbers["titok_l32_rfid"].value == 2.21 and numbers["titok_b64_rfid"].value == 1.70
     assert numbers["titok_s128_rfid"].value == 1.71 and numbers["titok_l32_gfid"].value == 2.77
     assert numbers["tokenopt_seed_fid"].value == "unknown"
+    # issue 18's numbers: the generation table's B-64 IS, L-32 without guidance (Table 5), the README's
+    # single-stage tokenizers, MaskGIT-VQGAN (maintainer, issue 5), each once
+    assert numbers["titok_b64_is"].value == 214.7 and numbers["titok_l32_gfid_no_guidance"].value == 3.15
+    single_stage = {"titok_bl64_vq_rfid": 2.06, "titok_bl128_vq_rfid": 1.49, "titok_sl256_vq_rfid": 1.03,
+                    "titok_ll32_vae_rfid": 1.61, "titok_bl64_vae_rfid": 1.25, "titok_bl128_vae_rfid": 0.84}
+    assert {k: numbers[k].value for k in single_stage} == single_stage
+    assert [n.id for n in numbers.values() if n.value == 2.28] == ["maskgit_vqgan_rfid"]
+    assert "issues/5" in numbers["maskgit_vqgan_rfid"].source and "Table 5" in numbers[
+        "titok_l32_gfid_no_guidance"].source
     for n in numbers.values():
-        assert n.source and n.protocol
+        assert n.source and n.protocol.text and n.protocol.source
         assert n.value == "unknown" or n.tolerance, n.id
+    # the official protocols: 50k val images for rFID, ADM's reference batch and 50k samples for gFID
+    rfid, gfid = numbers["titok_l32_rfid"].protocol.parts(), numbers["titok_l32_gfid"].protocol.parts()
+    assert rfid == {"samples": 50000, "reference": "same images", "dataset": "imagenet val, 1000 classes",
+                    "image_size": 256, "crop": "center", "uint8": "round", "features": "inception"}
+    assert gfid == {"samples": 50000, "reference": "adm:VIRTUAL_imagenet256_labeled.npz", "image_size": 256,
+                    "features": "inception"}
+    assert numbers["alit_in100_fid_32"].protocol.crop == "center-no-resize"
+
+
+def test_the_stages_record_their_protocol_in_the_references_words():
+    """What the measuring stages write (fid.fidelity_protocol, shards.image_protocol) uses the words the
+    references declare, so a run that follows the paper's protocol can match it."""
+    from typing import get_args
+
+    from pipeline.data.shards import image_protocol
+    from pipeline.metrics.fid import FeatureSpace, fidelity_protocol
+
+    imagenet = {"source": "imagenet_folder", "image_size": 256, "image_format": "png",
+                "params": {"jpeg_draft": False, "jpeg_quality": 95}, "classes": [{}] * 1000}
+    space = FeatureSpace("inception-v3-local", "2048", "logits_unbiased", label="inception")
+    run = fidelity_protocol(space, 50000, "same images") | image_protocol(imagenet, "val")
+    paper = references.load_references(ROOT / references.REFERENCES)
+    titok = next(n for e in paper.experiments for n in e.numbers if n.id == "titok_l32_rfid")
+    assert evaluate.protocol_differences(titok.protocol, run) == []
+    assert run["pixels"] == "full JPEG decode, stored as png"
+    demo = image_protocol({"source": "demo", "image_size": 64, "image_format": "png", "params": {},
+                           "classes": [{}] * 10}, "val")
+    assert demo["dataset"] == "demo val, 10 classes" and demo["crop"] == "none"
+    assert image_protocol(imagenet, None)["dataset"] == "imagenet, 1000 classes"
+    assert {run["crop"], demo["crop"]} <= set(get_args(references.Crop))
+    assert run["uint8"] in get_args(references.Uint8)
 
 
 def _references_error(tmp_path, refs: dict) -> str:
@@ -392,8 +513,24 @@ def _references_error(tmp_path, refs: dict) -> str:
 
 def test_references_reject_bad_entries(tmp_path):
     bad = {"experiments": [{"id": "e", "title": "t", "numbers": [
-        {"id": "n", "what": "w", "value": 2.0, "source": "s", "protocol": "p"}]}]}
+        {"id": "n", "what": "w", "value": 2.0, "source": "s", "protocol": {"text": "p", "source": "ps"}}]}]}
     assert f"{tmp_path / 'r.yaml'}: experiments.e.numbers.n: tolerance: missing" in _references_error(tmp_path, bad)
+    number = bad["experiments"][0]["numbers"][0]
+    number.update(tolerance={"abs": 1}, metric={"stage": "s", "file": "f.json", "key": "k"})
+    assert "experiments.e.numbers.n: protocol: declares none of samples" in _references_error(tmp_path, bad)
+    number["protocol"] = {"text": "p", "source": "ps", "samples": 50000, "crop": "centre"}
+    assert ("experiments.e.numbers.n.protocol.crop: expected 'center', 'center-no-resize', 'none' or 'unknown', "
+            "found 'centre'") in _references_error(tmp_path, bad)
+    number["protocol"]["crop"] = "center"
+    assert "experiments.e.numbers.n: metric.protocol: missing" in _references_error(tmp_path, bad)
+    number["protocol"]["samples"] = "50k"
+    assert ("experiments.e.numbers.n.protocol.samples: expected a positive integer or 'unknown', found '50k'"
+            in _references_error(tmp_path, bad))
+    number["protocol"] = "50k val images"  # the old prose-only protocol
+    assert "experiments.e.numbers.n.protocol: " in _references_error(tmp_path, bad)
+    del number["metric"]
+    number["protocol"] = {"text": "p", "source": "ps"}
+    number.pop("tolerance")
     bad["experiments"][0]["numbers"][0].update(value="about 2", tolerance={"abs": 1})
     assert ("experiments.e.numbers.n.value: expected a number or 'unknown', found 'about 2' (str)"
             in _references_error(tmp_path, bad))
@@ -423,8 +560,7 @@ def test_references_errors_name_the_file_and_the_key(tmp_path):
     lines = _references_error(tmp_path, refs).splitlines()
     assert lines[0] == f"{path}: experiments.e.title: expected a valid string, found 3 (int)"
     assert lines[1].startswith(f"{path}: experiments.e.numbers: expected List should have at least 1 item")
-    assert lines[2] == (f"{path}: extra: unknown key (allowed here: schema, comparable_profiles, experiments, "
-                        "ground_truth_checks)")
+    assert lines[2] == f"{path}: extra: unknown key (allowed here: schema, experiments, ground_truth_checks)"
 
 
 def test_the_report_stage_stops_on_invalid_references_with_the_error(finished, tmp_path):

@@ -149,6 +149,14 @@ def test_four_stages_end_to_end(setup, fake_tracking):
     assert headline["judge_top1"] == gen["methods"]["optimized"]["judge_zero_shot_top1"]
     assert headline["inpaint_boxes_psnr_hole"] == metrics["inpaint"]["boxes"]["result"]["psnr_hole"]
     assert len(headline) <= 12 and all(isinstance(v, int | float) for v in headline.values())
+    # the protocol each score followed, for the report (its words: pipeline.report.references)
+    protocol = metrics["protocol"]
+    assert protocol["generate"] == {"samples": 10, "reference": protocol["generate"]["reference"], "uint8": "round",
+                                    "features": f"clip:{metrics['judge']}", "dataset": "demo, 10 classes",
+                                    "image_size": SIZE}
+    assert protocol["generate"]["reference"].startswith(f"demo {params.fid.reference_split}, ")
+    assert protocol["clip_score"]["features"] == "clip:clip_demo" and protocol["judge_score"]["samples"] == 10
+    assert protocol["inpaint"]["center"]["samples"] == 3 and protocol["inpaint"]["center"]["crop"] == "none"
     table = (results / "eval_tokenopt" / "generation.csv").read_text().splitlines()
     assert table[0].startswith("method,fid,") and len(table) == 7
     assert (Path(params.paths.data) / "tokenopt" / "fid_reference.npz").is_file()

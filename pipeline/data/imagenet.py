@@ -29,10 +29,11 @@ Whole-input failures raise :class:`~pipeline.errors.InputError`: root folder mis
 folders in ``train/``, a val folder without class folders and without ``LOC_val_solution.csv``, val
 labels that match no train class, a ``class_subset`` naming unknown wnids, an HF dataset that cannot be
 opened. Single bad inputs are skipped and reported (see :mod:`pipeline.data.transforms`): besides
-unreadable images, a val image missing from the CSV (``no_label``), one whose label is not a train
-class (``unknown_label``), an HF row with label -1 or none (``no_label``), a file directly in ``val/``
-when the val split has class folders, a file directly in ``train/`` or a hidden or tool folder there
-(``.ipynb_checkpoints``, ``__MACOSX``: never a class) (``outside_class_folder``). The val layout is
+unreadable images and truncated ones that decode mostly to fill (``mostly_fill``), a val image
+missing from the CSV (``no_label``), one whose label is not a train class (``unknown_label``), an HF
+row with label -1 or none (``no_label``), a file directly in ``val/`` when the val split has class
+folders, a file directly in ``train/`` or a hidden or tool folder there (``.ipynb_checkpoints``,
+``__MACOSX``: never a class) (``outside_class_folder``). The val layout is
 checked when the source is opened, before any train image is processed.
 """
 

@@ -19,6 +19,8 @@ Layout of ``<paths.data>/prepared/`` (written by the ``prepare`` stage, atomical
 Readers (the API other stages rely on):
 
 - ``read_manifest(root) -> dict``; ``manifest_class_names(root) -> list[str]``, in label order;
+  ``image_protocol(manifest, split)``: what the prepared images of a split are, in the words of an
+  evaluation protocol (dataset, image size, crop, how the pixels were made), for metrics files;
 - ``load_split(root, split, limit=None) -> SplitData``: a whole (small) split in memory:
   ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``meta`` (one dict of all non-image columns
   per row), in file order;
@@ -65,6 +67,28 @@ def read_manifest(root: Path) -> dict:
 def manifest_class_names(root: Path) -> list[str]:
     """The class names of a prepared-data folder, in label order (index 0 first)."""
     return [c["name"] for c in sorted(read_manifest(root)["classes"], key=lambda c: c["index"])]
+
+
+# The dataset each prepare source reads, and how its images were cut to image_size: the demo renders at
+# size; ImageNet goes through ADM's centre crop (pipeline.data.transforms: short side resized, central square).
+DATASETS = {"demo": ("demo", "none"), "imagenet_folder": ("imagenet", "center"), "imagenet_hf": ("imagenet", "center")}
+
+
+def image_protocol(manifest: dict, split: str | None) -> dict[str, object]:
+    """The protocol parts the prepared data fixes for images of ``split`` (``None``: the class set only).
+
+    ``dataset`` ``"<dataset> <split>, <k> classes"``, ``image_size``, ``crop``, and ``pixels`` (not a
+    compared part: how the pixels were made, e.g. JPEG draft decoding and the stored format, which move
+    values slightly but not the protocol's geometry).
+    """
+    source = manifest.get("source", "unknown")
+    dataset, crop = DATASETS.get(source, (source, "unknown"))
+    prep = manifest.get("params") or {}
+    stored = "png" if manifest.get("image_format") == "png" else f"jpeg q{prep.get('jpeg_quality')}"
+    made = "rendered" if source == "demo" else f"{'draft' if prep.get('jpeg_draft') else 'full'} JPEG decode"
+    where = f"{dataset} {split}" if split else dataset
+    return {"dataset": f"{where}, {len(manifest['classes'])} classes", "image_size": manifest.get("image_size"),
+            "crop": crop, "pixels": f"{made}, stored as {stored}"}
 
 
 def _split_info(root: Path, split: str) -> dict:

@@ -26,8 +26,11 @@ Bad input policy (the caller records every skip and repair, see :class:`Decoded`
 - zero-byte file: skipped;
 - file that cannot be read (broken link, permission, a folder): skipped;
 - data PIL cannot identify as an image: skipped;
-- truncated or corrupt JPEG: decoded again with ``ImageFile.LOAD_TRUNCATED_IMAGES`` (the missing part
-  stays grey) and kept as *repaired*; skipped if that fails too;
+- truncated or corrupt JPEG: decoded again with ``ImageFile.LOAD_TRUNCATED_IMAGES`` (libjpeg fills the
+  missing part with one constant colour, grey for a baseline JPEG) and kept as *repaired*; skipped if
+  that fails too, and skipped (``mostly_fill``) when more than ``MAX_FILL_FRACTION`` of the decoded rows,
+  counted from the bottom, are that fill: a JPEG cut to a few KB "repairs" into a grey image that would
+  enter training and the FID statistics as a real photo;
 - PNG (or any other format) or CMYK data in a file named ``.JPEG``: converted and kept as *repaired*.
 """
 
@@ -49,8 +52,13 @@ class SkipImage(Exception):
         self.kind, self.detail = kind, detail
 
 
-SKIP_KINDS = ("empty", "unreadable", "not_an_image", "too_large", "corrupt", "no_label", "unknown_label",
-              "outside_class_folder")
+SKIP_KINDS = ("empty", "unreadable", "not_an_image", "too_large", "corrupt", "mostly_fill", "no_label",
+              "unknown_label", "outside_class_folder")
+
+# A repaired decode whose bottom rows are fill for more than this fraction of the height is mostly made up
+# by the decoder, not the photo: skipped. Less (a JPEG that lost its last few hundred bytes) is kept as
+# repaired, as before; half is where the made-up part would outweigh the real one.
+MAX_FILL_FRACTION = 0.5
 
 
 @dataclass
@@ -141,6 +149,22 @@ def _load(img: Image.Image, size: int, draft: bool) -> Image.Image:
     return img
 
 
+def fill_fraction(image: Image.Image) -> float:
+    """Fraction of ``image``'s rows, counted up from the bottom, that are one constant colour throughout.
+
+    That colour is the bottom-right pixel's: where a truncated baseline JPEG ends, libjpeg (with
+    ``LOAD_TRUNCATED_IMAGES``) decodes the missing MCU rows as flat fill, so the made-up part is a run
+    of identical rows at the bottom (the partly decoded MCU row above it is not counted).
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    fill = a[-1, -1]
+    constant = (a == fill).all(axis=(1, 2))  # (H,): the row is nothing but the fill colour
+    rows = len(constant) if constant.all() else int(np.argmin(constant[::-1]))
+    return rows / max(len(constant), 1)
+
+
 def decode_rgb(data: bytes, size: int, draft: bool = True, name: str = "") -> Decoded:
     """Decode encoded image ``data`` into the ``size x size`` RGB centre crop.
 
@@ -150,7 +174,7 @@ def decode_rgb(data: bytes, size: int, draft: bool = True, name: str = "") -> De
     if not data:
         raise SkipImage("empty", "0 bytes")
     notes: list[str] = []
-    repaired = False
+    repaired = damaged = False
     img = _open(data)
     fmt, width, height = img.format, img.width, img.height
     try:
@@ -164,7 +188,11 @@ def decode_rgb(data: bytes, size: int, draft: bool = True, name: str = "") -> De
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = False
         notes.append(f"damaged {fmt} decoded with LOAD_TRUNCATED_IMAGES")
-        repaired = True
+        repaired = damaged = True
+    if damaged and (fill := fill_fraction(img)) > MAX_FILL_FRACTION:
+        colour = tuple(int(v) for v in np.asarray(img)[-1, -1].flat)
+        raise SkipImage("mostly_fill", f"damaged {fmt}: {fill:.0%} of the decoded rows (from the bottom) are "
+                                       f"constant fill {colour} made up by LOAD_TRUNCATED_IMAGES, not image data")
     if name.lower().endswith((".jpeg", ".jpg")) and fmt != "JPEG":
         notes.append(f"{fmt} data in a .JPEG file")
         repaired = True

@@ -124,12 +124,13 @@ class ClipFeatures(FeatureExtractorBase):
 
 @dataclass(frozen=True)
 class FeatureSpace:
-    """A registered torch-fidelity feature extractor and the layers each metric uses."""
+    """A registered torch-fidelity feature extractor, the layers each metric uses, and its protocol name."""
 
     name: str
     fid_layer: str
     isc_layer: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # "inception" or "clip:<model name>": the features part of an evaluation protocol
 
 
 def inception_feature_space(weights: str | Path | None = None) -> FeatureSpace:
@@ -137,7 +138,8 @@ def inception_feature_space(weights: str | Path | None = None) -> FeatureSpace:
     path = inception_weights(weights)
     if INCEPTION not in FEATURE_EXTRACTORS_REGISTRY:
         register_feature_extractor(INCEPTION, InceptionLocal)
-    return FeatureSpace(INCEPTION, "2048", "logits_unbiased", {"feature_extractor_weights_path": str(path)})
+    return FeatureSpace(INCEPTION, "2048", "logits_unbiased", {"feature_extractor_weights_path": str(path)},
+                        label="inception")
 
 
 def clip_feature_space(clip: ClipModel, class_names: Sequence[str], *, templates: Sequence[str] = PROMPT_TEMPLATES,
@@ -148,7 +150,7 @@ def clip_feature_space(clip: ClipModel, class_names: Sequence[str], *, templates
         register_feature_extractor(name, ClipFeatures)
     elif FEATURE_EXTRACTORS_REGISTRY[name] is not ClipFeatures:
         raise InputError(f"torch-fidelity feature extractor {name!r} is already registered by something else")
-    return FeatureSpace(name, "clip", "logits")
+    return FeatureSpace(name, "clip", "logits", label=f"clip:{clip.name}")
 
 
 def _dataset(images: Images, num_samples: int | None) -> Dataset:
@@ -267,6 +269,19 @@ def reference_stats(space: FeatureSpace, *, images: Images | None = None, adm_np
     if cache is not None:
         _save_reference(cache, ref, key)
     return ref
+
+
+def fidelity_protocol(space: FeatureSpace, samples: int, reference: str | None = None) -> dict[str, Any]:
+    """What a score of :func:`fidelity_metrics` followed, as parts of an evaluation protocol.
+
+    ``samples`` scored; ``reference``: the caller's description of the reference statistics (the words
+    of ``pipeline.report.references``: ``"same images"``, ``"adm:<file>"``, ...; left out for a score
+    without one, such as IS); ``uint8`` ``"round"``: every image reaches torch-fidelity through
+    :class:`~pipeline.metrics.images.UInt8Images`, which rounds floats to the nearest of 256 levels;
+    ``features``: the space's label.
+    """
+    return {"samples": samples, **({"reference": reference} if reference else {}), "uint8": "round",
+            "features": space.label or space.name}
 
 
 def fidelity_metrics(images: Images, reference: ReferenceStats, space: FeatureSpace, *, num_samples: int | None = None,

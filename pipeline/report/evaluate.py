@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline.dvcfile import MISSING, dvc_stages, file_md5, lock_param_mismatches, lookup, read_lock
-from pipeline.report.references import OPS, REFERENCES, Check, Number, Tolerance, load_references
+from pipeline.report.references import OPS, REFERENCES, UNKNOWN, Check, Number, Protocol, Tolerance, load_references
 from pipeline.tracking import git_commit, hardware, runs_matching_lock
 
 REPORT_STAGE = "report"
@@ -25,7 +25,7 @@ REPORT_STAGE = "report"
 STATUS_TEXT = {
     "within": "within tolerance",
     "outside": "outside tolerance",
-    "not_comparable": "not comparable at this profile",
+    "not_comparable": "not comparable",
     "unknown": "unknown paper value",
     "not_run": "stage not run",
     "missing_key": "metric not in metrics file",
@@ -89,9 +89,26 @@ def _measured_other(measures: dict, metrics: dict) -> str:
     """Why the run's value is not this row's (``measures`` keys of the metrics file that differ), or ""."""
     for key, expected in measures.items():
         found = lookup(metrics, key)
-        if found is MISSING or found != expected:
+        if found is MISSING:  # metrics older than the key: what was measured cannot be told
+            return f"this run did not record {key}; this row is about {key} = {fmt(expected)}"
+        if found != expected:
             return f"this run measured {key} = {fmt(found)}; this row is about {fmt(expected)}"
     return ""
+
+
+def protocol_differences(paper: Protocol, run: Any) -> list[str]:
+    """Every declared part of the paper's protocol the run's record does not match, as ``"part run vs paper"``.
+
+    ``run`` is the run's protocol record (a dict). A part the run did not record, or that the paper's
+    side only knows as ``unknown``, is a difference: a match must be shown, not assumed.
+    """
+    diffs = []
+    for part, expected in paper.parts().items():
+        found = run.get(part, MISSING) if isinstance(run, dict) else MISSING
+        shown = "not recorded" if found is MISSING else fmt(found)
+        if expected == UNKNOWN or found is MISSING or found != expected:
+            diffs.append(f"{part} {shown} vs {fmt(expected)}")
+    return diffs
 
 
 def _found(key: str | None, metrics: dict, params: dict) -> Any:
@@ -103,12 +120,17 @@ def _found(key: str | None, metrics: dict, params: dict) -> Any:
     return None if value is MISSING else value
 
 
-def evaluate_number(entry: Number, results: Path, profile: str, params: dict, default_profiles: list[str]) -> dict:
-    """One "reproduced vs paper" row: the reproduced value, the status and why."""
+def evaluate_number(entry: Number, results: Path, params: dict) -> dict:
+    """One "reproduced vs paper" row: the reproduced value, the protocol it followed, the status and why.
+
+    A measured value is compared with the paper's only when its metrics file records what the row
+    requires (``comparable.requires``) and a protocol that matches every part the paper's declares;
+    otherwise the row is "not comparable" and the reason names each differing part.
+    """
     row = {"id": entry.id, "what": entry.what, "paper": entry.value, "unit": entry.unit, "source": entry.source,
-           "protocol": entry.protocol, "tolerance": _as_written(entry.tolerance), "better": entry.better,
+           "protocol": _as_written(entry.protocol), "tolerance": _as_written(entry.tolerance), "better": entry.better,
            "metric": _as_written(entry.metric), "value": None, "reproduced": None, "reason": "", "status": None,
-           "space": None, "chance": None}
+           "space": None, "chance": None, "run_protocol": None, "protocol_differences": None}
     m = entry.metric
     metrics = read_json(results / m.file) if m else None
     if m is None:
@@ -127,26 +149,28 @@ def evaluate_number(entry: Number, results: Path, profile: str, params: dict, de
             row["value"], row["reproduced"] = value, value * m.scale
             row["space"] = _found(m.space, metrics, params)
             row["chance"] = _found(m.chance, metrics, params)
-    if entry.value == "unknown":  # decisive whatever the run measured; the run's state becomes the reason
+            recorded = lookup(metrics, m.protocol) if m.protocol else MISSING
+            row["run_protocol"] = recorded if isinstance(recorded, dict) else None
+            row["protocol_differences"] = protocol_differences(entry.protocol, row["run_protocol"])
+    if entry.value == UNKNOWN:  # decisive whatever the run measured; the run's state becomes the reason
         if row.get("status"):
             row["reason"] = STATUS_TEXT[row["status"]] + (f": {row['reason']}" if row["reason"] else "")
         row["status"] = "unknown"
         return row
     if row.get("status"):
         return row
-    comparable = entry.comparable
-    profiles = default_profiles if comparable.profiles is None else comparable.profiles
-    if profile not in profiles:
-        row["status"], row["reason"] = "not_comparable", f"profile {profile}; comparable at: {', '.join(profiles)}"
+    reasons = []
+    for key, expected in entry.comparable.requires.items():
+        found = lookup(metrics, key)
+        if found is MISSING or found != expected:
+            reasons.append(f"{key} {'not recorded' if found is MISSING else fmt(found)} vs {fmt(expected)}")
+    if row["run_protocol"] is None:  # metrics written before stages recorded their protocol, or a renamed key
+        reasons.append(f"protocol unknown: {m.protocol} not recorded in {m.file}")
+    else:
+        reasons += row["protocol_differences"]
+    if reasons:
+        row["status"], row["reason"] = "not_comparable", "; ".join(reasons)
         return row
-    for label, needed, source in (("metrics", comparable.requires, metrics),
-                                  ("params.yaml", comparable.params, params)):
-        for key, expected in needed.items():
-            found = lookup(source, key)
-            if found is MISSING or found != expected:
-                row["status"] = "not_comparable"
-                row["reason"] = f"{label} {key} is {fmt(found)}, the paper's protocol needs {fmt(expected)}"
-                return row
     ok = within_tolerance(row["reproduced"], entry.value, entry.tolerance)
     row["status"] = "within" if ok else "outside"
     if not ok and entry.better:
@@ -233,7 +257,7 @@ def build(root: Path, references: Path | None = None) -> dict:
 
     experiments = []
     for exp in refs.experiments:
-        rows = [evaluate_number(n, results, profile, params, refs.comparable_profiles) for n in exp.numbers]
+        rows = [evaluate_number(n, results, params) for n in exp.numbers]
         for r in rows:
             if r["metric"]:
                 r["metric"] = {**r["metric"], "path": os.path.relpath(results / r["metric"]["file"], root)}

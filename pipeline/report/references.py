@@ -7,6 +7,10 @@ expected and what was found, for example::
     references/paper_numbers.yaml: experiments.titok.numbers.titok_l32_rfid.tolerence: unknown key (...)
 
 What each field means is documented in the header of the YAML file itself.
+
+Protocols: each number declares the paper's evaluation protocol (:class:`Protocol`) part by part
+(:data:`PROTOCOL_PARTS`); the stage that measures it records the protocol it followed in its metrics
+file, with the same parts and words, and the report compares the two (:mod:`pipeline.report.evaluate`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,28 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {"==": operator.eq, ">": operator.g
                                               "<": operator.lt, "<=": operator.le}
 
 
+UNKNOWN = "unknown"  # a value, or a part of a protocol, that nobody could confirm
+
+# The parts of an evaluation protocol a paper's number and a run's record are compared on, in the order the
+# report lists them. The words (one vocabulary for references/paper_numbers.yaml and the metrics files):
+#   samples        images scored (generated or reconstructed): 50000 for ImageNet-1k val or ADM's 50k
+#   train_samples  images a fitted head (a linear probe) was trained on
+#   reference      what the real statistics come from: "same images" (the real images whose reconstructions
+#                  are scored), "adm:<file name>" (an ADM reference batch), "<dataset> <split>, <n> images"
+#   dataset        the scored images: "<dataset> <split>, <k> classes" (dataset imagenet or demo); for
+#                  generation, the prompted classes: "<dataset>, <k> classes"
+#   image_size     side of the scored images, pixels
+#   crop           how they were cut from the source: "center" (short side resized to image_size, central
+#                  square), "center-no-resize" (central square of the unresized image), "none" (rendered at size)
+#   uint8          how scored images were brought to 8 bits: "round" (nearest level), "truncate" (floor),
+#                  "none" (scored as floats)
+#   features       the feature extractor: "inception" (pool_3 of the 2015-12-05 TF Inception, as ADM's
+#                  evaluator, pytorch-fid and torch-fidelity's inception-v3-compat), "clip:<model name>"
+PROTOCOL_PARTS = ("samples", "train_samples", "reference", "dataset", "image_size", "crop", "uint8", "features")
+Crop = Literal["center", "center-no-resize", "none"]
+Uint8 = Literal["round", "truncate", "none"]
+
+
 class ReferencesError(ValueError):
     """The references file is invalid; the message lists every offending key."""
 
@@ -47,9 +73,18 @@ def _number_or_unknown(value: Any) -> Any:
     return value
 
 
+def _count_or_unknown(value: Any) -> Any:
+    if value == UNKNOWN:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer or 'unknown', found {value!r} ({type(value).__name__})")
+    return value
+
+
 # int or float as written (report.json keeps 7 as 7, not 7.0), never a bool.
 NonNegative = Annotated[int | float, BeforeValidator(_number), Field(ge=0)]
 Positive = Annotated[int | float, BeforeValidator(_number), Field(gt=0)]
+CountOrUnknown = Annotated[int | Literal["unknown"], BeforeValidator(_count_or_unknown)]
 
 
 class Tolerance(Section):
@@ -75,14 +110,36 @@ class Metric(Section):
     scale: Positive = 1
     space: str | None = None
     chance: str | None = None
+    protocol: str | None = None  # dotted key of the run's protocol record in the same file
+
+
+class Protocol(Section):
+    """The paper's evaluation protocol for one number: prose, where the facts come from, and its parts.
+
+    A part left out does not apply to the number (it is not compared); ``unknown`` applies but nobody
+    could confirm it, so no run can be shown to match it.
+    """
+
+    text: str
+    source: str
+    samples: CountOrUnknown | None = None
+    train_samples: CountOrUnknown | None = None
+    reference: str | None = None
+    dataset: str | None = None
+    image_size: CountOrUnknown | None = None
+    crop: Literal[Crop, "unknown"] | None = None  # one Literal: one error line that lists every word
+    uint8: Literal[Uint8, "unknown"] | None = None
+    features: str | None = None
+
+    def parts(self) -> dict[str, Any]:
+        """The declared parts, in :data:`PROTOCOL_PARTS` order."""
+        return {k: getattr(self, k) for k in PROTOCOL_PARTS if getattr(self, k) is not None}
 
 
 class Comparable(Section):
-    """When a measured value may be compared with the paper's: profiles, the metrics file's and params' record."""
+    """What the measured value must be about besides the protocol: keys of its metrics file and their values."""
 
-    profiles: list[str] | None = None
     requires: dict[str, Any] = {}
-    params: dict[str, Any] = {}
 
 
 class Number(Section):
@@ -93,7 +150,7 @@ class Number(Section):
     value: Annotated[int | float | Literal["unknown"], BeforeValidator(_number_or_unknown)]
     unit: str | None = None
     source: str
-    protocol: str
+    protocol: Protocol
     tolerance: Tolerance | None = None
     better: Literal["lower", "higher"] | None = None
     metric: Metric | None = None
@@ -102,8 +159,19 @@ class Number(Section):
 
     @model_validator(mode="after")
     def _known_value_has_tolerance(self) -> Number:
-        if self.value != "unknown" and self.tolerance is None:
+        if self.value != UNKNOWN and self.tolerance is None:
             raise ValueError("tolerance: missing ({abs: x} or {rel: x} is needed to compare a known value)")
+        return self
+
+    @model_validator(mode="after")
+    def _measured_value_has_a_protocol(self) -> Number:
+        # Without declared parts and the run's record every run would "match": a measured known value needs both.
+        if self.value != UNKNOWN and self.metric is not None:
+            if not self.protocol.parts():
+                raise ValueError(f"protocol: declares none of {', '.join(PROTOCOL_PARTS)} (a measured number is "
+                                 "compared only on the parts its protocol declares)")
+            if self.metric.protocol is None:
+                raise ValueError("metric.protocol: missing (the key of the run's protocol record in the metrics file)")
         return self
 
 
@@ -161,7 +229,6 @@ class References(Section):
     """The whole file."""
 
     version: Literal[1] = Field(1, alias="schema")
-    comparable_profiles: list[str] = Field(default_factory=lambda: ["paper"], min_length=1)
     experiments: list[Experiment] = []
     ground_truth_checks: GroundTruth = GroundTruth()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.report.document import Block, Bold, Bullets, Code, Document, Figure, Paragraph, Section, Table, Text
 from pipeline.report.evaluate import CHECK_TEXT, STATUS_TEXT, counts, fmt, summary
+from pipeline.report.references import PROTOCOL_PARTS
 
 CHECK_HEADER = ["id", "check", "metric", "value", "expected", "also", "result"]
 NUMBER_HEADER = ["id", "what", "paper", "reproduced", "metric", "tolerance", "status"]
@@ -62,6 +63,37 @@ def _reproduced_text(row: dict) -> str:
 def _status_text(row: dict) -> str:
     text = STATUS_TEXT[row["status"]]
     return f"{text} ({row['reason']})" if row["reason"] else text
+
+
+def _parts(protocol: dict) -> dict:
+    """The parts of a paper's protocol (without its prose and source) or of a run's record, in the order of
+    :data:`~pipeline.report.references.PROTOCOL_PARTS`, then any other part a run records (report.json
+    sorts keys, so the order is fixed here)."""
+    order = {k: i for i, k in enumerate(PROTOCOL_PARTS)}
+    parts = [k for k in protocol if k not in ("text", "source")]
+    return {k: protocol[k] for k in sorted(parts, key=lambda k: (order.get(k, len(order)), k))}
+
+
+def protocol_parts_text(protocol: dict) -> str:
+    """``samples 50000; image size 256; ...``: the parts of a paper's protocol or of a run's record (``;``
+    between parts: a dataset's words hold commas)."""
+    return "; ".join(f"{k.replace('_', ' ')} {fmt(v)}" for k, v in _parts(protocol).items()) or "none declared"
+
+
+def protocol_text(row: dict) -> str:
+    """The paper's protocol, and the one the measured value followed with what differs (report bullets)."""
+    paper = row["protocol"]
+    text = (f"Protocol: {paper['text']}. Paper's protocol parts: {protocol_parts_text(paper)} "
+            f"(source of the protocol: {paper['source']}).")
+    m = row["metric"]
+    if row["value"] is None or (not _parts(paper) and not m.get("protocol")):
+        return text
+    if row["run_protocol"] is None:
+        return text + f" This run: protocol unknown ({m['protocol'] or 'no key'} not recorded in {m['path']})."
+    differs = row["protocol_differences"]
+    verdict = (f"Differs from the paper's in: {'; '.join(differs)}." if differs
+               else "Matches every part the paper's declares." if _parts(paper) else "No part declared to compare.")
+    return text + f" This run ({m['path']}: {m['protocol']}): {protocol_parts_text(row['run_protocol'])}. {verdict}"
 
 
 def _metric_text(row: dict) -> str:
@@ -145,7 +177,7 @@ def _experiment(e: dict, root: Path, out_dir: Path) -> list[Section]:
     numbers = Section("Reproduced vs paper", 3, [
         Table(NUMBER_HEADER, [_number_row(r) for r in e["rows"]], [r["status"] for r in e["rows"]]),
         Paragraph("Sources and protocols:"),
-        Bullets([(Code(r["id"]), f": {r['source']}. Protocol: {r['protocol']}.") for r in e["rows"]])])
+        Bullets([(Code(r["id"]), f": {r['source']}. {protocol_text(r)}") for r in e["rows"]])])
     figures: list[Block] = []
     if e["stages_missing"]:
         figures.append(Paragraph(f"Stages not in dvc.yaml: {', '.join(e['stages_missing'])}."))

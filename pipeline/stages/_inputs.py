@@ -15,13 +15,16 @@ The stage side of the stage/library line: the library (``pipeline.models``, ``me
 - :func:`fid_reference`: reference statistics from ``fid.adm_npz`` when set, else from the first
   ``fid.reference_images`` images of a prepared split, cached in a file the caller names.
 - :func:`fid_num_samples`: ``fid.samples_per_class`` x number of classes (50 x 1000 = 50k at paper scale).
+- :func:`data_protocol` / :func:`reference_label`: the prepared data and the reference statistics in the
+  words of an evaluation protocol, for the ``protocol`` records of the metrics files (the report
+  compares them with the papers' protocols).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.data.shards import load_split, manifest_class_names
+from pipeline.data.shards import image_protocol, load_split, manifest_class_names, read_manifest
 from pipeline.errors import InputError
 from pipeline.layout import JUDGE_SUBDIR, prepared_root, trained_clip_dir
 from pipeline.metrics.fid import (
@@ -89,3 +92,16 @@ def fid_reference(params: Params, space: FeatureSpace, cache: str | Path, *,
                                batch_size=f.batch_size)
     data = load_split(prepared_root(params), split or f.reference_split, limit=f.reference_images)
     return reference_stats(space, images=data.images, cache=cache, prc_images=f.prc_images, batch_size=f.batch_size)
+
+
+def data_protocol(params: Params, split: str | None) -> dict[str, object]:
+    """The protocol parts the prepared data fixes for images of ``split``: dataset, image size, crop, pixels."""
+    return image_protocol(read_manifest(prepared_root(params)), split)
+
+
+def reference_label(params: Params, reference: ReferenceStats, split: str | None = None) -> str:
+    """The reference statistics of :func:`fid_reference` in protocol words: ``adm:<file>`` or the real images."""
+    if reference.source.startswith("adm:"):
+        return reference.source
+    dataset = data_protocol(params, None)["dataset"].split(",")[0]
+    return f"{dataset} {split or params.fid.reference_split}, {reference.num_images} images"

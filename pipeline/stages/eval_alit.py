@@ -15,7 +15,9 @@ Reads ``<paths.models>/alit`` (from ``train_alit``) and the prepared splits. On 
 - task: linear-probe class accuracy from the quantised 1-D tokens at each count (train on the train
   split's tokens, test on the evaluated split's);
 - token specialisation: the attention of one decoder block from the grid positions to each
-  iteration's 32 tokens, at the last iteration.
+  iteration's 32 tokens, at the last iteration;
+- ``protocol``: the protocol each kind of score followed (``rfid``, ``errors``, ``probe``), for the
+  report to compare with the papers'.
 
 The halting draws are seeded with ``seed``. Writes ``<paths.results>/eval_alit/`` atomically:
 ``details.json`` (all of the above), ``metrics.json`` (its headline, DVC metrics: rFID at the fewest
@@ -38,12 +40,12 @@ from pipeline.errors import InputError
 from pipeline.experiments import alit_analysis as aa
 from pipeline.io import atomic_dir, write_metrics
 from pipeline.layout import prepared_root
-from pipeline.metrics.fid import fidelity_metrics, reference_stats
+from pipeline.metrics.fid import FeatureSpace, fidelity_metrics, fidelity_protocol, reference_stats
 from pipeline.metrics.image_stats import png_bits_per_pixel
 from pipeline.metrics.images import to_float
 from pipeline.models.alit import ALIT
 from pipeline.params import Params
-from pipeline.stages._inputs import feature_space
+from pipeline.stages._inputs import data_protocol, feature_space
 from pipeline.tracking import stage_run
 
 STAGE = "eval_alit"
@@ -91,6 +93,19 @@ def _evaluate_split(model, images, counts, cfg, space, fid_batch, seed) -> dict:
                      "histogram": {int(n): int((tokens == n).sum()) for n in torch.unique(tokens)}},
         "tokens": tokens, "latents": fixed.latents, "recon_last": fixed.recon[max(counts)],
     }
+
+
+def _protocols(params: Params, space: FeatureSpace, num_val: int, num_probe_train: int) -> dict[str, dict]:
+    """The protocols the scores of ``eval_alit.split`` followed, per kind of score (the report compares them).
+
+    ``rfid``: reconstructions against the very images reconstructed; ``errors`` (L1, PSNR and the adaptive
+    count, whose criterion is L1): on the float reconstructions, never rounded to 8 bits; ``probe``: tested
+    on the evaluated split, trained on ``num_probe_train`` train images.
+    """
+    data = data_protocol(params, params.eval_alit.split)
+    return {"rfid": fidelity_protocol(space, num_val, "same images") | data,
+            "errors": {"samples": num_val, **data, "uint8": "none"},
+            "probe": {"samples": num_val, "train_samples": num_probe_train, **data}}
 
 
 def run(params: Params) -> int:
@@ -192,6 +207,7 @@ def run(params: Params) -> int:
             "probe": {"accuracy": {str(n): probe[n] for n in counts}, "chance": 1 / num_classes},
             "specialisation": {"attention_layer": cfg.attention_layer,
                                "attention_share_per_group": [round(float(m), 6) for m in mass]},
+            "protocol": _protocols(params, space, len(val.labels), len(probe_train.labels)),
         }
         split = cfg.split
         write_metrics(tmp, metrics, {  # the headline: the curve's two ends, the adaptive length and its analyses
@@ -199,7 +215,7 @@ def run(params: Params) -> int:
             "adaptive_mean_tokens": f"{split}.adaptive.mean_tokens", "adaptive_rfid": f"{split}.adaptive.rfid",
             "complexity_spearman": "complexity.spearman_png_bpp", "ood_mean_tokens": "familiarity.mean_tokens_ood"})
         seconds = time.perf_counter() - start  # printed only (stage_run logs the wall time)
-        mlrun.log_metrics({k: v for k, v in metrics.items() if k not in ("alit", "criterion")})
+        mlrun.log_metrics({k: v for k, v in metrics.items() if k not in ("alit", "criterion", "protocol")})
         for f in sorted(tmp.iterdir()):
             mlrun.log_artifact(f)
 

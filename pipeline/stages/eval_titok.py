@@ -8,7 +8,8 @@ top-1 on the originals and on the reconstructions (does a reconstruction keep wh
 The feature space is ``fid.feature_space``: ADM's Inception at paper scale, the demo judge's image
 encoder in the demo (the demo has no Inception weights; its numbers are therefore not comparable to
 the paper's). Writes ``<paths.results>/eval_titok/details.json`` (all of it), ``metrics.json`` (its
-headline, DVC metrics) and ``reconstructions.png``.
+headline, DVC metrics) and ``reconstructions.png``. ``protocol.rfid`` records the protocol the rFID and IS followed (samples, reference,
+dataset, image size, crop, uint8 rounding, features) for the report to compare with the paper's.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def run(params: Params) -> int:
     """Reconstruct the evaluation split and write the metrics and a reconstruction grid."""
     from pipeline.data.shards import load_split
     from pipeline.metrics.clip_score import zero_shot_accuracy
-    from pipeline.metrics.fid import fidelity_metrics, reference_stats
+    from pipeline.metrics.fid import fidelity_metrics, fidelity_protocol, reference_stats
     from pipeline.metrics.image_stats import l1, psnr, ssim
-    from pipeline.stages._inputs import class_names, feature_space, judge_clip
+    from pipeline.stages._inputs import class_names, data_protocol, feature_space, judge_clip
 
     cfg = params.eval_titok
     results = results_dir(params, STAGE)
@@ -67,11 +68,17 @@ def run(params: Params) -> int:
                                     prc_images=params.fid.prc_images)
         fidelity = fidelity_metrics(to_uint8(recon), reference, space, isc_splits=params.fid.isc_splits,
                                     batch_size=params.fid.batch_size)
+        # num_tokens, quantize_mode and legacy (two-stage proxy-code head) tell the released tokenizers apart:
+        # the report's rows are about one of them each
         metrics = {"split": cfg.split, "num_images": len(images), "num_tokens": titok.config.num_latent_tokens,
+                   "quantize_mode": titok.config.quantize_mode, "legacy": titok.config.legacy,
                    "feature_space": params.fid.feature_space,
                    "rfid": fidelity["fid"], "is": fidelity.get("isc_mean"), "is_std": fidelity.get("isc_std"),
                    "precision": fidelity.get("precision"), "recall": fidelity.get("recall"),
-                   **quality, **judged, **usage}
+                   **quality, **judged, **usage,
+                   # rFID's protocol as followed: real statistics from the very images reconstructed
+                   "protocol": {"rfid": fidelity_protocol(space, len(images), "same images")
+                                | data_protocol(params, cfg.split)}}
         n = min(cfg.grid_images, len(images))
         save_image_grid([images[:n], recon[:n]], results / "reconstructions.png", labels=["input", "TiTok"],
                         title=f"{STAGE}: {cfg.split} reconstructions from {titok.config.num_latent_tokens} tokens "

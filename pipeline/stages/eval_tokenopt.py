@@ -27,6 +27,9 @@ with each other only. ``judge_independent`` records that judge and objective are
 ``seeds`` baseline is drawn from ``tokenopt.generate.seed_split``; when that is also the reference split,
 its FID is optimistic (the seeds are reference images).
 
+``protocol`` records the protocol each score followed (``generate``, ``clip_score``, ``judge_score``,
+``inpaint.<mask kind>``) for the report to compare with the paper's.
+
 Writes ``<paths.results>/eval_tokenopt/details.json`` (all of the above), ``metrics.json`` (its headline,
 DVC metrics: ``HEADLINE`` and the hole PSNR per mask kind) and ``generation.csv`` (one row per generation
 method, a DVC plot); logs them to MLflow. No timings in the outputs.
@@ -43,7 +46,7 @@ import torch
 from pipeline.errors import InputError
 from pipeline.io import write_metrics, write_text
 from pipeline.metrics.clip_score import clip_score, zero_shot_classifier, zero_shot_logits
-from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics
+from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics, fidelity_protocol
 from pipeline.metrics.image_stats import l1, mean_brightness, psnr
 from pipeline.models.clip import ClipModel
 from pipeline.params import Params
@@ -51,11 +54,13 @@ from pipeline.stages import _tokenopt as common
 from pipeline.stages._common import results_dir
 from pipeline.stages._inputs import (
     class_names,
+    data_protocol,
     feature_space,
     fid_num_samples,
     fid_reference,
     judge_clip,
     objective_clip,
+    reference_label,
 )
 from pipeline.tracking import stage_run
 
@@ -118,7 +123,7 @@ def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
     labels = arrays["labels"][keep]
     prompts = [records[i]["prompt"] for i in keep]
     out: dict = {"num_samples": n, "protocol_num_samples": protocol, "init": records[0]["init"],
-                 "methods": {}}
+                 "image_size": int(arrays["images"].shape[1]), "methods": {}}
     for method, key in (("optimized", "images"), ("optimized_random_init", "images_random_init"), ("seeds", "seeds"),
                         ("seed_reconstructions", "seed_reconstructions"), ("random_tokens", "random_tokens")):
         if key in arrays:
@@ -176,7 +181,7 @@ def _inpainting(params: Params, scorer: Scorer) -> dict:
         orig = torch.from_numpy(original[[records[i]["image_index"] for i in idx]])
         known = torch.from_numpy(arrays["masks"][idx]).float()[:, None]  # (n, 1, H, W), 1 = known
         hole = 1 - known
-        row: dict = {"num_images": len(idx), "known_fraction": _mean(known)}
+        row: dict = {"num_images": len(idx), "image_size": int(orig.shape[1]), "known_fraction": _mean(known)}
         for name, key in (("result", "inpainted"), ("start", "start")):
             raw = torch.from_numpy(arrays[key][idx])
             composite = known.permute(0, 2, 3, 1) * orig + hole.permute(0, 2, 3, 1) * raw  # (n, H, W, 3)
@@ -186,6 +191,24 @@ def _inpainting(params: Params, scorer: Scorer) -> dict:
                 "psnr_known": _mean(psnr(raw, orig, mask=known))}
         out[kind] = row
     return out
+
+
+def _protocols(params: Params, scorer: Scorer, generate: dict, inpaint: dict) -> dict[str, dict]:
+    """The protocol each score followed, for the report to compare with the paper's.
+
+    ``generate``: FID / IS / precision-recall of the generated images (``num_samples`` of them, against
+    :func:`fid_reference`); ``clip_score`` / ``judge_score``: the same images scored by the objective
+    CLIP and by the judge; ``inpaint.<mask kind>``: the FID of the composites, on the inpainted split.
+    """
+    reference = reference_label(params, scorer.reference)
+    classes = {"dataset": data_protocol(params, None)["dataset"], "image_size": generate["image_size"]}
+    n = generate["num_samples"]
+    inpainted = data_protocol(params, params.tokenopt.inpaint.split)
+    return {"generate": fidelity_protocol(scorer.space, n, reference) | classes,
+            "clip_score": {"samples": n, **classes, "features": f"clip:{scorer.objective.name}"},
+            "judge_score": {"samples": n, **classes, "features": f"clip:{scorer.judge.name}"},
+            "inpaint": {kind: fidelity_protocol(scorer.space, row["num_images"], reference) | inpainted
+                        | {"image_size": row["image_size"]} for kind, row in inpaint.items()}}
 
 
 def _finite(obj):
@@ -229,11 +252,12 @@ def run(params: Params) -> int:
     scorer = Scorer(params, objective, judge, space, reference, names)
 
     with stage_run(STAGE, params) as mlrun:
+        generate, inpaint = _generation(params, scorer, names), _inpainting(params, scorer)
         metrics = _finite({
             "feature_space": space.name, "judge": judge.name, "judge_independent": judge.name != objective.name,
             "reference": {"source": reference.source, "num_images": reference.num_images}, "chance": 1 / len(names),
-            "generate": _generation(params, scorer, names), "edit": _editing(params, scorer),
-            "inpaint": _inpainting(params, scorer)})
+            "generate": generate, "edit": _editing(params, scorer), "inpaint": inpaint,
+            "protocol": _protocols(params, scorer, generate, inpaint)})
         out = results_dir(params, STAGE)
         write_metrics(out, metrics, HEADLINE | {f"inpaint_{kind}_psnr_hole": f"inpaint.{kind}.result.psnr_hole"
                                                 for kind in metrics["inpaint"]})
