@@ -155,7 +155,10 @@ class ClipTraining(Section):
     lr: Annotated[float, Field(gt=0)] = 1e-3
     min_lr: Annotated[float, Field(ge=0)] = 3e-5
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    # 200 of the demo's 1116 steps: with 20, the judge of seed 2 (its seed 3) sat at the chance-level loss
+    # for ~800 steps and ended at 0.70 zero-shot (lr 2e-3: 0.49, lr 5e-4: 0.91); with 200 it reaches 0.97,
+    # the seed-2 objective 0.97 (was 0.90), the seed-0 judge 0.98 (unchanged)
+    warmup_steps: Annotated[int, Field(ge=0)] = 200
     init_logit_scale: Annotated[float, Field(gt=0, le=100)] | None = 50.0  # None: CLIP's 1/0.07
     augment: bool = True  # random flips / 90-degree rotations of the training images
     # UniCL class-prompt term (pipeline.train.clip); 0: off. Demo objective, zero-shot top-1 on val after
