@@ -77,7 +77,7 @@ def test_a_failure_in_stage_2_keeps_the_stage_1_checkpoints(tmp_path, monkeypatc
     _fake_run(monkeypatch, stage)
     ckpt = tmp_path / "models" / "checkpoints" / "train_titok-stage1-abc"
     ckpt.mkdir(parents=True)
-    monkeypatch.setattr(stage, "_stage1", lambda *a: (None, {}, ckpt))
+    monkeypatch.setattr(stage, "_stage1", lambda *a: (None, {}, [], ckpt))
 
     def preempted(*args):
         raise RuntimeError("preempted in stage 2")
