@@ -8,8 +8,9 @@ top-1 on the originals and on the reconstructions (does a reconstruction keep wh
 The feature space is ``fid.feature_space``: ADM's Inception at paper scale, the demo judge's image
 encoder in the demo (the demo has no Inception weights; its numbers are therefore not comparable to
 the paper's). Writes ``<paths.results>/eval_titok/details.json`` (all of it), ``metrics.json`` (its
-headline, DVC metrics) and ``reconstructions.png``. ``protocol.rfid`` records the protocol the rFID and IS followed (samples, reference,
-dataset, image size, crop, uint8 rounding, features) for the report to compare with the paper's.
+headline, DVC metrics) and ``reconstructions.png``. ``protocol.rfid`` records the protocol the rFID and IS
+followed (samples, reference, dataset, image size, crop, uint8 rounding, features) for the report to
+compare with the paper's.
 """
 
 from __future__ import annotations
