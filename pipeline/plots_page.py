@@ -20,6 +20,8 @@ import hashlib
 import sys
 from pathlib import Path
 
+from pipeline.io import write_text
+
 PAGE = Path(".dvc/plots/offline.html")  # relative to the repository root
 CONFIG_VALUE = "plots/offline.html"  # `dvc config plots.html_template`: DVC reads it relative to .dvc/
 LIBRARIES = ("vega/vega.js", "vega-lite/vega-lite.js", "vega-embed/vega-embed.js")  # load order
@@ -110,7 +112,6 @@ def render() -> str:
 
 def main(root: Path | str = ".") -> int:
     """Write the page into the checkout at ``root``."""
-    from pipeline.io import write_text
 
     path = Path(root) / PAGE
     write_text(path, render())
