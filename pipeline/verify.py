@@ -14,7 +14,7 @@ Reads ``<paths.results>/report/report.json`` (written with report.md by the ``re
 4. every number shown equals the value in its file now (a stage's details.json), and report.md shows it;
 5. report.md and report.html are what report.json renders to, and every verdict of report.json
    (paper rows and ground-truth checks) is what the metrics files and the paper numbers give now;
-   summary.json agrees with report.json;
+   summary.json agrees with report.json; every spread across seeds is the one the sweep summary gives now;
 6. params.yaml holds the parameters dvc.lock records for the outputs (after ``configure`` without a
    rerun it does not, and the report would describe the outputs by parameters that did not make them).
 
@@ -171,6 +171,9 @@ def _verdicts(root: Path, data: dict) -> list[str]:
         if shown.get("id") != now.get("id") or shown.get("status") != now.get("status"):
             problems.append(f"report.json: row {shown.get('id')} says {shown.get('status')}, recomputed from the "
                             f"metrics and paper numbers: {now.get('id')} {now.get('status')}")
+        if shown.get("spread") != now.get("spread"):
+            problems.append(f"report.json: row {shown.get('id')} shows the spread {shown.get('spread')}, the seed "
+                            f"sweep's summary now gives {now.get('spread')}")
     return problems
 
 

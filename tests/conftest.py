@@ -43,7 +43,7 @@ def repo_files() -> list[str]:
                          capture_output=True, check=True).stdout.decode()
     files = [f for f in out.split("\0") if f and (ROOT / f).is_file()]
     # Outputs of an earlier run in this checkout are not part of a clone.
-    return [f for f in files if not f.startswith("results/") or f == "results/README.md"]
+    return [f for f in files if not f.startswith("results/") or f in ("results/README.md", "results/sweep/README.md")]
 
 
 def pipeline_env(tmp: Path) -> dict[str, str]:

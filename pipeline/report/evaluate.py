@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from pipeline.dvcfile import MISSING, dvc_stages, file_md5, lock_param_mismatches, lookup, read_lock
 from pipeline.report.references import OPS, REFERENCES, UNKNOWN, Check, Number, Protocol, Tolerance, load_references
+from pipeline.report.spread import spread_of, sweep_record
 from pipeline.tracking import git_commit, hardware, runs_matching_lock
 
 REPORT_STAGE = "report"
@@ -255,12 +256,14 @@ def build(root: Path, references: Path | None = None) -> dict:
                              "out_md5": out["md5"], "md5": file_md5(f)})
         return figs
 
+    sweep = sweep_record(root, results)
     experiments = []
     for exp in refs.experiments:
         rows = [evaluate_number(n, results, params) for n in exp.numbers]
         for r in rows:
             if r["metric"]:
                 r["metric"] = {**r["metric"], "path": os.path.relpath(results / r["metric"]["file"], root)}
+            r["spread"] = spread_of(sweep, r["metric"]["path"], r["metric"]["key"]) if r["value"] is not None else None
         experiments.append({"id": exp.id, "title": exp.title, "stages": exp.stages, "rows": rows,
                             "stages_missing": [s for s in exp.stages if s not in stages],
                             "figures": [f for s in exp.stages for f in figures_of(s)]})
@@ -269,6 +272,7 @@ def build(root: Path, references: Path | None = None) -> dict:
     checks = [row for c in gt.checks for row in evaluate_check(c, results, profile, gt.profiles)]
     for c in checks:
         c["path"] = os.path.relpath(results / c["file"], root)
+        c["spread"] = spread_of(sweep, c["path"], c["key"]) if c["value"] is not None else None
 
     runs, runs_note = runs_matching_lock(list(stages), lock_outs)
     per_stage = []
@@ -291,6 +295,8 @@ def build(root: Path, references: Path | None = None) -> dict:
     params_file = root / "params.yaml"
     return {
         "profile": profile,
+        "seed": params.get("seed"),
+        "sweep": sweep,
         "params_mismatches": lock_param_mismatches(root, params, without=REPORT_STAGE),
         "experiments": experiments,
         "ground_truth": {"profiles": gt.profiles, "rows": checks},

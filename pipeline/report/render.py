@@ -57,7 +57,16 @@ def _reproduced_text(row: dict) -> str:
         text += f", in {row['space']} features"
     if at_chance(row):
         text += f", AT CHANCE ({fmt(row['chance'])})"
-    return text
+    return text + spread_text(row.get("spread"))
+
+
+def spread_text(spread: dict | None) -> str:
+    """``; seeds: mean 0.5 ± 0.1 (n 3, 0.4 to 0.6)`` after a measured value a seed sweep also measured."""
+    if spread is None:
+        return ""
+    std = "" if spread["std"] is None else f" ± {fmt(spread['std'])}"
+    return (f"; seeds: mean {fmt(spread['mean'])}{std} (n {spread['n']}, {fmt(spread['min'])} to "
+            f"{fmt(spread['max'])})")
 
 
 def _status_text(row: dict) -> str:
@@ -110,7 +119,8 @@ def _check_row(r: dict) -> list[Text]:
     expected = (f"{r.get('op', '')} {r['expected_key']} = {fmt(r['expected'])}" if r.get("expected_key")
                 else f"{r.get('op', '')} {fmt(r['expected'])}" if r.get("op") else "")
     shown = "; ".join(f"{label} {fmt(v['value'])}" for label, v in r["shown"].items())
-    return [Code(r["id"]), r["title"], f"{r['path']}: {r['key']}", fmt(r["value"]), expected, shown,
+    return [Code(r["id"]), r["title"], f"{r['path']}: {r['key']}", fmt(r["value"]) + spread_text(r.get("spread")),
+            expected, shown,
             CHECK_TEXT[r["status"]]]
 
 
@@ -141,13 +151,35 @@ def checks_first(data: dict) -> bool:
     return data["profile"] in data["ground_truth"]["profiles"]
 
 
+def _seeds(data: dict) -> list[Block]:
+    """Which seed the single-run numbers and figures show, and the seed sweep beside them (if it fits)."""
+    sweep = data["sweep"]
+    single = Paragraph(("Every number and figure of this report is the run of seed ", Bold(str(data["seed"])),
+                        " (params.yaml ", Code("seed"), ")."))
+    if sweep["status"] == "absent":
+        return [single, Paragraph(("No seed sweep (", Code(sweep["path"]), "): no spread across seeds is shown; ",
+                                   Code("python -m pipeline.sweep --seeds 0 1 2"), " measures one."))]
+    seeds = ", ".join(map(str, sweep["seeds"]))
+    if sweep["status"] == "other":
+        return [single, Paragraph((Bold("Seed sweep not shown: "), Code(sweep["path"]), f" (sweep {sweep['sweep']}, "
+                                   f"seeds {seeds}): {sweep['reason']}."), css="s-fail")]
+    return [single,
+            Paragraph(("Beside each number its stages' seed sweep measured: the mean ± standard deviation ("
+                       f"{sweep['std']}), n and range over seeds {seeds} of sweep {sweep['sweep']} (stages "
+                       f"{', '.join(sweep['stages'])}; ", Code(sweep["path"]), ", per seed in ",
+                       Code(sweep["path"].replace(".json", ".md")), "). Its experiments:")),
+            Bullets([(Code(e["name"]), f" seed {e['seed']}, commit ", Code(e["rev"]), ", dvc.lock sha256 ",
+                      Code(e["dvc_lock_sha256"])) for e in sweep["experiments"]])]
+
+
 def _intro(data: dict) -> Section:
     prov = data["provenance"]
     blocks: list[Block] = [
         Paragraph(("Profile ", Bold(data["profile"]), ", git commit ", Code(prov["git_commit"]),
                    ", dvc.lock sha256 ", Code(prov["dvc_lock_sha256"] or "no dvc.lock"),
                    f" ({prov['dvc_lock_hash_note']}).")),
-        Paragraph(("Check this checkout against the report: ", Code("python -m pipeline.verify"), "."))]
+        Paragraph(("Check this checkout against the report: ", Code("python -m pipeline.verify"), ".")),
+        *_seeds(data)]
     if data["params_mismatches"]:
         blocks += [Paragraph((Bold("Warning: the outputs were not produced by params.yaml"),
                               f" (profile {data['profile']}): dvc.lock records other values for them; run ",
