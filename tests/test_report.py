@@ -600,3 +600,38 @@ def test_report_warns_when_params_yaml_did_not_produce_the_outputs(tmp_path):
     assert md.index("Warning: the outputs were not produced by params.yaml") < md.index("## Summary")
     assert "- train: image_size: dvc.lock 64, params.yaml 256" in md
     assert "Warning: the outputs were not produced by params.yaml" in to_html(document)
+
+
+def test_report_shows_the_spread_of_a_seed_sweep_of_this_checkout(finished, tmp_path, monkeypatch):
+    """A sweep summary whose experiments ran this dvc.lock's params and code: mean ± std beside the number and
+    the experiments named; one of other params: not shown, and the param named."""
+    from pipeline import sweep
+
+    repo = tmp_path / "repo"
+    shutil.copytree(finished, repo)
+    monkeypatch.setattr(evaluate, "runs_matching_lock", lambda stages, lock: ({}, "not recorded (test)"))
+    monkeypatch.chdir(repo)
+    lock = dvcfile.load_lock(repo)
+
+    def write_summary(lock: dict) -> None:
+        exps = [sweep.Experiment(f"sweep-t-seed{s}", s, f"{s:040d}", "b" * 40, lock, f"{s:064d}",
+                                 {"results/a/metrics.json": {"score": 2.0 + s}}) for s in (0, 1, 2)]
+        summary = sweep.summarise("t", exps, ["make_a"], {"make_a": ["results/a/metrics.json"]})
+        (repo / "results/sweep").mkdir(parents=True, exist_ok=True)
+        (repo / "results/sweep/summary.json").write_text(json.dumps(summary))
+
+    write_summary(lock)
+    data = evaluate.build(repo)
+    md = to_markdown(render.document(data, repo, repo / "results/report"))
+    assert "run of seed **0**" in md and "`sweep-t-seed2` seed 2" in md
+    (row,) = [r for e in data["experiments"] for r in e["rows"] if r["id"] == "a_within"]
+    assert row["spread"] == {"mean": 3.0, "std": 1.0, "min": 2.0, "max": 4.0, "n": 3}
+    assert "2.2; seeds: mean 3 ± 1 (n 3, 2 to 4)" in md
+
+    other = json.loads(json.dumps(lock))
+    other["stages"]["make_a"]["deps"][0]["md5"] = "0" * 32  # make_a.py edited since the sweep
+    write_summary(other)
+    data = evaluate.build(repo)
+    md = to_markdown(render.document(data, repo, repo / "results/report"))
+    assert data["sweep"]["status"] == "other" and "seeds: mean" not in md
+    assert "Seed sweep not shown" in md and "make_a: dep make_a.py" in md

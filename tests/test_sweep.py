@@ -146,7 +146,7 @@ def test_a_sweep_of_two_seeds(tmp_path):
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "pipeline.sweep", "--seeds", "0", "1", "--stages", "train_vqgan",
                            "--jobs", "2"], **run)
-    print(f"sweep of 2 seeds: {time.monotonic() - start:.0f} s")
+    print(f"{proc.stdout}sweep of 2 seeds: {time.monotonic() - start:.0f} s")
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     summary = json.loads((repo / "results/sweep/summary.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["stages"] == ["prepare", "train_vqgan"]

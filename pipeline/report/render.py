@@ -152,8 +152,13 @@ def checks_first(data: dict) -> bool:
 
 
 def _seeds(data: dict) -> list[Block]:
-    """Which seed the single-run numbers and figures show, and the seed sweep beside them (if it fits)."""
-    sweep = data["sweep"]
+    """Which seed the single-run numbers and figures show, and the seed sweep beside them (if it fits).
+
+    Nothing for a report.json written before sweeps existed: verify re-renders it as it was written.
+    """
+    sweep = data.get("sweep")
+    if sweep is None:
+        return []
     single = Paragraph(("Every number and figure of this report is the run of seed ", Bold(str(data["seed"])),
                         " (params.yaml ", Code("seed"), ")."))
     if sweep["status"] == "absent":
