@@ -73,7 +73,7 @@ def run(params: Params) -> int:
         # the report's rows are about one of them each
         metrics = {"split": cfg.split, "num_images": len(images), "num_tokens": titok.config.num_latent_tokens,
                    "quantize_mode": titok.config.quantize_mode, "legacy": titok.config.legacy,
-                   "feature_space": params.fid.feature_space,
+                   "feature_space": space.label or space.name,  # the network, e.g. clip:clip_judge_demo
                    "rfid": fidelity["fid"], "is": fidelity.get("isc_mean"), "is_std": fidelity.get("isc_std"),
                    "precision": fidelity.get("precision"), "recall": fidelity.get("recall"),
                    **quality, **judged, **usage,
