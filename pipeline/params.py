@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from pipeline.io import flatten
+
 PARAMS_FILE = "params.yaml"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -751,12 +753,6 @@ def dump(params: Params) -> str:
     return header + yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-
-
 def edits_lost_by(path: Path, new_values: dict[str, Any]) -> list[str]:
     """Keys of ``path`` edited since ``configure`` wrote it whose value ``new_values`` would replace.
 
@@ -771,5 +767,5 @@ def edits_lost_by(path: Path, new_values: dict[str, Any]) -> list[str]:
     recorded = DIGEST_LINE.search(text)
     if recorded and recorded.group(1) == values_digest(current):
         return []
-    old, new = _flat(current), _flat(new_values)
+    old, new = flatten(current), flatten(new_values)
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))

@@ -36,11 +36,11 @@ class FakeRun:
         self.metrics: dict = {}
 
     def log_metrics(self, metrics, step=None):
-        from pipeline.tracking import _flatten
+        from pipeline.io import flatten
 
-        bad = [k for k in _flatten(metrics) if not re.fullmatch(r"[\w\-. :/]+", k)]
+        bad = [k for k in flatten(metrics) if not re.fullmatch(r"[\w\-. :/]+", k)]
         assert not bad, f"not valid MLflow metric names: {bad}"
-        self.metrics |= _flatten(metrics)
+        self.metrics |= flatten(metrics)
 
     def log_artifact(self, path, artifact_path=None):
         assert Path(path).is_file()
