@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline import param_reads, tracking
+from pipeline import param_reads, profiles, tracking
 from pipeline import params as params_mod
 from pipeline.errors import InputError
 from pipeline.io import write_text
@@ -34,11 +34,11 @@ def _pin_threads() -> None:
 
 
 def _configure(args: argparse.Namespace) -> int:
-    raw = params_mod.resolve_profile(args.profile)
+    raw = profiles.resolve_profile(args.profile)
     for assignment in args.set or []:
-        params_mod.set_dotted(raw, assignment)
+        profiles.set_dotted(raw, assignment)
     validated = params_mod.validate(raw, f"conf/{args.profile}.yaml")
-    lost = params_mod.edits_lost_by(args.output, validated.model_dump(mode="json")) if (
+    lost = profiles.edits_lost_by(args.output, validated.model_dump(mode="json")) if (
         args.output.is_file() and not args.force) else []
     if lost:
         shown = ", ".join(lost[:8]) + (f" and {len(lost) - 8} more" if len(lost) > 8 else "")
@@ -46,7 +46,7 @@ def _configure(args: argparse.Namespace) -> int:
               f"configure {args.profile} would replace {shown}. Keep the values with `--set KEY=VALUE` (or in "
               f"conf/{args.profile}.yaml), or discard them with `--force`.", file=sys.stderr)
         return 2
-    write_text(args.output, params_mod.dump(validated))
+    write_text(args.output, profiles.dump(validated))
     print(f"wrote {args.output} (profile {args.profile})")
     return 0
 

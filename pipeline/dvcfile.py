@@ -6,7 +6,7 @@ every output and the parameters that produced them.
 Shared by the report (which cites every output with its md5 from dvc.lock), ``verify`` (which checks
 the cited figures and numbers against the checkout) and the tracking module (which tags each MLflow run
 with the md5 of the outputs it wrote, so the report can name the run behind dvc.lock). Paths are
-resolved from ``params.yaml`` the way DVC resolves ``${...}``: a dotted :func:`lookup`; a reference
+resolved from ``params.yaml`` the way DVC resolves ``${...}``: a dotted :func:`pipeline.io.lookup`; a reference
 params.yaml does not define is left as written.
 """
 
@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
+from pipeline.io import MISSING, lookup
+
 OUTPUT_KINDS = ("outs", "metrics", "plots")
-MISSING = object()
 _VAR = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
 
@@ -31,21 +32,6 @@ def file_md5(path: Path) -> str:
     """Hex MD5 of a file's bytes (what dvc.lock records for a file output)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "md5").hexdigest()
-
-
-def lookup(obj: Any, dotted: str) -> Any:
-    """``obj["a"]["b"]`` for ``"a.b"`` (a digit part indexes a list); :data:`MISSING` when any part is absent.
-
-    The lookup of DVC's ``${...}`` references, and of the report's metric keys.
-    """
-    for part in dotted.split("."):
-        if isinstance(obj, dict) and part in obj:
-            obj = obj[part]
-        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
-            obj = obj[int(part)]
-        else:
-            return MISSING
-    return obj
 
 
 def _resolve(text: str, params: dict) -> str:

@@ -101,12 +101,35 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], c
     write_text(path, buffer.getvalue())
 
 
-def _dotted(obj: Any, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(obj, Mapping) or part not in obj:
-            return None
-        obj = obj[part]
+MISSING = object()  # what lookup returns for an absent key: None is a value a key can hold
+
+
+def lookup(obj: Any, dotted: str) -> Any:
+    """``obj["a"]["b"]`` for ``"a.b"`` (a digit part indexes a list); :data:`MISSING` when any part is absent.
+
+    The one dotted lookup of the package: DVC's ``${...}`` references, the parameters dvc.lock records,
+    the report's metric keys and the headline keys of :func:`write_metrics`.
+    """
+    for part in dotted.split("."):
+        if isinstance(obj, Mapping) and part in obj:
+            obj = obj[part]
+        elif isinstance(obj, list) and part.isdigit() and int(part) < len(obj):
+            obj = obj[int(part)]
+        else:
+            return MISSING
     return obj
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested mappings under dotted keys (``{"a": {"b": 1}}`` gives ``{"a.b": 1}``).
+
+    An empty mapping has no leaves and leaves no key; a ``tree`` that is not a mapping is the one leaf
+    ``{prefix: tree}``. The inverse of :func:`lookup` for mappings.
+    """
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    return {key: leaf for name, value in tree.items()
+            for key, leaf in flatten(value, f"{prefix}.{name}" if prefix else str(name)).items()}
 
 
 def write_metrics(folder: str | os.PathLike[str], details: Mapping[str, Any], headline: Mapping[str, str]) -> dict:
@@ -119,7 +142,8 @@ def write_metrics(folder: str | os.PathLike[str], details: Mapping[str, Any], he
     same keys as before: the report and ``verify`` read it by key. Returns the headline written.
     """
     folder = Path(folder)
-    shown = {name: value for name, key in headline.items() if (value := _dotted(details, key)) is not None}
+    found = {name: lookup(details, key) for name, key in headline.items()}
+    shown = {name: value for name, value in found.items() if value is not MISSING and value is not None}
     if any(isinstance(v, Mapping | list) for v in shown.values()):
         raise ValueError(f"{folder}/metrics.json: headline values must be scalars, found {shown}")
     write_json(folder / "details.json", details)

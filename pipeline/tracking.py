@@ -30,13 +30,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.dvcfile import MISSING, declared_params, lookup, output_digests
+from pipeline.dvcfile import declared_params, output_digests
 from pipeline.errors import InputError
+from pipeline.io import MISSING, flatten, lookup
 from pipeline.param_reads import unwrap
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,17 +107,6 @@ def invocation_id() -> str:
     return hashlib.sha1(f"{socket.gethostname()}:{launcher}".encode()).hexdigest()[:12]
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def run_tags(stage: str) -> dict[str, str]:
     """The provenance tags attached to every stage run."""
     tags = {
@@ -170,9 +160,21 @@ class StageRun:
         """Log numeric metrics (non-finite and non-numeric values are skipped)."""
         import mlflow
 
-        clean = {k: float(v) for k, v in _flatten(metrics).items() if isinstance(v, int | float)}
+        clean = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, int | float)}
         if clean:
             mlflow.log_metrics(clean, step=step)
+
+    def log_curve(self, rows: Sequence[Mapping[str, Any]], prefix: str = "") -> None:
+        """Log a training curve in one call: every numeric value of every row as ``<prefix><name>`` at the row's
+        ``step``, as :meth:`log_metrics` would row by row (one store round trip instead of one per row)."""
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(f"{prefix}{k}", float(v), timestamp, int(row["step"]))
+                   for row in rows for k, v in flatten(row).items() if k != "step" and isinstance(v, int | float)]
+        if metrics:
+            MlflowClient().log_batch(self.run_id, metrics=metrics)  # the client splits it into allowed sizes
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Copy a file into the run's artifacts."""
@@ -234,7 +236,7 @@ def declared_values(stage: str, params: Any) -> dict[str, Any]:
     plain mapping), sections flattened."""
     dump = params if isinstance(params, Mapping) else unwrap(params).model_dump(mode="json")
     values = {key: lookup(dump, key) for key in declared_params(stage)}
-    return _flatten({k: "<not in params.yaml>" if v is MISSING else v for k, v in values.items()})
+    return flatten({k: "<not in params.yaml>" if v is MISSING else v for k, v in values.items()})
 
 
 @contextmanager

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.dvcfile import MISSING, file_md5, lock_param_mismatches, lookup, read_lock
+from pipeline.dvcfile import file_md5, lock_param_mismatches, read_lock
+from pipeline.io import MISSING, lookup
 from pipeline.report import render
 from pipeline.report.document import to_html, to_markdown
 from pipeline.report.evaluate import REPORT_STAGE, build, fmt, numbers_cited, read_json, summary

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline import params as P
+from pipeline import profiles
 from pipeline.experiments import alit_analysis as aa
 from pipeline.models.alit import ALIT, ALITConfig
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
@@ -93,7 +94,7 @@ def test_schema_rejects_bad_alit_parameters_with_the_dotted_key(section, match):
 
 def test_schema_accepts_the_profiles_alit_sections():
     for profile in ("demo", "micro", "paper"):
-        params = P.validate(P.resolve_profile(profile))
+        params = P.validate(profiles.resolve_profile(profile))
         assert max(params.eval_alit.token_counts) <= 256
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline import params as P
+from pipeline import profiles
 from pipeline.stages import _common
 
 
@@ -34,7 +35,7 @@ def test_checkpoint_folder_changes_with_inputs_and_code(tmp_path, monkeypatch):
 
 
 def _titok_params(tmp_path, **train_titok):
-    raw = P.resolve_profile("micro")
+    raw = profiles.resolve_profile("micro")
     raw["paths"] = {k: str(tmp_path / k) for k in raw["paths"]}
     raw["train_titok"]["stage2"]["steps"] = 2
     raw["train_titok"].update(train_titok)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import params as P
+from pipeline import profiles
 from pipeline.data import demo
 from pipeline.data.shards import load_split
 from pipeline.stages.prepare import prepare
@@ -17,7 +18,7 @@ MICRO = {"image_size": 32, "prepare": {"demo": {"num_classes": 10, "train_per_cl
 def micro(**overrides) -> P.Params:
     raw = json.loads(json.dumps(MICRO))
     for key, value in overrides.items():
-        P.set_dotted(raw, f"{key}={value}")
+        profiles.set_dotted(raw, f"{key}={value}")
     return P.validate(raw)
 
 

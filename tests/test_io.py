@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline.io import atomic_dir, atomic_file, write_json
+from pipeline.io import MISSING, atomic_dir, atomic_file, flatten, lookup, write_json
 
 
 def test_atomic_dir_publishes_only_on_success(tmp_path):
@@ -62,3 +62,12 @@ def test_killed_process_leaves_no_output(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "y").write_text("y")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_lookup_and_flatten_are_inverse_on_nested_mappings():
+    tree = {"a": {"b": 1, "c": None, "empty": {}}, "d": [10, 20], "e": "x"}
+    assert flatten(tree) == {"a.b": 1, "a.c": None, "d": [10, 20], "e": "x"}  # an empty mapping leaves no key
+    assert all(lookup(tree, key) == value for key, value in flatten(tree).items())
+    assert lookup(tree, "a.c") is None and lookup(tree, "a.x") is MISSING  # None is a value, MISSING is absence
+    assert lookup(tree, "d.1") == 20 and lookup(tree, "d.2") is MISSING and lookup(tree, "e.0") is MISSING
+    assert flatten(3) == {"": 3}

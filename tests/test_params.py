@@ -8,23 +8,24 @@ import pytest
 import yaml
 
 from pipeline import params as P
+from pipeline import profiles
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_committed_params_yaml_is_the_resolved_demo_profile():
     committed = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert committed == P.validate(P.resolve_profile("demo")).model_dump(mode="json")
+    assert committed == P.validate(profiles.resolve_profile("demo")).model_dump(mode="json")
 
 
 @pytest.mark.parametrize("profile", ["demo", "paper", "micro"])
 def test_every_profile_validates(profile):
-    params = P.validate(P.resolve_profile(profile))
+    params = P.validate(profiles.resolve_profile(profile))
     assert params.profile == profile
 
 
 def test_paper_profile_is_imagenet_at_256():
-    params = P.validate(P.resolve_profile("paper"))
+    params = P.validate(profiles.resolve_profile("paper"))
     assert params.image_size == 256
     assert params.prepare.source == "imagenet_folder"
 
@@ -69,21 +70,21 @@ def test_top_level_must_be_a_mapping():
 
 
 def test_set_dotted_overrides_and_unknown_profile(tmp_path):
-    raw = P.resolve_profile("demo")
-    P.set_dotted(raw, "prepare.demo.train_per_class=7")
+    raw = profiles.resolve_profile("demo")
+    profiles.set_dotted(raw, "prepare.demo.train_per_class=7")
     assert P.validate(raw).prepare.demo.train_per_class == 7
     with pytest.raises(P.ParamsError, match="no such profile"):
-        P.resolve_profile("nope")
+        profiles.resolve_profile("nope")
 
 
 def test_a_nested_override_keeps_its_siblings():
-    demo = P.validate(P.resolve_profile("demo"))
-    raw = P.resolve_profile("demo")
-    P.set_dotted(raw, "train_titok.stage1.steps=7")
+    demo = P.validate(profiles.resolve_profile("demo"))
+    raw = profiles.resolve_profile("demo")
+    profiles.set_dotted(raw, "train_titok.stage1.steps=7")
     stage1 = P.validate(raw).train_titok.stage1
     assert stage1.steps == 7
     assert stage1.model_dump(exclude={"steps"}) == demo.train_titok.stage1.model_dump(exclude={"steps"})
-    micro = P.validate(P.resolve_profile("micro"))  # extends demo: what it does not name is the demo's
+    micro = P.validate(profiles.resolve_profile("micro"))  # extends demo: what it does not name is the demo's
     assert micro.train_alit.stage1.betas == demo.train_alit.stage1.betas
 
 
@@ -131,7 +132,7 @@ def test_configure_keeps_values_edited_since_it_wrote_the_file(tmp_path):
 
 def test_a_key_missing_from_params_yaml_stops_with_its_name(tmp_path):
     out = tmp_path / "params.yaml"
-    raw = P.resolve_profile("micro")
+    raw = profiles.resolve_profile("micro")
     assert P.load(_write(out, raw)).train_titok.stage1.steps == 6
     del raw["train_titok"]["stage1"]["steps"]
     del raw["eval_alit"]
@@ -149,7 +150,7 @@ def _write(path, raw):
 def test_recording_view_records_the_keys_read_and_sections_used_whole():
     from pipeline.param_reads import RecordingView, unwrap
 
-    params = P.validate(P.resolve_profile("micro"), "micro")
+    params = P.validate(profiles.resolve_profile("micro"), "micro")
     view = RecordingView(params)
     assert view.train_titok.stage1.steps == 6
     assert view.seed == params.seed
@@ -173,14 +174,14 @@ def test_model_names_in_the_schema_are_the_registrys():
     alit = set(get_args(P.TrainAlit.model_fields["model"].annotation))
     assert (titok, vqgan, alit) == (set(TITOK_CONFIGS), set(VQGAN_CONFIGS), set(ALIT_CONFIGS))
     assert len(MODEL_NAMES) == len(titok | vqgan | alit)  # no name in two families: the registry merges them
-    raw = P.resolve_profile("micro")
+    raw = profiles.resolve_profile("micro")
     raw["train_titok"]["model"] = "titok_xl"
     with pytest.raises(P.ParamsError, match="train_titok.model"):
         P.validate(raw, "test")
 
 
 def test_resources_name_known_stages():
-    raw = P.resolve_profile("micro")
+    raw = profiles.resolve_profile("micro")
     raw["resources"] = {"default": {"gpu": 1}, "train_titk": {"gpu": 8}}
     with pytest.raises(P.ParamsError, match="not a stage: train_titk"):
         P.validate(raw, "test")

@@ -8,11 +8,11 @@ from conftest import ROOT
 from imagenet_folder import make_imagenet
 
 from pipeline import params as P
-from pipeline import preflight
+from pipeline import preflight, profiles
 
 
 def _paper(tmp_path, **overrides):
-    raw = P.resolve_profile("paper")
+    raw = profiles.resolve_profile("paper")
     weights = tmp_path / "weights"
     raw["prepare"]["imagenet"]["root"] = str(tmp_path / "imagenet")
     raw["train_vqgan"]["folder"] = str(weights / "vqgan")
@@ -20,7 +20,7 @@ def _paper(tmp_path, **overrides):
         section["folder"] = str(weights / "titok")
     raw["train_alit"]["vqgan"] = str(weights / "mage_vqgan")
     for key, value in overrides.items():
-        P.set_dotted(raw, f"{key}={value}")
+        profiles.set_dotted(raw, f"{key}={value}")
     return P.validate(raw, "test")
 
 
@@ -68,7 +68,7 @@ def test_command_exits_1_on_the_paper_profile_and_0_on_the_demo(tmp_path):
     paper = tmp_path / "paper.yaml"
     paper.write_text(yaml.safe_dump(_paper(tmp_path).model_dump(mode="json")))
     demo = tmp_path / "demo.yaml"
-    demo.write_text(P.dump(P.validate(P.resolve_profile("demo"), "demo")))
+    demo.write_text(profiles.dump(P.validate(profiles.resolve_profile("demo"), "demo")))
     run = [sys.executable, "-m", "pipeline.preflight", "--params"]
     failed = subprocess.run([*run, str(paper)], cwd=ROOT, capture_output=True, text=True)
     assert failed.returncode == 1 and "MISSING" in failed.stdout and "missing or broken" in failed.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import params as P
+from pipeline import profiles
 from pipeline.data import shard_writer
 from pipeline.stages import prepare as stage
 
@@ -88,7 +89,7 @@ def test_failure_midway_leaves_no_prepared_folder(tmp_path, monkeypatch):
 
 def test_cli_reports_unusable_input_with_exit_code_2(tmp_path):
     params = P.validate({"prepare": {"source": "imagenet_folder", "imagenet": {"root": str(tmp_path / "nope")}}})
-    (tmp_path / "params.yaml").write_text(P.dump(params))
+    (tmp_path / "params.yaml").write_text(profiles.dump(params))
     proc = subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=tmp_path, capture_output=True,
                           text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
                                           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT, pipeline_env
 
-from pipeline import dvcfile, tracking
+from pipeline import dvcfile, profiles, tracking
 from pipeline import params as params_mod
 from pipeline.report import evaluate, references, render
 from pipeline.report.document import to_html, to_markdown
@@ -132,7 +132,7 @@ def finished(tmp_path_factory):
     (repo / "dvc.yaml").write_text(DVC_YAML)
     (repo / "references").mkdir()
     (repo / "references" / "paper_numbers.yaml").write_text(yaml.safe_dump(REFERENCES, sort_keys=False))
-    (repo / "params.yaml").write_text(params_mod.dump(params_mod.validate(params_mod.resolve_profile("micro"))))
+    (repo / "params.yaml").write_text(profiles.dump(params_mod.validate(profiles.resolve_profile("micro"))))
     (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n__pycache__/\n")
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)

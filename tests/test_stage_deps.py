@@ -58,7 +58,7 @@ DATA_DEPS = {
     # open_clip model configs, looked up by model name (CONFIG_DIR / f"{model}.json"): the whole folder.
     "pipeline/models/clip.py": ("pipeline/models/configs",),
     # conf/<profile>.yaml (outside pipeline/), read only by `python -m pipeline configure`.
-    "pipeline/params.py": (),
+    "pipeline/profiles.py": (),
     # REPO_ROOT, the checkout itself (outside pipeline/).
     "pipeline/tracking.py": (),
     # CODE_ROOT: hashes the package's code into the checkpoint folder's name (which run may resume),

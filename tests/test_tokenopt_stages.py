@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline import params as P
+from pipeline import profiles
 from pipeline.errors import InputError
 from pipeline.models.clip import create_clip, save_clip
 from pipeline.models.titok import TiTok, TiTokConfig
@@ -36,11 +37,11 @@ class FakeRun:
         self.metrics: dict = {}
 
     def log_metrics(self, metrics, step=None):
-        from pipeline.tracking import _flatten
+        from pipeline.io import flatten
 
-        bad = [k for k in _flatten(metrics) if not re.fullmatch(r"[\w\-. :/]+", k)]
+        bad = [k for k in flatten(metrics) if not re.fullmatch(r"[\w\-. :/]+", k)]
         assert not bad, f"not valid MLflow metric names: {bad}"
-        self.metrics |= _flatten(metrics)
+        self.metrics |= flatten(metrics)
 
     def log_artifact(self, path, artifact_path=None):
         assert Path(path).is_file()
@@ -208,10 +209,10 @@ def test_schema_rejects_bad_values_with_the_dotted_key(section, message):
 
 
 def test_profiles_resolve():
-    paper = P.validate(P.resolve_profile("paper"))
+    paper = P.validate(profiles.resolve_profile("paper"))
     assert paper.tokenopt.optim.num_iter == 300 and paper.tokenopt.optim.num_augmentations == 8
     assert paper.tokenopt.generate.num_per_class is None and paper.tokenopt.tokenizer.source == "official"
-    micro = P.validate(P.resolve_profile("micro"))
+    micro = P.validate(profiles.resolve_profile("micro"))
     assert micro.tokenopt.optim.num_iter <= 5
 
 

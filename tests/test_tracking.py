@@ -42,6 +42,19 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(mlflow_uri, tmp_pat
     assert list((tmp_path / "mlartifacts").rglob("manifest.json")), "artifacts are stored beside the database"
 
 
+def test_a_curve_is_logged_in_one_call_as_its_rows_would_be_one_by_one(mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    rows = [{"step": 0, "loss": 2.5, "images_per_s": 100}, {"step": 10, "loss": 1.25, "images_per_s": 120.5}]
+    with tracking.stage_run("prepare", {}) as run:
+        run.log_curve(rows, prefix="objective/")
+    client = MlflowClient(mlflow_uri)
+    history = {key: [(m.step, m.value) for m in client.get_metric_history(run.run_id, key)]
+               for key in ("objective/loss", "objective/images_per_s")}
+    assert history == {"objective/loss": [(0, 2.5), (10, 1.25)], "objective/images_per_s": [(0, 100.0), (10, 120.5)]}
+    assert "objective/step" not in client.get_run(run.run_id).data.metrics
+
+
 def test_runs_of_one_invocation_share_a_tag(mlflow_uri):
     from mlflow.tracking import MlflowClient
 

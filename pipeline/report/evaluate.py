@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from pipeline.dvcfile import MISSING, dvc_stages, file_md5, lock_param_mismatches, lookup, read_lock
+from pipeline.dvcfile import dvc_stages, file_md5, lock_param_mismatches, read_lock
+from pipeline.io import MISSING, lookup
 from pipeline.report.references import OPS, REFERENCES, UNKNOWN, Check, Number, Protocol, Tolerance, load_references
 from pipeline.report.spread import spread_of, sweep_record
 from pipeline.tracking import git_commit, hardware, runs_matching_lock

@@ -109,8 +109,7 @@ def _train(params: Params, run) -> tuple[dict, dict[str, list[dict]]]:
     metrics, curves = {}, {}
     for (role, (config, seed)), (clip, result) in zip(roles.items(), trained, strict=True):
         curves[role] = result.curve(LOG_EVERY)
-        for row in curves[role]:
-            run.log_metrics({f"{role}/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        run.log_curve(curves[role], prefix=f"{role}/")
         # Timings go to MLflow (and images/s to the curves, plots): metrics.json and details.json stay
         # byte-identical across runs with the same seed.
         run.log_metrics({f"{role}/train_seconds": result.seconds, f"{role}/train_cpu_seconds": result.cpu_seconds,

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root
+from pipeline.metrics.image_stats import psnr
+from pipeline.models.losses import LPIPS
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.models.titok import TiTok
@@ -39,6 +42,8 @@ from pipeline.stages._common import (
     training_images,
 )
 from pipeline.tracking import stage_run
+from pipeline.train.loop import train
+from pipeline.train.recipes import GANSettings, ProxyCodeImages, TiTokDecoderRecipe, TiTokProxyCodeRecipe
 
 STAGE = "train_titok"
 # metrics.json (what `dvc metrics show` prints): flat name -> key of details.json
@@ -67,9 +72,6 @@ def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tup
 def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float], Curve, Path]:
     """Train stage 1; the model, its final metrics, its curve and its checkpoint folder (removed once stage 2
     is done: a preemption in stage 2 must not retrain stage 1)."""
-    from pipeline.train.loop import train
-    from pipeline.train.recipes import ProxyCodeImages, TiTokProxyCodeRecipe
-
     cfg = params.train_titok
     titok = build_model(cfg.model, image_size=params.image_size, vqgan=vqgan.config)
     recipe = TiTokProxyCodeRecipe(titok, vqgan, cfg.quantizer_weight, cfg.pixel_weight)
@@ -87,19 +89,14 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
     return titok, {"stage1/steps": result.step, **final_metrics(result.metrics, "stage1/")}, result.history, ckpt
 
 
-def _perceptual(params: Params):
+def _perceptual(params: Params) -> LPIPS | None:
     """Stage 2's LPIPS (None without ``perceptual_vgg``): loaded before stage 1, so a missing file stops the
     stage before a million steps of stage 1, not after."""
-    from pipeline.models.losses import LPIPS
-
     cfg = params.train_titok
     return LPIPS(cfg.perceptual_vgg, cfg.perceptual_lin) if cfg.stage2.steps > 0 and cfg.perceptual_vgg else None
 
 
 def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[str, float], Curve]:
-    from pipeline.train.loop import train
-    from pipeline.train.recipes import GANSettings, TiTokDecoderRecipe
-
     cfg = params.train_titok
     frozen = TiTok(dataclasses.replace(titok.config, freeze_encoder=True))
     frozen.load_state_dict(titok.state_dict())
@@ -119,9 +116,6 @@ def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[
 
 def run(params: Params) -> int:
     """Train (or import) TiTok and write it with its training metrics and a reconstruction grid."""
-    from pipeline.data.shards import load_split
-    from pipeline.metrics.image_stats import psnr
-
     cfg = params.train_titok
     out_dir = titok_dir(params)
     results = results_dir(params, STAGE)

@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.errors import InputError
 from pipeline.io import atomic_file
+from pipeline.models.checkpoints import load_state_dict_strict
 
 FORMAT = 1
 _NAME = re.compile(r"ckpt-(\d{8})\.pt$")
@@ -77,23 +78,16 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def load_module(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
-    """``module.load_state_dict(state)`` with shape and key mismatches reported against ``path``."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
-             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        lines = [f"checkpoint {path} does not fit the {what} (was it written for another configuration?)"]
-        lines += [f"  {k}: checkpoint has shape {a}, the {what} expects {b}" for k, a, b in wrong[:10]]
-        if missing:
-            lines.append(f"  missing in the checkpoint: {', '.join(missing[:10])}"
-                         + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
-        if unexpected:
-            lines.append(f"  not in the {what}: {', '.join(unexpected[:10])}"
-                         + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
-        raise CheckpointError("\n".join(lines))
-    module.load_state_dict(state)
+    """``module.load_state_dict(state)`` strictly, every key and shape mismatch reported against ``path``.
+
+    The package's one strict loader (:func:`pipeline.models.checkpoints.load_state_dict_strict`), its error
+    raised as a :class:`CheckpointError`: resuming stops on a checkpoint, not on a weights file.
+    """
+    try:
+        load_state_dict_strict(module, state, path, expected=f"the {what}",
+                               hint="was the checkpoint written for another configuration?")
+    except InputError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def rng_state() -> dict[str, Any]:
