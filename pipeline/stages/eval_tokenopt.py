@@ -254,7 +254,8 @@ def run(params: Params) -> int:
     with stage_run(STAGE, params) as mlrun:
         generate, inpaint = _generation(params, scorer, names), _inpainting(params, scorer)
         metrics = _finite({
-            "feature_space": space.label or space.name, "judge": judge.name, "judge_independent": judge.name != objective.name,
+            "feature_space": space.label or space.name,
+            "judge": judge.name, "judge_independent": judge.name != objective.name,
             "reference": {"source": reference.source, "num_images": reference.num_images}, "chance": 1 / len(names),
             "generate": generate, "edit": _editing(params, scorer), "inpaint": inpaint,
             "protocol": _protocols(params, scorer, generate, inpaint)})
