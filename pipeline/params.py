@@ -444,8 +444,20 @@ class TokenoptEdit(Section):
     num_images: PositiveInt = 20
     prompts: list[str] = Field(default_factory=lambda: ["a bright photo of a {}", "a dark photo of a {}"],
                                min_length=1)  # "{}" becomes the image's class name
-    negative_prompt: str | None = None
-    guidance_scale: float = 1.0  # only acts with a negative prompt (the official combination)
+    # One negative per prompt ("{}" = class name), pushed away with ``guidance_scale`` (the official loss
+    # -cos(x, p) - (1 - scale) cos(x, p_neg); the official code takes one negative for all prompts). demo:
+    # each prompt's opposite at scale 2. Seed 0, 20 val images x 2 prompts, brightness moved as prompted:
+    # 0.875 (shifts +0.096 / -0.081), against 0.75 (+0.036 / -0.033) without negatives.
+    negative_prompts: list[str] | None = Field(
+        default_factory=lambda: ["a dark photo of a {}", "a bright photo of a {}"])
+    guidance_scale: float = 2.0  # only acts with negative prompts
+
+    @model_validator(mode="after")
+    def _one_negative_per_prompt(self) -> TokenoptEdit:
+        if self.negative_prompts is not None and len(self.negative_prompts) != len(self.prompts):
+            raise ValueError(f"tokenopt.edit.negative_prompts: expected one per prompt ({len(self.prompts)}), "
+                             f"found {len(self.negative_prompts)}; set it to null for no negatives")
+        return self
 
 
 class TokenoptGenerate(Section):

@@ -65,6 +65,12 @@ def test_cross_field_rule_names_the_key():
     assert "prepare.imagenet.root" in msg
 
 
+def test_edit_needs_one_negative_prompt_per_prompt():
+    with pytest.raises(P.ParamsError, match="tokenopt.edit.negative_prompts: expected one per prompt"):
+        P.validate({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": ["b {}", "c {}"]}}})
+    assert P.validate({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": None}}})
+
+
 def test_top_level_must_be_a_mapping():
     assert "expected a mapping" in _errors(["not", "a", "mapping"])
 

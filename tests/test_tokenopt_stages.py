@@ -23,7 +23,8 @@ SETUP = {
     "tokenopt": {
         "optim": {"num_iter": 3, "num_augmentations": 2},
         "batch_size": 8,
-        "edit": {"num_images": 3, "prompts": ["a bright photo of a {}", "a photo of a red {}"]},
+        "edit": {"num_images": 3, "prompts": ["a bright photo of a {}", "a photo of a red {}"],
+                 "negative_prompts": ["a dark photo of a {}", "a photo of a blue {}"]},
         "generate": {"num_per_class": 1, "seed_set_size": 12},
         "inpaint": {"num_images": 3, "mask_kinds": ["center", "boxes"], "optim": {"num_iter": 4}},
     },
@@ -110,6 +111,7 @@ def test_four_stages_end_to_end(setup, fake_tracking):
     assert arrays["source"].shape == (3, SIZE, SIZE, 3) and arrays["edited"].shape == (6, SIZE, SIZE, 3)
     assert arrays["edited"].dtype == np.uint8
     assert records[4]["prompt"] == f"a photo of a red {records[4]['class_name']}" and records[4]["prompt_index"] == 1
+    assert records[4]["negative_prompt"] == f"a photo of a blue {records[4]['class_name']}"
 
     arrays, records = _samples(params, "tokenopt_generate")
     assert set(arrays) == {"images", "images_random_init", "seeds", "seed_reconstructions", "random_tokens",

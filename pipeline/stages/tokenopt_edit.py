@@ -2,12 +2,13 @@
 
 Draws ``tokenopt.edit.num_images`` random images of the prepared ``split`` and optimises the tokens of
 each of them towards every prompt of ``tokenopt.edit.prompts`` (``{}`` becomes the image's class name)
-with the objective CLIP (:func:`pipeline.experiments.tokenopt_tasks.edit_images`, loop settings
+with the objective CLIP, each away from its negative prompt (``tokenopt.edit.negative_prompts``) when
+there are some (:func:`pipeline.experiments.tokenopt_tasks.edit_images`, loop settings
 ``tokenopt.optim``). Writes, atomically:
 
 - ``<paths.data>/tokenopt/tokenopt_edit/``: ``images.npz`` with ``source`` (N, H, W, 3), the images at
   the tokenizer's size, and ``edited`` (P x N, H, W, 3), prompt-major; ``records.json``, one record per
-  edited image (prompt, source row in the split, class, final loss);
+  edited image (prompt, its negative if any, source row in the split, class, final loss);
 - ``<paths.results>/tokenopt_edit/grid.png``: the sources, then one row per prompt.
 
 ``eval_tokenopt`` scores them (CLIP score before / after).
@@ -42,8 +43,8 @@ def run(params: Params) -> int:
     source = common.to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
     n = len(source)
     prompts = [common.fill_class(p, names[int(c)]) for p in e.prompts for c in sample.labels]  # prompt-major
-    negatives = None if e.negative_prompt is None else [common.fill_class(e.negative_prompt, names[int(c)])
-                                                        for _ in e.prompts for c in sample.labels]
+    negatives = None if e.negative_prompts is None else [common.fill_class(p, names[int(c)])
+                                                         for p in e.negative_prompts for c in sample.labels]
     config = common.loop_config(cfg.optim, params.seed)
 
     with stage_run(STAGE, params) as mlrun:
@@ -53,6 +54,7 @@ def run(params: Params) -> int:
                               batch_size=cfg.batch_size, negative_prompts=negatives, guidance_scale=e.guidance_scale,
                               progress=bar)
         records = [r | {"prompt_index": r["index"] // n, "template": e.prompts[r["index"] // n],
+                        "negative_prompt": None if negatives is None else negatives[r["index"]],
                         "split": e.split, "split_index": int(sample.indices[r["index"] % n]),
                         "class_index": int(sample.labels[r["index"] % n]),
                         "class_name": names[int(sample.labels[r["index"] % n])]} for r in out.records]
