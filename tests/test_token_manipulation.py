@@ -180,6 +180,11 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
         assert ci.low < ci.mean < ci.high and ci.mean == pytest.approx(values.mean())
         widths.append(ci.high - ci.low)
     assert widths[1] < widths[0] / 5  # ~ 1/sqrt(n): 10x narrower for 100x the values
+    half = 1.96 * large.std() / np.sqrt(len(large))  # the normal interval the bootstrap approaches at large n
+    ci = tm.bootstrap_ci(large, 2000, seed=0)
+    assert ci.low == pytest.approx(large.mean() - half, abs=0.15 * half)
+    assert ci.high == pytest.approx(large.mean() + half, abs=0.15 * half)
+    assert tm.bootstrap_ci(np.array([0.3]), 100).as_dict() == {"mean": 0.3, "ci_low": 0.3, "ci_high": 0.3}
 
 
 def test_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 from pipeline.metrics import image_stats
 
@@ -335,15 +336,15 @@ class Interval:
 
 
 def bootstrap_ci(values: np.ndarray, num_samples: int, seed: int = 0, level: float = 0.95) -> Interval:
-    """Mean of ``values`` with a percentile-bootstrap interval at ``level``."""
+    """Mean of ``values`` with a percentile-bootstrap interval at ``level`` (``scipy.stats.bootstrap``)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         raise ValueError("bootstrap_ci: no values")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (num_samples, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return Interval(float(values.mean()), float(low), float(high))
+    if len(values) == 1:  # scipy refuses one sample; its bootstrap distribution is the value itself
+        return Interval(float(values[0]), float(values[0]), float(values[0]))
+    res = stats.bootstrap((values,), np.mean, n_resamples=num_samples, confidence_level=level, method="percentile",
+                          rng=np.random.default_rng(seed))
+    return Interval(float(values.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 def edit_effects(model: Any, encoded: Encoded, attribute: Attribute, ranking: Sequence[int], *, top_k: int,
