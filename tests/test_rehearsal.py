@@ -39,16 +39,17 @@ import yaml
 from conftest import make_scratch_repo, pipeline_env
 from imagenet_folder import jpeg_bytes, photo
 
-# Opt-in: on a shared 2-core machine (load 5 to 6) it took more than 25 minutes, far more than CI can
-# spare (40 min in all, 33 used). Stage times measured there (s): weights written 80, prepare 2,
-# train_vqgan 52, train_titok 47, train_clip 20, eval_titok 64, token_manipulation 450 (four measured
-# attributes; two now), train_alit 270 (one stage-1 step of batch 2 in bf16: 177; batch 1 now),
-# eval_alit over 300. What costs is the size fixed by the task: each 256 px MaskGIT-VQGAN decode, each
-# TiTok-L-32 and ALIT-S pass, and loading 2.6 GB of TiTok weights per stage; the counts are already 1 or 2.
+# Opt-in: on a shared 2-core machine (load 5 to 6) the stages took 1618 s (27 min; with the weights, the
+# preflight and DVC about 30 min), far more than CI can spare (40 min in all, 33 used). Stage seconds:
+# prepare 2, train_vqgan 52, train_titok 47, train_clip 20, eval_titok 64, token_manipulation 430 (four
+# measured attributes then; two now), train_alit 261 (one stage-1 step of batch 2 in bf16: 177; batch 1
+# now), eval_alit 430, tokenopt_edit 21, tokenopt_generate 167, tokenopt_inpaint 29, eval_tokenopt 96.
+# What costs is the size fixed by the task (each 256 px MaskGIT-VQGAN decode, each TiTok-L-32 and ALIT-S
+# pass, 2.6 GB of TiTok weights loaded per stage); the counts are already 1 or 2.
 # Run it with `PIPELINE_REHEARSAL=1 uv run pytest tests/test_rehearsal.py`.
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.environ.get("PIPELINE_REHEARSAL") != "1",
-    reason="the full-size rehearsal takes over 25 min on 2 CPU cores; set PIPELINE_REHEARSAL=1 to run it")]
+    reason="the full-size rehearsal takes about 30 min on 2 CPU cores; set PIPELINE_REHEARSAL=1 to run it")]
 
 TRAIN_PER_CLASS = VAL_PER_CLASS = 2
 # two animals and a tool (ImageNet labels 0, 1 and 491): token_manipulation's animal attribute takes two values
