@@ -86,6 +86,17 @@ def test_is_and_precision_recall(space):
     assert n == 50
 
 
+def test_precision_recall_is_left_out_when_a_set_has_no_kth_neighbour(space):
+    # k = 3: torch-fidelity needs 4 images in each set and fails with a bare kthvalue error below that
+    real = _real(20)
+    ref = fid.reference_stats(space, images=real, prc_images=20)
+    few = fid.fidelity_metrics(real[:fid.PRC_NEIGHBOURS], ref, space, isc=False)
+    assert "precision" not in few and "recall" not in few and few["num_samples"] == fid.PRC_NEIGHBOURS
+    assert "precision" in fid.fidelity_metrics(real[:fid.PRC_NEIGHBOURS + 1], ref, space, isc=False)
+    small_ref = fid.reference_stats(space, images=real, prc_images=fid.PRC_NEIGHBOURS)
+    assert "recall" not in fid.fidelity_metrics(real, small_ref, space, isc=False)
+
+
 def test_reference_statistics_are_cached(space, tmp_path):
     real = _real(100)
     cache = tmp_path / "ref.npz"

@@ -36,6 +36,8 @@ def test_paper_profile_with_nothing_in_place_lists_every_input_with_its_remedy(t
         assert rows[item].status == "missing", item
         assert "how to get it" in rows[item].detail or "Download" in rows[item].detail, item
     assert "download" in rows["TiTok"].detail and str(tmp_path / "weights" / "titok") in rows["TiTok"].detail
+    assert "python -m pipeline.convert_mage_vqgan vqgan_jax_strongaug.ckpt" in rows["ALIT base VQGAN"].detail
+    assert "Google Drive" in rows["ALIT base VQGAN"].detail
     assert rows["GPUs"].status in ("ok", "warn") and "train_titok" in rows["GPUs"].detail
 
 

@@ -61,7 +61,7 @@ def test_analysis_recovers_a_planted_position():
     model = PlantedTokenizer()
     encoded = tm.encode(model, images, batch_size=64)
     assert encoded.latents.shape == (300, 4, 8) and encoded.codes.shape == (300, 8)
-    attrs = tm.attribute_table(["brightness", "unrelated"], images, np.zeros(300), meta, imagenet_labels=False)
+    attrs = tm.attribute_table(["brightness", "unrelated"], images, np.zeros(300), meta, wnids=None)
     assert [a.source for a in attrs] == ["image", "recorded"]
     scores = tm.position_scores(encoded, attrs, bins=4)
     assert tm.rank_positions(scores["brightness"]["f_ratio"])[0] == PLANTED
@@ -75,7 +75,7 @@ def test_copying_the_planted_position_moves_the_attribute_more_than_random_ones(
     images, meta = _planted_images()
     model = PlantedTokenizer()
     encoded = tm.encode(model, images)
-    (attr,) = tm.attribute_table(["brightness"], images, np.zeros(300), meta, imagenet_labels=False)
+    (attr,) = tm.attribute_table(["brightness"], images, np.zeros(300), meta, wnids=None)
     groups = tm.group_labels(attr, 4)
     ranking = tm.rank_positions(tm.position_scores(encoded, [attr], 4)["brightness"]["f_ratio"])
     recon = tm.measure("brightness", tm.decode(model, encoded.codes))
@@ -108,10 +108,16 @@ def test_group_labels_bins_continuous_by_quantile_and_categorical_by_value():
 def test_unknown_attribute_names_the_available_ones():
     with pytest.raises(ValueError, match="unknown attribute 'animal'.*available: blur, .*brightness"):
         tm.attribute_table(["animal"], torch.zeros(2, 8, 8, 3, dtype=torch.uint8), np.zeros(2),
-                           [{"blur": 0.1}, {"blur": 0.2}], imagenet_labels=False)
-    attr = tm.attribute_table(["animal"], torch.zeros(3, 8, 8, 3, dtype=torch.uint8), np.array([0, 397, 398]), [],
-                              imagenet_labels=True)[0]
+                           [{"blur": 0.1}, {"blur": 0.2}], wnids=None)
+    # from the synset ids, not the labels: tench (ImageNet label 0), puffer (397), abacus (398), chain saw (491)
+    wnids = ["n01440764", "n02655020", "n02666196", "n03000684"]
+    attr = tm.attribute_table(["animal"], torch.zeros(3, 8, 8, 3, dtype=torch.uint8), np.array([0, 1, 2]), [],
+                              wnids=wnids)[0]
     assert attr.values.tolist() == [1, 1, 0] and attr.categorical
+    # a class subset: label 1 is the chain saw here, not goldfish (which it is in the 1000-class order)
+    attr = tm.attribute_table(["animal"], torch.zeros(2, 8, 8, 3, dtype=torch.uint8), np.array([0, 1]), [],
+                              wnids=["n01440764", "n03000684"])[0]
+    assert attr.values.tolist() == [1, 0]
 
 
 def _tiny_titok(n: int = 8) -> TiTok:
@@ -233,3 +239,23 @@ def test_stage_rejects_a_tokenizer_with_another_token_count(tmp_path, monkeypatc
         stage.run(P.validate({}))
     with pytest.raises(InputError, match="official"):
         stage.run(P.validate({"paths": {"models": "elsewhere"}}))
+
+
+def test_stage_stops_early_on_an_attribute_with_one_value(tmp_path, monkeypatch):
+    from pipeline.errors import InputError
+    from pipeline.stages import token_manipulation as stage
+    from pipeline.stages.prepare import prepare
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_titok().save_pretrained(tmp_path / "models" / "titok")
+    params = P.validate({"image_size": 32, "prepare": {"workers": 1, "demo": {
+        "train_per_class": 1, "val_per_class": 1, "ood_per_class": 1}}, "token_manipulation": {
+        "num_images": 4, "num_tokens": 8, "bins": 2, "attributes": ["brightness", "class"]}})
+    prepare(params, Path(params.paths.data) / "prepared", progress=False)
+    # as when every image of a class subset is an animal: the class attribute takes one value here
+    table = stage.tm.attribute_table
+    monkeypatch.setattr(stage.tm, "attribute_table", lambda names, images, labels, *a: table(
+        names, images, np.zeros_like(labels), *a))
+    with pytest.raises(InputError, match=r"attributes: class take\(s\) a single value on the 4 images of split 'val'"):
+        stage.run(params)
+    assert not (tmp_path / "results").exists()  # nothing was encoded or written

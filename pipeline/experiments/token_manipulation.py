@@ -8,8 +8,8 @@ in three steps, on any TiTok (ours or an official checkpoint):
    first in the data's recorded factors (the demo generator's ground truth: ``brightness``, ``blur``,
    ``color_index``, ``object_count``, ...), then among the image statistics computed from the pixels
    (``IMAGE_MEASURES``: ``brightness``, ``sharpness``, ``saturation``, ``colour_temperature``), then
-   among the class-derived attributes: ``class`` (the label) and ``animal`` (ImageNet labels 0-397,
-   see ``IMAGENET_ANIMAL_LABELS``).
+   among the class-derived attributes: ``class`` (the label) and ``animal`` (the class's WordNet id
+   sorts before ``FIRST_NON_ANIMAL_WNID``: ImageNet-1k labels 0-397).
 
 2. **Position analysis** (:func:`position_scores`). Images are split into groups by the attribute
    (quantile bins of a continuous attribute, one group per value of a categorical one or of one with
@@ -44,7 +44,7 @@ in three steps, on any TiTok (ours or an official checkpoint):
 Tokens use TiTok's layout: pre-quantisation latents (B, C, 1, N); codes (B, N) int64 for VQ models;
 for VAE models the "codes" are the continuous tokens (B, C, 1, N), so every edit acts on the last dim.
 
-Public API: ``IMAGE_MEASURES``, ``MEASURED_BY``, ``IMAGENET_ANIMAL_LABELS``, ``Attribute``,
+Public API: ``IMAGE_MEASURES``, ``MEASURED_BY``, ``FIRST_NON_ANIMAL_WNID``, ``Attribute``,
 ``attribute_table``, ``available_attributes``, ``measure``, ``Encoded``, ``to_model_input``,
 ``encode``, ``decode``, ``group_labels``, ``f_ratio``, ``code_mutual_information``,
 ``position_scores``, ``rank_positions``, ``check_positions``, ``copy_positions``, ``substitute``,
@@ -89,8 +89,10 @@ MEASURED_BY: dict[str, str | None] = {
     "class": None,
 }
 # WordNet: in the standard ImageNet-1k order (sorted synset ids) labels 0-397 are the descendants of
-# animal.n.01 (n00015388), from tench (0) to the last fish, rock beauty... (397); 398 (abacus) on are not.
-IMAGENET_ANIMAL_LABELS = range(0, 398)
+# animal.n.01 (n00015388), from tench (0) on; 398 (abacus, n02666196) on are not. The test is on the
+# synset id, not the label: with a class subset (prepare.imagenet.class_subset, a partial folder) the
+# labels index the prepared classes, not the 1000, and label 5 may well be a car.
+FIRST_NON_ANIMAL_WNID = "n02666196"
 CATEGORICAL = {"class", "label", "animal", "color_index", "shape", "color", "texture", "palette", "style", "size_name"}
 
 
@@ -125,19 +127,19 @@ def _recorded(name: str, meta: Sequence[dict]) -> np.ndarray | None:
     return np.asarray([ids[str(v)] for v in raw], dtype=np.float64)
 
 
-def available_attributes(meta: Sequence[dict], imagenet_labels: bool) -> list[str]:
+def available_attributes(meta: Sequence[dict], wnids: Sequence[str] | None) -> list[str]:
     """Every attribute name :func:`attribute_table` can resolve for this data."""
     recorded = sorted(set.intersection(*(set(m) for m in meta))) if meta else []
-    return [*recorded, *IMAGE_MEASURES, "class", *(["animal"] if imagenet_labels else [])]
+    return [*recorded, *IMAGE_MEASURES, "class", *(["animal"] if wnids is not None else [])]
 
 
 def attribute_table(names: Sequence[str], images: torch.Tensor, labels: np.ndarray, meta: Sequence[dict],
-                    imagenet_labels: bool) -> list[Attribute]:
+                    wnids: Sequence[str] | None) -> list[Attribute]:
     """Resolve attribute ``names`` for a set of images: recorded factor, image measure, then class.
 
-    ``images`` uint8 (M, H, W, 3) or any layout the image metrics take; ``labels`` (M,);
-    ``imagenet_labels`` says whether labels follow the standard ImageNet-1k order (needed by
-    ``animal``). Raises ``ValueError`` naming the unknown attribute and the available ones.
+    ``images`` uint8 (M, H, W, 3) or any layout the image metrics take; ``labels`` (M,) index
+    ``wnids``, the ImageNet synset id of each class (needed by ``animal``; None for other data).
+    Raises ``ValueError`` naming the unknown attribute and the available ones.
     """
     out = []
     for name in names:
@@ -148,11 +150,11 @@ def attribute_table(names: Sequence[str], images: torch.Tensor, labels: np.ndarr
             out.append(Attribute(name, measure(name, images), False, "image"))
         elif name == "class":
             out.append(Attribute(name, np.asarray(labels, dtype=np.float64), True, "class"))
-        elif name == "animal" and imagenet_labels:
-            animal = np.isin(np.asarray(labels), np.asarray(IMAGENET_ANIMAL_LABELS))
+        elif name == "animal" and wnids is not None:
+            animal = np.asarray([w < FIRST_NON_ANIMAL_WNID for w in wnids])[np.asarray(labels, dtype=np.int64)]
             out.append(Attribute(name, animal.astype(np.float64), True, "class"))
         else:
-            known = ", ".join(available_attributes(meta, imagenet_labels))
+            known = ", ".join(available_attributes(meta, wnids))
             raise ValueError(f"unknown attribute {name!r} for this data; available: {known}")
     return out
 

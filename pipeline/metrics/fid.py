@@ -291,7 +291,8 @@ def fidelity_metrics(images: Images, reference: ReferenceStats, space: FeatureSp
 
     Returns ``fid``, ``num_samples`` and, when asked, ``isc_mean``/``isc_std`` (torch-fidelity's IS:
     ``isc_splits`` splits of shuffled samples, 10 as ADM's 50k/5000) and ``precision``/``recall``/
-    ``f_score`` (k=3 on the FID features; skipped when the reference has no features).
+    ``f_score`` (k=3 on the FID features; skipped when the reference has no features, or when either
+    set has at most k images: the k-th nearest neighbour within a set must exist).
     """
     layers = [space.fid_layer] + ([space.isc_layer] if isc else [])
     feats = extract_features(images, space, layers=layers, num_samples=num_samples, batch_size=batch_size,
@@ -302,7 +303,7 @@ def fidelity_metrics(images: Images, reference: ReferenceStats, space: FeatureSp
     if isc:
         m = isc_features_to_metric(feats[space.isc_layer], splits=isc_splits, shuffle=True, rng_seed=rng_seed)
         out.update(isc_mean=m["inception_score_mean"], isc_std=m["inception_score_std"])
-    if prc and reference.features is not None:
+    if prc and reference.features is not None and min(len(fid_feats), len(reference.features)) > PRC_NEIGHBOURS:
         m = prc_features_to_metric(fid_feats, reference.features, prc_neighborhood=PRC_NEIGHBOURS,
                                    prc_batch_size=10_000, save_cpu_ram=True, verbose=False)
         out.update(precision=m["precision"], recall=m["recall"], f_score=m["f_score"])

@@ -87,16 +87,26 @@ def run(params: Params) -> int:
     model = model.to(device)
 
     root = prepared_root(params)
-    imagenet = str(read_manifest(root).get("source", "")).startswith("imagenet")
+    manifest = read_manifest(root)
+    # the classes' WordNet ids (the animal attribute); the demo's classes carry made-up ones
+    wnids = ([c["wnid"] for c in manifest["classes"]] if str(manifest.get("source", "")).startswith("imagenet")
+             else None)
     data = load_split(root, cfg.split, limit=cfg.num_images)
     images = torch.from_numpy(data.images)  # (M, H, W, 3) uint8
     if len(images) < 2 * cfg.bins:
-        raise InputError(f"{root}: split {cfg.split!r} has {len(images)} images, too few for "
-                         f"token_manipulation.bins={cfg.bins}")
+        raise InputError(f"{root}: {len(images)} images of split {cfg.split!r} (token_manipulation.num_images: "
+                         f"{cfg.num_images}), too few for token_manipulation.bins={cfg.bins}: at least "
+                         f"{2 * cfg.bins} are needed")
     try:
-        attributes = tm.attribute_table(cfg.attributes, images, data.labels, data.meta, imagenet)
+        attributes = tm.attribute_table(cfg.attributes, images, data.labels, data.meta, wnids)
     except ValueError as err:
         raise InputError(f"token_manipulation.attributes: {err}") from None
+    # an attribute with one value here has no contrasting pairs: say so now, not after encoding every image
+    flat = [a.name for a in attributes if len(np.unique(tm.group_labels(a, cfg.bins))) < 2]
+    if flat:
+        raise InputError(f"token_manipulation.attributes: {', '.join(flat)} take(s) a single value on the "
+                         f"{len(images)} images of split {cfg.split!r} in {root}; remove it from the list or use "
+                         "more (or other) images")
 
     out = Path(params.paths.results) / STAGE
     with stage_run(STAGE, params) as mlrun, atomic_dir(out) as tmp:

@@ -65,9 +65,12 @@ def load_base_vqgan(params: Params) -> MaskGITVQGAN:
     folder = base_vqgan_dir(params)
     if not (folder / "config.json").is_file():
         if params.train_alit.vqgan:
-            raise MissingWeightsError("ALIT's base VQGAN", str(folder / "config.json"),
-                                      "convert the MAGE / MaskGIT VQGAN into a from_pretrained folder (config.json + "
-                                      "model.safetensors), or use train_alit.source: official with an ALIT checkpoint")
+            raise MissingWeightsError(
+                "ALIT's base VQGAN", str(folder / "config.json"),
+                "download MAGE's vqgan_jax_strongaug.ckpt (Google Drive, linked from the MAGE README: "
+                "https://drive.google.com/file/d/13S_unB87n6KKuuMdyMnyExW0G1kplTbP/view) and convert it: "
+                f"`uv run python -m pipeline.convert_mage_vqgan vqgan_jax_strongaug.ckpt {folder}`; or use "
+                "train_alit.source: official with a released ALIT checkpoint")
         raise InputError(f"{folder}/config.json: the demo VQGAN is not there. Run `dvc repro train_vqgan` first")
     return MaskGITVQGAN.from_pretrained(folder)
 
