@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from pipeline import convert_mage_vqgan
+from pipeline import convert_mage_vqgan, profiles
 from pipeline import params as P
 from pipeline.errors import InputError
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
@@ -42,8 +42,8 @@ def test_official_checkpoint_converts_into_a_folder_the_alit_stage_loads(tmp_pat
     from pipeline.models.registry import model_config
     from pipeline.stages.train_alit import load_base_vqgan
 
-    raw = P.resolve_profile("paper")
-    P.set_dotted(raw, f"train_alit.vqgan={dst}")
+    raw = profiles.resolve_profile("paper")
+    profiles.set_dotted(raw, f"train_alit.vqgan={dst}")
     params = P.validate(raw, "test")
     vqgan = load_base_vqgan(params)
     assert vqgan.config.key_style == "taming" and vqgan.config.downsample_factor == 16
