@@ -39,7 +39,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from pipeline.errors import InputError
-from pipeline.io import write_json, write_text
+from pipeline.io import flatten, write_json, write_text
 
 SWEEP_DIR = "sweep"  # under paths.results
 SUMMARY_JSON = "summary.json"
@@ -78,15 +78,6 @@ def spread(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": n}
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        return {prefix: obj}
-    flat: dict[str, Any] = {}
-    for key, value in obj.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -107,7 +98,7 @@ def fingerprint(lock: dict, stages: Sequence[str]) -> dict[str, dict[str, dict[s
     record = {}
     for stage in stages:
         entry = entries.get(stage) or {}
-        params = _flatten((entry.get("params") or {}).get("params.yaml") or {})
+        params = flatten((entry.get("params") or {}).get("params.yaml") or {})
         params = {k: v for k, v in params.items() if k != SEED_KEY and not k.startswith(SEED_KEY + ".")}
         deps = {d["path"]: d.get("md5") for d in entry.get("deps") or [] if not produced(d["path"].rstrip("/"))}
         record[stage] = {"params": dict(sorted(params.items())), "deps": dict(sorted(deps.items()))}
@@ -154,7 +145,7 @@ def summarise(sweep_id: str, experiments: Sequence[Experiment], stages: Sequence
     metrics: dict[str, dict[str, dict]] = {}
     for stage in stages:
         for path in metric_files.get(stage, []):
-            flat = [(e, _flatten(e.metrics.get(path) or {})) for e in experiments]
+            flat = [(e, flatten(e.metrics.get(path) or {})) for e in experiments]
             keys = sorted({k for _, f in flat for k, v in f.items() if _is_number(v)})
             for key in keys:
                 values = [{"seed": e.seed, "experiment": e.name, "value": f[key]} for e, f in flat
