@@ -109,11 +109,16 @@ def read_lock(root: Path, without: str) -> tuple[dict[str, dict[str, str | None]
     return outs, hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def parse_lock(text: str) -> dict:
+    """The text of a ``dvc.lock`` as DVC reads it (YAML 1.2: DVC writes 3e-05 without a dot, which PyYAML,
+    YAML 1.1, would read as a string); ``{}`` when empty."""
+    return YAML(typ="safe").load(text) or {}
+
+
 def load_lock(root: Path) -> dict:
-    """``dvc.lock`` as DVC reads it (YAML 1.2: DVC writes 3e-05 without a dot, which PyYAML, YAML 1.1,
-    would read as a string); ``{}`` when absent."""
+    """``root``'s ``dvc.lock`` (:func:`parse_lock`); ``{}`` when absent."""
     path = root / "dvc.lock"
-    return (YAML(typ="safe").load(path.read_text()) or {}) if path.is_file() else {}
+    return parse_lock(path.read_text()) if path.is_file() else {}
 
 
 def lock_param_mismatches(root: Path, params: dict, without: str) -> list[str]:

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-
+from pipeline import dvcfile
 from pipeline.errors import InputError
 from pipeline.io import flatten, write_json, write_text
 
@@ -330,7 +329,7 @@ def collect(names: dict[str, int], root: Path, metric_paths: Sequence[str]) -> l
             raise SweepError(f"experiment {name} ran seed {recorded}, not the {seed} it was queued with")
         lock_text = _git(["show", f"{exp['rev']}:dvc.lock"], root)
         metrics = {p: (data.get("metrics") or {}).get(p, {}).get("data") for p in metric_paths}
-        experiments.append(Experiment(name, seed, exp["rev"], baseline, YAML(typ="safe").load(lock_text) or {},
+        experiments.append(Experiment(name, seed, exp["rev"], baseline, dvcfile.parse_lock(lock_text),
                                       hashlib.sha256(lock_text.encode()).hexdigest(),
                                       {p: m for p, m in metrics.items() if m is not None}))
     return experiments

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.convert_mage_vqgan import HOW
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.models.alit import ALIT
@@ -67,10 +68,7 @@ def load_base_vqgan(params: Params) -> MaskGITVQGAN:
         if params.train_alit.vqgan:
             raise MissingWeightsError(
                 "ALIT's base VQGAN", str(folder / "config.json"),
-                "download MAGE's vqgan_jax_strongaug.ckpt (Google Drive, linked from the MAGE README: "
-                "https://drive.google.com/file/d/13S_unB87n6KKuuMdyMnyExW0G1kplTbP/view) and convert it: "
-                f"`uv run python -m pipeline.convert_mage_vqgan vqgan_jax_strongaug.ckpt {folder}`; or use "
-                "train_alit.source: official with a released ALIT checkpoint")
+                f"{HOW.format(folder=folder)}; or use train_alit.source: official with a released ALIT checkpoint")
         raise InputError(f"{folder}/config.json: the demo VQGAN is not there. Run `dvc repro train_vqgan` first")
     return MaskGITVQGAN.from_pretrained(folder)
 
