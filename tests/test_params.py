@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import demo_params
 
 from pipeline import params as P
 from pipeline import profiles
@@ -32,7 +33,7 @@ def test_paper_profile_is_imagenet_at_256():
 
 def _errors(raw):
     with pytest.raises(P.ParamsError) as info:
-        P.validate(raw, "params.yaml")
+        demo_params(raw, source="params.yaml")
     return str(info.value)
 
 
@@ -67,12 +68,13 @@ def test_cross_field_rule_names_the_key():
 
 def test_edit_needs_one_negative_prompt_per_prompt():
     with pytest.raises(P.ParamsError, match="tokenopt.edit.negative_prompts: expected one per prompt"):
-        P.validate({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": ["b {}", "c {}"]}}})
-    assert P.validate({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": None}}})
+        demo_params({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": ["b {}", "c {}"]}}})
+    assert demo_params({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": None}}})
 
 
 def test_top_level_must_be_a_mapping():
-    assert "expected a mapping" in _errors(["not", "a", "mapping"])
+    with pytest.raises(P.ParamsError, match="expected a mapping"):
+        P.validate(["not", "a", "mapping"], "params.yaml")
 
 
 def test_set_dotted_overrides_and_unknown_profile(tmp_path):
