@@ -193,3 +193,21 @@ def test_resources_name_known_stages():
     raw["resources"] = {"default": {"gpu": 1}, "train_titk": {"gpu": 8}}
     with pytest.raises(P.ParamsError, match="not a stage: train_titk"):
         P.validate(raw, "test")
+
+
+@pytest.mark.parametrize(("section", "library"), [("Optim", "pipeline.train.loop:TrainConfig"),
+                                                  ("TokenoptLoop", "pipeline.experiments.tokenopt:TokenOptConfig"),
+                                                  ("ClipTraining", "pipeline.train.clip:ClipTrainConfig")])
+def test_a_section_copied_into_a_library_config_has_its_fields_and_defaults(section, library):
+    """The stages pass these sections to the library as ``**fields``: no field of their own, and no default
+    of their own either (the demo's values are in conf/demo.yaml, not in the schema)."""
+    import dataclasses
+    import importlib
+
+    module, name = library.split(":")
+    fields = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    schema = getattr(P, section).model_fields
+    assert set(schema) <= set(fields)
+    differ = {k: (f.default, fields[k]) for k, f in schema.items()
+              if fields[k] is not dataclasses.MISSING and f.default != fields[k]}
+    assert not differ, f"{section} defaults differ from {name}'s (schema, library): {differ}"
