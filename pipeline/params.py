@@ -1,5 +1,8 @@
 """The typed schema of ``params.yaml``: types, ranges and cross-field rules.
 
+Defaults are neutral: the paper's settings or the library's defaults. The demo's values, and why each
+was chosen, are in ``conf/demo.yaml``; the paper's in ``conf/paper.yaml``.
+
 ``params.yaml`` holds the fully resolved parameters that ran, so DVC tracks every value. It is
 written by ``python -m pipeline configure <profile>`` from ``conf/<profile>.yaml``
 (:mod:`pipeline.profiles`). Every stage validates the file before doing any work: an unknown key, a
@@ -51,7 +54,7 @@ class DemoData(Section):
     """The procedurally generated demo dataset (deterministic given ``seed``)."""
 
     num_classes: Annotated[int, Field(ge=10, le=20)] = 10
-    train_per_class: PositiveInt = 300  # rendering is cheap: every training stage sees fresh images longer
+    train_per_class: PositiveInt = 300
     val_per_class: PositiveInt = 30
     ood_per_class: PositiveInt = 10
 
@@ -105,18 +108,18 @@ class TokenManipulation(Section):
 
     tokenizer: TokenizerChoice = TokenizerChoice()
     split: Literal["train", "val"] = "val"
-    num_images: PositiveInt = 200
+    num_images: PositiveInt = 10_000
     num_tokens: PositiveInt = 32  # the tokenizer's N, checked against the loaded model
     attributes: list[str] = Field(default_factory=lambda: ["brightness", "blur", "color_index", "object_count"],
                                   min_length=1)
     bins: Annotated[int, Field(ge=2, le=64)] = 4
     rank_by: Literal["f_ratio", "mutual_information"] = "f_ratio"
     top_k: PositiveInt = 1
-    num_pairs: Annotated[int, Field(ge=2)] = 200
+    num_pairs: Annotated[int, Field(ge=2)] = 1000
     bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
     positions_to_edit: list[int] = Field(default_factory=list)  # shown in every edit grid beside the top ones
     grid_pairs: PositiveInt = 4
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = 128
 
     @model_validator(mode="after")
     def _positions_in_range(self) -> TokenManipulation:
@@ -144,22 +147,17 @@ class ClipWeights(Section):
 
 
 class ClipTraining(Section):
-    """Contrastive training of the demo CLIP (``pipeline.train.clip``)."""
+    """Contrastive training of the demo CLIP (``pipeline.train.clip.ClipTrainConfig``, whose defaults these are)."""
 
     epochs: PositiveInt = 12
     batch_size: PositiveInt = 32
     lr: Annotated[float, Field(gt=0)] = 1e-3
-    min_lr: Annotated[float, Field(ge=0)] = 3e-5
+    min_lr: Annotated[float, Field(ge=0)] = 1e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    # 200 of the demo's 1116 steps: with 20, the judge of seed 2 (its seed 3) sat at the chance-level loss
-    # for ~800 steps and ended at 0.70 zero-shot (lr 2e-3: 0.49, lr 5e-4: 0.91); with 200 it reaches 0.97,
-    # the seed-2 objective 0.97 (was 0.90), the seed-0 judge 0.98 (unchanged)
-    warmup_steps: Annotated[int, Field(ge=0)] = 200
-    init_logit_scale: Annotated[float, Field(gt=0, le=100)] | None = 50.0  # None: CLIP's 1/0.07
+    warmup_steps: Annotated[int, Field(ge=0)] = 40
+    init_logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None  # None: CLIP's 1/0.07
     augment: bool = True  # random flips / 90-degree rotations of the training images
-    # UniCL class-prompt term (pipeline.train.clip); 0: off. Demo objective, zero-shot top-1 on val after
-    # 8 epochs: 0.27 without, 0.70 with weight 1, 0.88 with 3 (0.96 after 12 epochs)
-    label_weight: Annotated[float, Field(ge=0)] = 3.0
+    label_weight: Annotated[float, Field(ge=0)] = 0.0  # UniCL class-prompt term (pipeline.train.clip); 0: off
 
 
 class Clip(Section):
@@ -194,7 +192,7 @@ class Clip(Section):
 class Fid(Section):
     """FID / IS / precision-recall conventions of the evaluation stages (``pipeline.metrics.fid``)."""
 
-    feature_space: Literal["clip", "inception"] = "clip"  # the demo CLIP's image encoder, or ADM's Inception
+    feature_space: Literal["clip", "inception"] = "inception"  # ADM's Inception, or the judge CLIP's image encoder
     inception_weights: str | None = None  # local file; None: the torch hub cache
     adm_npz: str | None = None  # ADM reference batch (mu, sigma, arr_0); None: statistics of real images
     reference_split: str = "train"  # prepared split the statistics come from when there is no npz
@@ -206,21 +204,21 @@ class Fid(Section):
 
 
 class Optim(Section):
-    """One run of the shared training loop (``pipeline.train.loop.TrainConfig``)."""
+    """One run of the shared training loop (``pipeline.train.loop.TrainConfig``, whose defaults these are)."""
 
-    steps: Annotated[int, Field(ge=0)] = 300  # optimiser steps; 0 skips this run
+    steps: Annotated[int, Field(ge=0)] = 0  # optimiser steps; 0 skips this run
     batch_size: PositiveInt = 32  # global, per optimiser step
     grad_accum: PositiveInt = 1
-    lr: Annotated[float, Field(gt=0, le=1)] = 1e-3
-    min_lr: Annotated[float, Field(ge=0)] = 1e-4
-    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    lr: Annotated[float, Field(gt=0, le=1)] = 1e-4
+    min_lr: Annotated[float, Field(ge=0)] = 1e-5
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.99)
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    ckpt_every: Annotated[int, Field(ge=0)] = 100
-    log_every: PositiveInt = 10
+    ckpt_every: Annotated[int, Field(ge=0)] = 1000
+    log_every: PositiveInt = 50
     compile: bool = False
     num_workers: Annotated[int, Field(ge=0)] = 0
 
@@ -242,9 +240,8 @@ class TrainVqgan(Section):
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
-    model: Literal["vqgan_demo", "maskgit_vqgan"] = "vqgan_demo"  # registry names (tests/test_params.py)
-    # demo: 4000 x 4 (val PSNR 25.8 dB, judge top-1 on its reconstructions 0.75; at 2000 x 4: 24.7 dB, 0.53)
-    optim: Optim = Optim(steps=4000, batch_size=4, lr=2e-3, min_lr=2e-4, warmup_steps=20)
+    model: Literal["vqgan_demo", "maskgit_vqgan"] = "maskgit_vqgan"  # registry names (tests/test_params.py)
+    optim: Optim = Optim()
     l1: Annotated[float, Field(ge=0)] = 1.0
     l2: Annotated[float, Field(ge=0)] = 1.0
     quantizer_weight: Annotated[float, Field(ge=0)] = 1.0
@@ -264,21 +261,17 @@ class TrainTitok(Section):
     needs ``perceptual_vgg`` and ``perceptual_lin`` (local LPIPS files) and is off without them.
 
     Stage 1's loss is ``CE(proxy codes) + quantizer_weight * VQ loss + pixel_weight * L2(pixels)``, the
-    pixels being the soft code mix decoded by the frozen VQGAN. The paper: ``quantizer_weight`` 1,
-    ``pixel_weight`` 0 (the paper profile). The demo, whose few hundred CPU steps are 1/3000 of the
-    paper's, adds the pixel term (a dense signal that makes the tokens carry each image's colours and
-    layout early) and drops the VQ loss, whose commitment term pulls every image's token onto the same
-    code at this stage; its ``titok_demo`` model restarts dead codes (``restart_dead_codes``).
+    pixels being the soft code mix decoded by the frozen VQGAN (the defaults: the paper's 1 and 0; the
+    demo's departures and their reasons are in conf/demo.yaml).
     """
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
-    model: TitokName = "titok_demo"
-    # demo: 1000 small steps (about 0.15 s each on 2 cores) learn more per image than 500 x 32 did
-    stage1: Optim = Optim(steps=1000, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4)
-    quantizer_weight: Annotated[float, Field(ge=0)] = 0.0
-    pixel_weight: Annotated[float, Field(ge=0)] = 10.0
-    stage2: Optim = Optim(steps=0, batch_size=32, lr=1e-4, min_lr=1e-5, warmup_steps=0)
+    model: TitokName = "titok_l32"
+    stage1: Optim = Optim()
+    quantizer_weight: Annotated[float, Field(ge=0)] = 1.0
+    pixel_weight: Annotated[float, Field(ge=0)] = 0.0
+    stage2: Optim = Optim()
     perceptual_vgg: str | None = None  # torchvision vgg16-397923af.pth (local file)
     perceptual_lin: str | None = None  # LPIPS v0.1 vgg.pth linear layers (local file)
     perceptual_weight: Annotated[float, Field(ge=0)] = 0.1
@@ -315,34 +308,27 @@ class TrainAlit(Section):
     ``vqgan`` (a ``MaskGITVQGAN.from_pretrained`` folder; None: ``<paths.models>/vqgan`` from
     ``train_vqgan``). Stage 1 (latent distillation, VQGAN frozen): per-iteration cross-entropy on the
     VQGAN codes weighted by ``iteration_weights`` + ``code_weight`` * code MSE + ``quantizer_weight`` *
-    VQ loss (officially 1 and 1: the paper profile). The demo, a few hundred CPU steps, weights the code
-    MSE (a dense regression on the soft code mix, the role the pixel term plays for TiTok) by 30 and
-    drops the VQ loss, whose commitment term pulls every image's tokens onto the same codes; with the
-    official weights its val reconstructions are the same grey image at every token count.
-    Stage 2 (``stage2.steps > 0``):
-    ``l1_weight`` L1 + perceptual (when ``perceptual_vgg`` / ``perceptual_lin`` name local LPIPS files)
-    + GAN (``gan_weight > 0``, from step ``gan_start``) on one iteration per step, cycling; the VQGAN
-    fine-tunes too when ``train_vqgan``. ``source: official``: imports the ALIT checkpoint ``folder``
-    (config.json + model.safetensors, or an official ``.pth`` as pytorch_model.bin).
+    VQ loss (officially 1 and 1, the defaults; the demo's departures are in conf/demo.yaml).
+    Stage 2 (``stage2.steps > 0``): ``l1_weight`` L1 + perceptual (when ``perceptual_vgg`` /
+    ``perceptual_lin`` name local LPIPS files) + GAN (``gan_weight > 0``, from step ``gan_start``) on one
+    iteration per step, cycling; the VQGAN fine-tunes too when ``train_vqgan``. ``source: official``:
+    imports the ALIT checkpoint ``folder`` (config.json + model.safetensors, or an official ``.pth`` as
+    pytorch_model.bin).
     Paper values (official run_scripts) are in conf/paper.yaml.
     """
 
     source: Literal["train", "official"] = "train"
     folder: str | None = None
     # registry names (tests/test_params.py keeps them equal to pipeline.models.alit.ALIT_CONFIGS)
-    model: Literal["alit_demo", "alit_small", "alit_base", "alit_semilarge"] = "alit_demo"
+    model: Literal["alit_demo", "alit_small", "alit_base", "alit_semilarge"] = "alit_small"
     vqgan: str | None = None
-    # demo: many small steps learn more than few large ones: on the demo VQGAN, 300 x 4 leave one and the
-    # same output image for every input (val L1 0.215), 600 x 2 in the same time do not (0.115)
-    stage1: Optim = Optim(steps=600, batch_size=2, lr=2e-3, min_lr=1e-4, warmup_steps=10, weight_decay=0.05,
-                          betas=(0.9, 0.95), grad_clip=3.0, ckpt_every=100)
-    stage2: Optim = Optim(steps=16, batch_size=4, lr=5e-4, min_lr=1e-4, warmup_steps=0, weight_decay=0.05,
-                          betas=(0.9, 0.95), grad_clip=3.0, ckpt_every=100)
+    stage1: Optim = Optim()
+    stage2: Optim = Optim()
     iteration_weights: list[Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: [2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0],  # official lambda_loss_weight
         min_length=ALIT_MAX_ITERATIONS, max_length=ALIT_MAX_ITERATIONS)
-    code_weight: Annotated[float, Field(ge=0)] = 30.0
-    quantizer_weight: Annotated[float, Field(ge=0)] = 0.0
+    code_weight: Annotated[float, Field(ge=0)] = 1.0
+    quantizer_weight: Annotated[float, Field(ge=0)] = 1.0
     l1_weight: Annotated[float, Field(ge=0)] = 1.0
     perceptual_vgg: str | None = None  # torchvision vgg16-397923af.pth (local file)
     perceptual_lin: str | None = None  # LPIPS v0.1 vgg.pth linear layers (local file)
@@ -366,7 +352,7 @@ class TrainAlit(Section):
 class AlitProbe(Section):
     """Linear probe of ``eval_alit``: multinomial logistic regression on the quantised 1-D tokens."""
 
-    train_images: PositiveInt | None = 600  # first N train images, class-balanced (None: all)
+    train_images: PositiveInt | None = None  # first N train images, class-balanced (None: all)
     max_iter: PositiveInt = 100  # L-BFGS iterations
     weight_decay: Annotated[float, Field(ge=0)] = 1e-3
 
@@ -376,16 +362,15 @@ class EvalAlit(Section):
 
     ``threshold`` is the adaptive-length error bound in the unit of ``criterion`` on images in [0, 1]:
     mean absolute error per pixel and channel (``l1``; official default 0.07, the paper profile),
-    mean squared error (``l2``) or 1 - SSIM (``ssim``, at most 2). The demo's 0.1 sits near its
-    tokenizer's median L1 (about 0.1 at every token count): at 0.07 almost every image would run to 256.
+    mean squared error (``l2``) or 1 - SSIM (``ssim``, at most 2).
     """
 
     split: str = "val"
-    ood_split: str | None = "ood"  # familiarity; None skips it (no OOD split prepared)
+    ood_split: str | None = None  # familiarity (the demo's "ood"); None skips it (no OOD split prepared)
     num_images: PositiveInt | None = None  # first N images of each evaluated split (None: all)
     token_counts: list[int] = Field(default_factory=lambda: [32, 64, 96, 128, 160, 192, 224, 256], min_length=1)
     criterion: Literal["l1", "l2", "ssim"] = "l1"
-    threshold: Annotated[float, Field(gt=0)] = 0.1
+    threshold: Annotated[float, Field(gt=0)] = 0.07
     probe: AlitProbe = AlitProbe()
     attention_images: PositiveInt = 4
     attention_layer: int = -1  # decoder block whose attention is drawn (official figures: 5 of 0..7)
@@ -417,20 +402,17 @@ class EvalAlit(Section):
 class TokenoptLoop(Section):
     """The token-optimisation loop (``pipeline.experiments.tokenopt.TokenOptConfig``).
 
-    Paper values (``conf/paper.yaml``): 300 steps, lr 0.1, EMA 0.98, noise 0.3, seed regulariser 0.025,
-    8 crops. The demo runs 60 steps, so its EMA window (1 / (1 - decay) steps) is shortened with it, and
-    its step is twice the paper's: in 60 steps, generation from seeds of random classes (100 images, seed
-    0) reached the judge's prompted class for 0.36 at lr 0.1, 0.47 at 0.2, 0.45 at 0.3; 120 steps at 0.1
-    gave 0.44 at twice the cost.
+    The defaults are the paper's text-guided settings: 300 steps, lr 0.1, EMA 0.98, noise 0.3, seed
+    regulariser 0.025, 8 crops.
     """
 
-    num_iter: PositiveInt = 60
-    lr: Annotated[float, Field(gt=0)] = 0.2
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    num_iter: PositiveInt = 300
+    lr: Annotated[float, Field(gt=0)] = 0.1
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.98
     token_noise: Annotated[float, Field(ge=0)] = 0.3
     reg_type: Literal["seed", "zero", "none"] = "seed"
     reg_weight: Annotated[float, Field(ge=0)] = 0.025
-    num_augmentations: Annotated[int, Field(ge=0)] = 4  # demo: the 64 px CLIP sees 64 px images, views are flips
+    num_augmentations: Annotated[int, Field(ge=0)] = 8
     per_sample_crops: bool = False
     optimize_post_quantization: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -440,17 +422,15 @@ class TokenoptEdit(Section):
     """``tokenopt_edit``: every prompt applied to ``num_images`` random images of ``split``."""
 
     split: str = "val"
-    # demo: 20 images x 2 prompts, so that one image moves the "as prompted" fraction by 2.5%, not 5%
-    num_images: PositiveInt = 20
-    prompts: list[str] = Field(default_factory=lambda: ["a bright photo of a {}", "a dark photo of a {}"],
-                               min_length=1)  # "{}" becomes the image's class name
+    num_images: PositiveInt = 16
+    prompts: list[str] = Field(default_factory=lambda: [
+        "a photo of a {} in the snow", "a watercolor painting of a {}", "a photo of a {} at night",
+        "a pencil sketch of a {}"], min_length=1)  # "{}" becomes the image's class name
     # One negative per prompt ("{}" = class name), pushed away with ``guidance_scale`` (the official loss
-    # -cos(x, p) - (1 - scale) cos(x, p_neg); the official code takes one negative for all prompts). demo:
-    # each prompt's opposite at scale 2. Seed 0, 20 val images x 2 prompts, brightness moved as prompted:
-    # 0.875 (shifts +0.096 / -0.081), against 0.75 (+0.036 / -0.033) without negatives.
-    negative_prompts: list[str] | None = Field(
-        default_factory=lambda: ["a dark photo of a {}", "a bright photo of a {}"])
-    guidance_scale: float = 2.0  # only acts with negative prompts
+    # -cos(x, p) - (1 - scale) cos(x, p_neg); the official code takes one negative for all prompts).
+    # None: no negatives (the official default).
+    negative_prompts: list[str] | None = None
+    guidance_scale: float = 1.0  # only acts with negative prompts
 
     @model_validator(mode="after")
     def _one_negative_per_prompt(self) -> TokenoptEdit:
@@ -469,13 +449,12 @@ class TokenoptGenerate(Section):
     paper reports both starts), scored as ``optimized_random_init``.
     """
 
-    num_per_class: PositiveInt | None = 10  # None: fid.samples_per_class (the ADM protocol's count)
+    num_per_class: PositiveInt | None = None  # None: fid.samples_per_class (the ADM protocol's count)
     init: Literal["seed", "random"] = "seed"
     random_init_too: bool = True
     seed_split: str = "train"
-    seed_set_size: PositiveInt = 500
-    # demo: seeds of random classes, so that reaching the prompted class is the optimisation's doing
-    association: Literal["random", "clip_top1", "clip_top1pct"] = "random"
+    seed_set_size: PositiveInt = 2000
+    association: Literal["random", "clip_top1", "clip_top1pct"] = "clip_top1pct"
     template: str = "a photo of a {}"
 
     @field_validator("template")
@@ -494,13 +473,13 @@ class TokenoptInpaint(Section):
     """
 
     split: str = "val"
-    num_images: PositiveInt = 4
-    mask_kinds: list[Literal["center", "boxes", "half"]] = Field(default_factory=lambda: ["center", "half"],
+    num_images: PositiveInt = 1000
+    mask_kinds: list[Literal["center", "boxes", "half"]] = Field(default_factory=lambda: ["center", "boxes", "half"],
                                                                  min_length=1)
     reset_period: Annotated[int, Field(ge=0)] = 5  # re-encode the known region every this many steps
     prompt: str | None = None
     clip_weight: Annotated[float, Field(ge=0)] = 1.0
-    optim: TokenoptLoop = TokenoptLoop(token_noise=0.05, reg_type="zero", reg_weight=0.01, num_augmentations=0)
+    optim: TokenoptLoop = TokenoptLoop(reg_type="zero", reg_weight=0.01)  # no seed image to stay near
 
     @field_validator("mask_kinds")
     @classmethod
@@ -519,7 +498,7 @@ class Tokenopt(Section):
 
     tokenizer: TokenizerChoice = TokenizerChoice()
     optim: TokenoptLoop = TokenoptLoop()
-    batch_size: PositiveInt = 16
+    batch_size: PositiveInt = 64
     edit: TokenoptEdit = TokenoptEdit()
     generate: TokenoptGenerate = TokenoptGenerate()
     inpaint: TokenoptInpaint = TokenoptInpaint()
@@ -552,7 +531,7 @@ class Params(Section):
 
     profile: str = "demo"
     seed: Annotated[int, Field(ge=0)] = 0
-    image_size: Annotated[int, Field(ge=16, le=1024, multiple_of=16)] = 64
+    image_size: Annotated[int, Field(ge=16, le=1024, multiple_of=16)] = 256
     paths: Paths = Paths()
     prepare: Prepare = Prepare()
     tokenopt: Tokenopt = Tokenopt()

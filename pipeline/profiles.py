@@ -23,10 +23,11 @@ from pipeline.params import Params, ParamsError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, section by section: a nested key changes that key only."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -43,7 +44,7 @@ def resolve_profile(name: str, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
     raw = yaml.safe_load(path.read_text()) or {}
     base_name = raw.pop("extends", None)
     base = resolve_profile(base_name, conf_dir) if base_name else Params().model_dump(mode="json")
-    resolved = _deep_merge(base, raw)
+    resolved = deep_merge(base, raw)
     resolved["profile"] = name
     return resolved
 

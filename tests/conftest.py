@@ -1,5 +1,6 @@
 """Shared test set-up: no network, quiet DVC, and a scratch copy of the repository for pipeline runs."""
 
+import copy
 import json
 import math
 import os
@@ -24,6 +25,23 @@ os.environ.setdefault("TORCH_HOME", str(ROOT / ".pytest_cache" / "torch-home-emp
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def demo_params(overrides: dict | None = None, *sets: str, source: str = "test"):
+    """The demo profile with ``overrides`` merged in and ``sets`` (``"a.b.c=value"``) applied, validated.
+
+    What ``configure demo --set ...`` would write: a test names only the keys it changes, and a nested
+    key (``{"train_titok": {"stage1": {"steps": 3}}}``) keeps its siblings' demo values. Through
+    pipeline.profiles' own functions, so the schema's defaults need not be the demo's values.
+    """
+    from pipeline import params, profiles
+
+    raw = profiles.resolve_profile("demo")
+    if overrides:
+        raw = profiles.deep_merge(raw, copy.deepcopy(overrides))
+    for assignment in sets:
+        profiles.set_dotted(raw, assignment)
+    return params.validate(raw, source)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import demo_params
 
 from pipeline import params as P
 from pipeline import profiles
@@ -89,7 +90,7 @@ def test_stage2_recipe_cycles_over_iterations_and_its_loss_decreases():
 ])
 def test_schema_rejects_bad_alit_parameters_with_the_dotted_key(section, match):
     with pytest.raises(P.ParamsError, match=match):
-        P.validate(section)
+        demo_params(section)
 
 
 def test_schema_accepts_the_profiles_alit_sections():
@@ -144,7 +145,7 @@ def _prepare_tiny(tmp_path, monkeypatch, mlflow_uri, **stage_params):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    params = P.validate({"image_size": 32, "prepare": {
+    params = demo_params({"image_size": 32, "prepare": {
         "workers": 1, "demo": {"train_per_class": 2, "val_per_class": 2, "ood_per_class": 1}}, **stage_params})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)  # 20 train, 20 val, 10 ood
     torch.manual_seed(0)
@@ -205,7 +206,7 @@ def test_eval_stage_rejects_counts_the_model_cannot_reach(tmp_path, monkeypatch)
     ALIT(ALITConfig(width=32, num_layers=1, num_heads=2, image_size=32, patch_size=4, vq_codebook_size=16,
                     vq_token_dim=4, max_rollout_iters=4, vqgan=TINY_VQGAN)).save_pretrained(tmp_path / "models/alit")
     with pytest.raises(InputError, match=r"eval_alit.token_counts: \[160, 192, 224, 256\] not reachable .* up to 128"):
-        stage.run(P.validate({}))
+        stage.run(demo_params())
 
 
 def test_train_stage_trains_both_stages_and_saves_a_loadable_model(tmp_path, monkeypatch, mlflow_uri):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conftest import demo_params
+
 from pipeline import params as P
 from pipeline import profiles
 from pipeline.stages import _common
@@ -9,7 +11,7 @@ from pipeline.stages import _common
 
 def test_checkpoint_folder_changes_with_inputs_and_code(tmp_path, monkeypatch):
     monkeypatch.setattr(_common, "read_manifest", lambda root: {"splits": {"train": {"count": 3}}})
-    params = P.validate({"paths": {"models": str(tmp_path / "models")}})
+    params = demo_params({"paths": {"models": str(tmp_path / "models")}})
     vqgan = tmp_path / "vqgan"
     vqgan.mkdir()
     (vqgan / "model.safetensors").write_bytes(b"weights A")
@@ -30,7 +32,7 @@ def test_checkpoint_folder_changes_with_inputs_and_code(tmp_path, monkeypatch):
     before = key()
     (code / "loss.py").write_text("x = 2\n")  # a change to the training code
     assert key() != before
-    other = P.validate({"paths": {"models": str(tmp_path / "models")}, "seed": 1})
+    other = demo_params({"paths": {"models": str(tmp_path / "models")}, "seed": 1})
     assert _common.checkpoint_dir(other, "train_titok-stage1", other.train_titok.stage1, inputs=[vqgan]).name != key()
 
 

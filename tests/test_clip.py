@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import TINY_CLIP
+from conftest import TINY_CLIP, demo_params
 
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.metrics.clip_score import clip_score, cosine_score, zero_shot_accuracy
@@ -184,14 +184,13 @@ def test_cosine_score_is_symmetric_and_bounded():
 def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from pipeline import params as P
     from pipeline.stages import train_clip as stage
     from pipeline.stages._inputs import feature_space, fid_num_samples, fid_reference, judge_clip, objective_clip
     from pipeline.stages.prepare import prepare
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    params = P.validate({"image_size": 32, "prepare": {
+    params = demo_params({"image_size": 32, "prepare": {
         "workers": 1, "demo": {"train_per_class": 3, "val_per_class": 2, "ood_per_class": 1}},
         "clip": {"train": {"epochs": 2, "batch_size": 10, "warmup_steps": 1}}, "fid": {"samples_per_class": 2}})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)
@@ -229,9 +228,9 @@ def test_pretrained_source_needs_both_models():
     from pipeline import params as P
 
     with pytest.raises(P.ParamsError, match="clip.objective and clip.judge"):
-        P.validate({"clip": {"source": "pretrained"}})
+        demo_params({"clip": {"source": "pretrained"}})
     with pytest.raises(P.ParamsError, match="templates"):
-        P.validate({"clip": {"templates": ["no placeholder"]}})
+        demo_params({"clip": {"templates": ["no placeholder"]}})
 
 
 def test_caption_variants_name_the_photo_quality_with_the_shape():

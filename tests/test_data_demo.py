@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import demo_params
 
 from pipeline import params as P
-from pipeline import profiles
 from pipeline.data import demo
 from pipeline.data.shards import load_split
 from pipeline.stages.prepare import prepare
@@ -16,10 +16,7 @@ MICRO = {"image_size": 32, "prepare": {"demo": {"num_classes": 10, "train_per_cl
 
 
 def micro(**overrides) -> P.Params:
-    raw = json.loads(json.dumps(MICRO))
-    for key, value in overrides.items():
-        profiles.set_dotted(raw, f"{key}={value}")
-    return P.validate(raw)
+    return demo_params(MICRO, *(f"{key}={value}" for key, value in overrides.items()))
 
 
 @pytest.fixture(scope="module")

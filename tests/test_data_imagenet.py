@@ -5,6 +5,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import demo_params
 from imagenet_folder import NAMES, WNIDS, good_files, make_imagenet
 
 from pipeline import params as P
@@ -14,12 +15,12 @@ from pipeline.stages.prepare import prepare
 
 
 def folder_params(root, **imagenet) -> P.Params:
-    return P.validate({"image_size": 32, "prepare": {
+    return demo_params({"image_size": 32, "prepare": {
         "source": "imagenet_folder", "imagenet": {"root": str(root), **imagenet}, "shard_size": 5, "workers": 1}})
 
 
 def hf_params(hub, **imagenet) -> P.Params:
-    return P.validate({"image_size": 32, "prepare": {
+    return demo_params({"image_size": 32, "prepare": {
         "source": "imagenet_hf", "imagenet": {"hf_dataset": str(hub), **imagenet}, "shard_size": 5, "workers": 1}})
 
 

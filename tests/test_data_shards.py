@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import demo_params
 from torch.utils.data import DataLoader
 
-from pipeline import params as P
 from pipeline.data import shards
 from pipeline.data.shards import ShardDataset, load_split, read_manifest
 from pipeline.errors import InputError
@@ -16,7 +16,7 @@ from pipeline.stages.prepare import prepare
 def root(tmp_path_factory):
     """Micro demo at 16 px: train 60 images in shards of 25 with row groups of 10 (6 units)."""
     out = tmp_path_factory.mktemp("shards") / "prepared"
-    params = P.validate({"image_size": 16, "prepare": {
+    params = demo_params({"image_size": 16, "prepare": {
         "demo": {"num_classes": 10, "train_per_class": 6, "val_per_class": 3, "ood_per_class": 1},
         "shard_size": 25, "workers": 1}})
     import pipeline.data.shard_writer as writer

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import demo_params
 
 from pipeline import params as P
 from pipeline import profiles
@@ -32,7 +33,7 @@ def test_paper_profile_is_imagenet_at_256():
 
 def _errors(raw):
     with pytest.raises(P.ParamsError) as info:
-        P.validate(raw, "params.yaml")
+        demo_params(raw, source="params.yaml")
     return str(info.value)
 
 
@@ -67,12 +68,13 @@ def test_cross_field_rule_names_the_key():
 
 def test_edit_needs_one_negative_prompt_per_prompt():
     with pytest.raises(P.ParamsError, match="tokenopt.edit.negative_prompts: expected one per prompt"):
-        P.validate({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": ["b {}", "c {}"]}}})
-    assert P.validate({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": None}}})
+        demo_params({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": ["b {}", "c {}"]}}})
+    assert demo_params({"tokenopt": {"edit": {"prompts": ["a {}"], "negative_prompts": None}}})
 
 
 def test_top_level_must_be_a_mapping():
-    assert "expected a mapping" in _errors(["not", "a", "mapping"])
+    with pytest.raises(P.ParamsError, match="expected a mapping"):
+        P.validate(["not", "a", "mapping"], "params.yaml")
 
 
 def test_set_dotted_overrides_and_unknown_profile(tmp_path):
@@ -191,3 +193,21 @@ def test_resources_name_known_stages():
     raw["resources"] = {"default": {"gpu": 1}, "train_titk": {"gpu": 8}}
     with pytest.raises(P.ParamsError, match="not a stage: train_titk"):
         P.validate(raw, "test")
+
+
+@pytest.mark.parametrize(("section", "library"), [("Optim", "pipeline.train.loop:TrainConfig"),
+                                                  ("TokenoptLoop", "pipeline.experiments.tokenopt:TokenOptConfig"),
+                                                  ("ClipTraining", "pipeline.train.clip:ClipTrainConfig")])
+def test_a_section_copied_into_a_library_config_has_its_fields_and_defaults(section, library):
+    """The stages pass these sections to the library as ``**fields``: no field of their own, and no default
+    of their own either (the demo's values are in conf/demo.yaml, not in the schema)."""
+    import dataclasses
+    import importlib
+
+    module, name = library.split(":")
+    fields = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    schema = getattr(P, section).model_fields
+    assert set(schema) <= set(fields)
+    differ = {k: (f.default, fields[k]) for k, f in schema.items()
+              if fields[k] is not dataclasses.MISSING and f.default != fields[k]}
+    assert not differ, f"{section} defaults differ from {name}'s (schema, library): {differ}"

@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import demo_params
 
-from pipeline import params as P
 from pipeline import profiles
 from pipeline.data import shard_writer
 from pipeline.stages import prepare as stage
@@ -47,7 +47,7 @@ def test_run_writes_prepared_and_logs_counts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline.tracking, "stage_run", fake_stage_run)
     monkeypatch.chdir(tmp_path)
-    assert stage.run(P.validate(MICRO)) == 0
+    assert stage.run(demo_params(MICRO)) == 0
     out = tmp_path / "data" / "prepared"
     manifest = json.loads((out / "manifest.json").read_text())
     assert {s: i["count"] for s, i in manifest["splits"].items()} == {"train": 30, "val": 10, "ood": 10}
@@ -60,7 +60,7 @@ def test_run_writes_prepared_and_logs_counts(tmp_path, monkeypatch):
 
 
 def test_failure_midway_leaves_no_prepared_folder(tmp_path, monkeypatch):
-    params = P.validate(MICRO)
+    params = demo_params(MICRO)
     out = tmp_path / "prepared"
     calls = {"n": 0}
     real_add = shard_writer.ShardWriter.add
@@ -88,7 +88,7 @@ def test_failure_midway_leaves_no_prepared_folder(tmp_path, monkeypatch):
 
 
 def test_cli_reports_unusable_input_with_exit_code_2(tmp_path):
-    params = P.validate({"prepare": {"source": "imagenet_folder", "imagenet": {"root": str(tmp_path / "nope")}}})
+    params = demo_params({"prepare": {"source": "imagenet_folder", "imagenet": {"root": str(tmp_path / "nope")}}})
     (tmp_path / "params.yaml").write_text(profiles.dump(params))
     proc = subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=tmp_path, capture_output=True,
                           text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",

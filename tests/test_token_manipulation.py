@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import demo_params
 from torch import nn
 
 from pipeline import params as P
@@ -164,7 +165,7 @@ def test_bad_positions_are_rejected_by_the_library(positions, match):
 def test_bad_positions_are_rejected_by_the_schema():
     def error(section):
         with pytest.raises(P.ParamsError) as info:
-            P.validate({"token_manipulation": section})
+            demo_params({"token_manipulation": section})
         return str(info.value)
 
     msg = error({"positions_to_edit": [3, 40]})
@@ -174,7 +175,7 @@ def test_bad_positions_are_rejected_by_the_schema():
     assert "top_k: 20" in error({"top_k": 20})
     assert "folder must name" in error({"tokenizer": {"source": "official"}})
     assert "unknown key" in error({"position": [1]})
-    assert P.validate({"token_manipulation": {"num_tokens": 64, "positions_to_edit": [40]}})
+    assert demo_params({"token_manipulation": {"num_tokens": 64, "positions_to_edit": [40]}})
 
 
 def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
@@ -200,7 +201,7 @@ def test_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     _tiny_titok().save_pretrained(tmp_path / "models" / "titok")
-    params = P.validate({"image_size": 32, "prepare": {
+    params = demo_params({"image_size": 32, "prepare": {
         "workers": 1, "demo": {"train_per_class": 1, "val_per_class": 4, "ood_per_class": 1}}, "token_manipulation": {
         "num_images": 40, "num_tokens": 8, "top_k": 2, "num_pairs": 12, "bootstrap_samples": 200, "grid_pairs": 2,
         "batch_size": 16, "positions_to_edit": [7], "attributes": ["brightness", "blur", "color_index", "saturation"]}})
@@ -236,9 +237,9 @@ def test_stage_rejects_a_tokenizer_with_another_token_count(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     _tiny_titok().save_pretrained(tmp_path / "models" / "titok")
     with pytest.raises(InputError, match="num_tokens is 32 but the tokenizer .* has 8 token positions"):
-        stage.run(P.validate({}))
+        stage.run(demo_params())
     with pytest.raises(InputError, match="official"):
-        stage.run(P.validate({"paths": {"models": "elsewhere"}}))
+        stage.run(demo_params({"paths": {"models": "elsewhere"}}))
 
 
 def test_stage_stops_early_on_an_attribute_with_one_value(tmp_path, monkeypatch):
@@ -248,7 +249,7 @@ def test_stage_stops_early_on_an_attribute_with_one_value(tmp_path, monkeypatch)
 
     monkeypatch.chdir(tmp_path)
     _tiny_titok().save_pretrained(tmp_path / "models" / "titok")
-    params = P.validate({"image_size": 32, "prepare": {"workers": 1, "demo": {
+    params = demo_params({"image_size": 32, "prepare": {"workers": 1, "demo": {
         "train_per_class": 1, "val_per_class": 1, "ood_per_class": 1}}, "token_manipulation": {
         "num_images": 4, "num_tokens": 8, "bins": 2, "attributes": ["brightness", "class"]}})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import demo_params
 
 from pipeline import params as P
 from pipeline import profiles
@@ -59,7 +60,7 @@ def setup(tmp_path_factory):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tokenopt")
-    params = P.validate(SETUP | {"paths": {k: str(root / k) for k in ("data", "models", "results", "weights")}})
+    params = demo_params(SETUP | {"paths": {k: str(root / k) for k in ("data", "models", "results", "weights")}})
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shard_writer, "ROW_GROUP", 3)  # several shards of several row groups: sample_split's path
         prepare(params, Path(params.paths.data) / "prepared", progress=False)
@@ -182,14 +183,14 @@ def test_reruns_write_identical_files(setup, fake_tracking):
 def test_missing_inputs_are_named(setup, tmp_path):
     from pipeline.stages import eval_tokenopt, tokenopt_edit
 
-    elsewhere = P.validate(SETUP | {"paths": {"data": setup.paths.data, "models": str(tmp_path)}})
+    elsewhere = demo_params(SETUP | {"paths": {"data": setup.paths.data, "models": str(tmp_path)}})
     with pytest.raises(InputError, match="titok/config.json: no TiTok there .* tokenopt.tokenizer.source"):
         tokenopt_edit.run(elsewhere)
-    too_many = P.validate(SETUP | {"paths": setup.paths.model_dump(),
+    too_many = demo_params(SETUP | {"paths": setup.paths.model_dump(),
                                    "tokenopt": SETUP["tokenopt"] | {"edit": {"num_images": 21}}})
     with pytest.raises(InputError, match="tokenopt.edit.num_images: asks for 21 images but split 'val'"):
         tokenopt_edit.run(too_many)
-    no_samples = P.validate(SETUP | {"paths": setup.paths.model_dump() | {"data": str(tmp_path)}})
+    no_samples = demo_params(SETUP | {"paths": setup.paths.model_dump() | {"data": str(tmp_path)}})
     with pytest.raises(InputError, match="tokenopt_generate: no images.npz / records.json there. Run `dvc repro"):
         eval_tokenopt.run(no_samples)
 
@@ -207,7 +208,7 @@ def test_missing_inputs_are_named(setup, tmp_path):
 ])
 def test_schema_rejects_bad_values_with_the_dotted_key(section, message):
     with pytest.raises(P.ParamsError, match=message):
-        P.validate({"tokenopt": section})
+        demo_params({"tokenopt": section})
 
 
 def test_profiles_resolve():
