@@ -500,7 +500,7 @@ def submit(root: Path, seeds: Sequence[int], targets: Sequence[str]) -> list[str
                          "on this machine's DVC queue (--jobs J)")
     from pipeline import params as params_mod
 
-    graph, stages = _plan(root, seeds, targets, 1)
+    _, stages = _plan(root, seeds, targets, 1)
     resources = params_mod.load(root / params_mod.PARAMS_FILE).resources
     worker_res = experiment_resources(resources, stages)
     sweep_id = uuid.uuid4().hex[:8]

@@ -274,7 +274,8 @@ def test_a_slurm_sweep_with_the_jobs_run_here(tmp_path):
     assert not (repo / "results/sweep/summary.json").exists(), "the summary is the last job's"
 
     start = time.monotonic()
-    workers = [subprocess.Popen(["bash", "-c", job[-1]], **run) for job in jobs[:2]]
+    workers = [subprocess.Popen(["bash", "-c", job[-1]], cwd=repo, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE) for job in jobs[:2]]
     for w in workers:
         out, err = w.communicate(timeout=900)
         assert w.returncode == 0, f"{out[-2000:]}\n{err[-2000:]}"
