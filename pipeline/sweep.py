@@ -52,7 +52,7 @@ from ruamel.yaml import YAML
 
 from pipeline.errors import InputError
 from pipeline.io import flatten, write_json, write_text
-from pipeline.params import Resources
+from pipeline.params import Params, Resources
 
 SWEEP_DIR = "sweep"  # under paths.results
 SUMMARY_JSON = "summary.json"
@@ -369,11 +369,23 @@ def sweep_names(sweep_id: str, seeds: Sequence[int]) -> dict[str, int]:
     return {f"sweep-{sweep_id}-seed{s}": s for s in seeds}
 
 
-def _plan(root: Path, seeds: Sequence[int], targets: Sequence[str], jobs: int) -> tuple[dict[str, Stage], list[str]]:
-    """The checks before any work, then the dvc.yaml graph and the covered stages."""
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep covers, from the workspace: dvc.yaml's stages, the covered ones, the params."""
+
+    graph: dict[str, Stage]
+    stages: list[str]
+    params: Params
+
+
+def _plan(root: Path, seeds: Sequence[int], targets: Sequence[str], jobs: int) -> Plan:
+    """The checks before any work (params.yaml among them), then what the sweep covers."""
+    from pipeline import params as params_mod
+
     graph = dvc_graph(root)
     check_request(seeds, targets, jobs, graph)
-    return graph, covered_stages(graph, targets) if targets else list(graph)
+    return Plan(graph, covered_stages(graph, targets) if targets else list(graph),
+                params_mod.load(root / params_mod.PARAMS_FILE))
 
 
 def _queue(root: Path, sweep_id: str, seeds: Sequence[int], targets: Sequence[str],
@@ -387,15 +399,12 @@ def _queue(root: Path, sweep_id: str, seeds: Sequence[int], targets: Sequence[st
     return names
 
 
-def write_summary(root: Path, sweep_id: str, names: dict[str, int], graph: dict[str, Stage],
-                  stages: Sequence[str]) -> Path:
+def write_summary(root: Path, sweep_id: str, names: dict[str, int], plan: Plan) -> Path:
     """Collect the finished experiments ``names``, write ``summary.json`` and ``summary.md``; returns their folder."""
-    from pipeline import params as params_mod
-
-    metric_files = {s: graph[s].metrics for s in stages}
-    experiments = collect(names, root, [p for s in stages for p in metric_files[s]])
-    summary = summarise(sweep_id, experiments, stages, metric_files)
-    out = root / params_mod.load(root / params_mod.PARAMS_FILE).paths.results / SWEEP_DIR
+    metric_files = {s: plan.graph[s].metrics for s in plan.stages}
+    experiments = collect(names, root, [p for s in plan.stages for p in metric_files[s]])
+    summary = summarise(sweep_id, experiments, plan.stages, metric_files)
+    out = root / plan.params.paths.results / SWEEP_DIR
     write_json(out / SUMMARY_JSON, summary)
     write_text(out / SUMMARY_MD, to_markdown(summary))
     print(f"wrote {out / SUMMARY_JSON} and {SUMMARY_MD}: {sum(len(k) for k in summary['metrics'].values())} "
@@ -406,14 +415,14 @@ def write_summary(root: Path, sweep_id: str, names: dict[str, int], graph: dict[
 def sweep(root: Path, seeds: Sequence[int], targets: Sequence[str], jobs: int) -> Path:
     """Queue and run one experiment per seed over ``targets`` (all stages when empty) on ``jobs`` local DVC
     queue workers, then write the summary. Returns the summary's folder."""
-    graph, stages = _plan(root, seeds, targets, jobs)
+    plan = _plan(root, seeds, targets, jobs)
     sweep_id = uuid.uuid4().hex[:8]
-    names = _queue(root, sweep_id, seeds, targets, stages)
+    names = _queue(root, sweep_id, seeds, targets, plan.stages)
     _dvc(["queue", "start", "--jobs", str(jobs)], root)
     print(f"running {len(names)} experiments on {jobs} DVC queue worker(s); live output: `dvc queue logs -f NAME`",
           flush=True)
     wait_for(names, root)
-    return write_summary(root, sweep_id, names, graph, stages)
+    return write_summary(root, sweep_id, names, plan)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -498,38 +507,36 @@ def submit(root: Path, seeds: Sequence[int], targets: Sequence[str]) -> list[str
         raise SweepError("--slurm submits jobs with `sbatch`, which is not on PATH here: run the sweep on the "
                          "cluster's login node (SLURM's commands on PATH), or leave out --slurm to run the seeds "
                          "on this machine's DVC queue (--jobs J)")
-    from pipeline import params as params_mod
-
-    _, stages = _plan(root, seeds, targets, 1)
-    resources = params_mod.load(root / params_mod.PARAMS_FILE).resources
-    worker_res = experiment_resources(resources, stages)
+    plan = _plan(root, seeds, targets, 1)
+    resources = plan.params.resources
+    worker_res = experiment_resources(resources, plan.stages)
     sweep_id = uuid.uuid4().hex[:8]
     logs = root / SLURM_LOGS / f"sweep-{sweep_id}"
-    names = _queue(root, sweep_id, seeds, targets, stages)
+    names = _queue(root, sweep_id, seeds, targets, plan.stages)
     logs.mkdir(parents=True, exist_ok=True)
     workers = []
-    for i, (name, seed) in enumerate(names.items(), 1):
+    for i in range(1, len(names) + 1):
         # A worker takes whichever queued experiment is next (one at a time) and stops 10 s after the queue
         # is empty; one job per seed, so each seed can run in an allocation of its own.
         worker = [sys.executable, "-m", "dvc", "exp", "queue-worker", f"dvc-exp-{sweep_id}-{i}@slurm"]
         workers.append(_sbatch(sbatch_command(f"sweep-{sweep_id}-worker{i}", worker, worker_res,
                                               logs / "worker%j.log", root), root))
-        print(f"submitted SLURM job {workers[-1]}: a DVC queue worker for seed {seed} ({name})", flush=True)
+        print(f"submitted SLURM job {workers[-1]}: DVC queue worker {i} of {len(names)}", flush=True)
     summary_job = _sbatch(sbatch_command(f"sweep-{sweep_id}-collect", collect_command(sweep_id, seeds, targets),
                                          stage_resources(resources, "default"), logs / "collect%j.log", root,
                                          after=workers), root)
     print(f"submitted SLURM job {summary_job}: writes the summary once jobs {', '.join(workers)} have ended.\n"
           f"Watch: `squeue --me`, `dvc queue status`, `dvc queue logs -f NAME`; SLURM logs in {logs}.\n"
-          f"By hand: {shlex.join(collect_command(sweep_id, seeds, targets)[1:])}", flush=True)
+          f"By hand: {shlex.join(['python', *collect_command(sweep_id, seeds, targets)[1:]])}", flush=True)
     return [*workers, summary_job]
 
 
 def collect_sweep(root: Path, sweep_id: str, seeds: Sequence[int], targets: Sequence[str]) -> Path:
     """``--collect``: the summary of sweep ``sweep_id`` once all its experiments have succeeded."""
-    graph, stages = _plan(root, seeds, targets, 1)
+    plan = _plan(root, seeds, targets, 1)
     names = sweep_names(sweep_id, seeds)
     check_succeeded(names, _queue_status(root), root, f" and the SLURM logs in {SLURM_LOGS}/sweep-{sweep_id}/")
-    return write_summary(root, sweep_id, names, graph, stages)
+    return write_summary(root, sweep_id, names, plan)
 
 
 def main(argv: list[str] | None = None) -> int:
