@@ -467,7 +467,7 @@ def sbatch_command(job_name: str, command: Sequence[str], res: Resources, log: P
     """The ``sbatch`` command line that runs ``command`` in ``root`` with ``res``, after the jobs ``after`` end."""
     args = ["sbatch", "--parsable", f"--job-name={job_name}", f"--output={log}", f"--chdir={root}", "--export=ALL",
             # A requeued worker would find its experiment already marked failed by DVC, and a stage's
-            # checkpoint lives in the experiment's temporary workspace: nothing to resume.
+            # checkpoint lives in the experiment's temporary workspace, which no new run resumes from.
             "--no-requeue",
             f"--nodes={res.nodes}", f"--cpus-per-task={res.cpus_per_task}", f"--mem={res.mem_mb}",
             f"--time={res.runtime}"]
