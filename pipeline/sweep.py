@@ -52,7 +52,7 @@ from ruamel.yaml import YAML
 
 from pipeline.errors import InputError
 from pipeline.io import flatten, write_json, write_text
-from pipeline.params import Params, Resources
+from pipeline.params import PARAMS_FILE, Params, Resources, load
 
 SWEEP_DIR = "sweep"  # under paths.results
 SUMMARY_JSON = "summary.json"
@@ -380,12 +380,10 @@ class Plan:
 
 def _plan(root: Path, seeds: Sequence[int], targets: Sequence[str], jobs: int) -> Plan:
     """The checks before any work (params.yaml among them), then what the sweep covers."""
-    from pipeline import params as params_mod
-
     graph = dvc_graph(root)
     check_request(seeds, targets, jobs, graph)
     return Plan(graph, covered_stages(graph, targets) if targets else list(graph),
-                params_mod.load(root / params_mod.PARAMS_FILE))
+                load(root / PARAMS_FILE))
 
 
 def _queue(root: Path, sweep_id: str, seeds: Sequence[int], targets: Sequence[str],
