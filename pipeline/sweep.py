@@ -41,6 +41,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -205,11 +206,17 @@ def to_markdown(summary: dict) -> str:
 # running the experiments (DVC)
 
 
-def _dvc(args: list[str], root: Path, capture: bool = True) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=capture, text=True)
-    if proc.returncode != 0:
-        raise SweepError(f"`dvc {' '.join(args)}` failed:\n{(proc.stderr or proc.stdout or '')[-2000:]}")
-    return proc.stdout or ""
+def _dvc(args: list[str], root: Path) -> str:
+    # Output through files, not pipes: `dvc queue start` leaves a process holding its stdout and stderr
+    # until its workers end, so reading pipes would wait for the workers (for ever if one hangs).
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, stdout=out, stderr=err).returncode
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        raise SweepError(f"`dvc {' '.join(args)}` failed:\n{(stderr or stdout)[-2000:]}")
+    return stdout
 
 
 def _git(args: list[str], root: Path) -> str:
