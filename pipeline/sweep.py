@@ -1,11 +1,21 @@
-"""Seed sweeps: ``python -m pipeline.sweep --seeds 0 1 2 [--stages STAGE ...] [--jobs J]``.
+"""Seed sweeps: ``python -m pipeline.sweep --seeds 0 1 2 [--stages STAGE ...] [--jobs J | --slurm]``.
 
-One DVC experiment per seed (``dvc exp run --queue -S seed=N [STAGE ...]``), run by DVC's own queue with
-``J`` workers (``dvc queue start --jobs J``), then one summary of their headline metrics
-(``results/sweep/summary.json`` and ``summary.md``): per metric the mean, the sample standard deviation
-(n - 1), min, max, n and every seed's value with the experiment (name, commit, dvc.lock sha256) it
-came from. The experiments stay in ``dvc exp show``; nothing is applied to the workspace, so no output
-in dvc.lock changes.
+One DVC experiment per seed (``dvc exp run --queue -S seed=N [STAGE ...]``), run by DVC's own queue,
+then one summary of their headline metrics (``results/sweep/summary.json`` and ``summary.md``): per
+metric the mean, the sample standard deviation (n - 1), min, max, n and every seed's value with the
+experiment (name, commit, dvc.lock sha256) it came from. The experiments stay in ``dvc exp show``;
+nothing is applied to the workspace, so no output in dvc.lock changes.
+
+Who works the queue:
+
+- here, ``J`` workers on this machine (``dvc queue start --jobs J``); the command waits and writes the
+  summary;
+- with ``--slurm``, one SLURM job per seed, each running one DVC queue worker in the foreground
+  (``dvc exp queue-worker``, what ``dvc queue start`` spawns) with the resources of the experiment's
+  stages from ``params.yaml``, and one job after them (``--dependency=afterany``) that writes the summary
+  with ``--collect SWEEP_ID`` (which can also be run by hand). The command returns once they are
+  submitted. Not ``dvc exp run --temp`` per job: temp-dir runs share one stash, so concurrent ones could
+  take each other's experiment.
 
 Which stages a summary covers: the chosen stages and everything upstream of them (what ``dvc repro``
 of the targets keeps up to date in each experiment). The experiment's other metrics files are the
@@ -27,8 +37,11 @@ import argparse
 import hashlib
 import json
 import math
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -39,12 +52,14 @@ from typing import Any
 from pipeline import dvcfile
 from pipeline.errors import InputError
 from pipeline.io import flatten, write_json, write_text
+from pipeline.params import PARAMS_FILE, Params, Resources, load
 
 SWEEP_DIR = "sweep"  # under paths.results
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 SEED_KEY = "seed"
 POLL_SECONDS = 5.0
+SLURM_LOGS = "logs"  # SLURM logs of a sweep: logs/sweep-<id>/ (beside the stages' logs/<stage>.log)
 
 
 class SweepError(InputError):
@@ -190,11 +205,17 @@ def to_markdown(summary: dict) -> str:
 # running the experiments (DVC)
 
 
-def _dvc(args: list[str], root: Path, capture: bool = True) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=capture, text=True)
-    if proc.returncode != 0:
-        raise SweepError(f"`dvc {' '.join(args)}` failed:\n{(proc.stderr or proc.stdout or '')[-2000:]}")
-    return proc.stdout or ""
+def _dvc(args: list[str], root: Path) -> str:
+    # Output through files, not pipes: `dvc queue start` leaves a process holding its stdout and stderr
+    # until its workers end, so reading pipes would wait for the workers (for ever if one hangs).
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, stdout=out, stderr=err).returncode
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        raise SweepError(f"`dvc {' '.join(args)}` failed:\n{(stderr or stdout)[-2000:]}")
+    return stdout
 
 
 def _git(args: list[str], root: Path) -> str:
@@ -286,6 +307,27 @@ def _queue_status(root: Path) -> dict[str, str]:
         return {t["name"]: t["status"] for t in repo.experiments.celery_queue.status() if t.get("name")}
 
 
+def _queue_log(name: str, root: Path) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", "queue", "logs", name], cwd=root, capture_output=True,
+                          text=True).stdout
+
+
+def check_succeeded(names: dict[str, int], states: dict[str, str], root: Path, where: str) -> None:
+    """Stop, naming each seed whose experiment did not succeed and its state, with the end of its DVC log.
+
+    ``where``: what else to read (the SLURM job logs).
+    """
+    failed = [n for n in names if states.get(n) != "Success"]
+    for name in failed:
+        if states.get(name) == "Failed":
+            log = "\n".join(_queue_log(name, root).splitlines()[-20:])
+            print(f"--- last lines of `dvc queue logs {name}` ---\n{log}", file=sys.stderr)
+    if failed:
+        listed = ", ".join(f"seed {names[n]} ({n}): {states.get(n, 'not in the queue')}" for n in failed)
+        raise SweepError(f"{len(failed)} of {len(names)} experiments did not succeed ({listed}); no summary "
+                         f"written. See `dvc queue status`, `dvc queue logs NAME`{where}")
+
+
 def wait_for(names: dict[str, int], root: Path) -> None:
     """Show each seed's state as it changes until all have finished; stop naming the seeds that failed."""
     start, shown, finished = time.monotonic(), {}, {"Success", "Failed"}
@@ -299,14 +341,7 @@ def wait_for(names: dict[str, int], root: Path) -> None:
         if all(shown[n] in finished for n in names):
             break
         time.sleep(POLL_SECONDS)
-    failed = [n for n in names if shown[n] != "Success"]
-    for name in failed:
-        log = subprocess.run([sys.executable, "-m", "dvc", "queue", "logs", name], cwd=root, capture_output=True,
-                             text=True).stdout
-        print(f"--- last lines of `dvc queue logs {name}` ---\n" + "\n".join(log.splitlines()[-20:]), file=sys.stderr)
-    if failed:
-        raise SweepError(f"{len(failed)} of {len(names)} experiments failed ({', '.join(failed)}); no summary "
-                         "written. See `dvc queue logs NAME`")
+    check_succeeded(names, shown, root, "")
 
 
 def collect(names: dict[str, int], root: Path, metric_paths: Sequence[str]) -> list[Experiment]:
@@ -335,39 +370,177 @@ def collect(names: dict[str, int], root: Path, metric_paths: Sequence[str]) -> l
     return experiments
 
 
-def sweep(root: Path, seeds: Sequence[int], targets: Sequence[str], jobs: int) -> Path:
-    """Queue and run one experiment per seed over ``targets`` (all stages when empty), then write the summary.
+def sweep_names(sweep_id: str, seeds: Sequence[int]) -> dict[str, int]:
+    """The experiment name of each seed of sweep ``sweep_id`` ({name: seed}): ``--collect`` finds them by it."""
+    return {f"sweep-{sweep_id}-seed{s}": s for s in seeds}
 
-    Returns the summary's folder.
-    """
-    from pipeline import params as params_mod
 
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep covers, from the workspace: dvc.yaml's stages, the covered ones, the params."""
+
+    graph: dict[str, Stage]
+    stages: list[str]
+    params: Params
+
+
+def _plan(root: Path, seeds: Sequence[int], targets: Sequence[str], jobs: int) -> Plan:
+    """The checks before any work (params.yaml among them), then what the sweep covers."""
     graph = dvc_graph(root)
     check_request(seeds, targets, jobs, graph)
-    check_workspace(root)
-    params = params_mod.load(root / params_mod.PARAMS_FILE)
-    stages = covered_stages(graph, targets) if targets else list(graph)
-    _prepare_store()
+    return Plan(graph, covered_stages(graph, targets) if targets else list(graph),
+                load(root / PARAMS_FILE))
 
-    sweep_id = uuid.uuid4().hex[:8]
-    names = {f"sweep-{sweep_id}-seed{s}": s for s in seeds}
+
+def _queue(root: Path, sweep_id: str, seeds: Sequence[int], targets: Sequence[str],
+           stages: Sequence[str]) -> dict[str, int]:
+    check_workspace(root)
+    _prepare_store()
+    names = sweep_names(sweep_id, seeds)
     for name, seed in names.items():
         _dvc(["exp", "run", "--queue", "--name", name, "--set-param", f"{SEED_KEY}={seed}", *targets], root)
         print(f"queued {name}: seed {seed}, stages {', '.join(stages)}", flush=True)
+    return names
+
+
+def write_summary(root: Path, sweep_id: str, names: dict[str, int], plan: Plan) -> Path:
+    """Collect the finished experiments ``names``, write ``summary.json`` and ``summary.md``; returns their folder."""
+    metric_files = {s: plan.graph[s].metrics for s in plan.stages}
+    experiments = collect(names, root, [p for s in plan.stages for p in metric_files[s]])
+    summary = summarise(sweep_id, experiments, plan.stages, metric_files)
+    out = root / plan.params.paths.results / SWEEP_DIR
+    write_json(out / SUMMARY_JSON, summary)
+    write_text(out / SUMMARY_MD, to_markdown(summary))
+    print(f"wrote {out / SUMMARY_JSON} and {SUMMARY_MD}: {sum(len(k) for k in summary['metrics'].values())} "
+          f"metrics over seeds {', '.join(map(str, names.values()))}; `dvc repro report` shows their spread")
+    return out
+
+
+def sweep(root: Path, seeds: Sequence[int], targets: Sequence[str], jobs: int) -> Path:
+    """Queue and run one experiment per seed over ``targets`` (all stages when empty) on ``jobs`` local DVC
+    queue workers, then write the summary. Returns the summary's folder."""
+    plan = _plan(root, seeds, targets, jobs)
+    sweep_id = uuid.uuid4().hex[:8]
+    names = _queue(root, sweep_id, seeds, targets, plan.stages)
     _dvc(["queue", "start", "--jobs", str(jobs)], root)
     print(f"running {len(names)} experiments on {jobs} DVC queue worker(s); live output: `dvc queue logs -f NAME`",
           flush=True)
     wait_for(names, root)
+    return write_summary(root, sweep_id, names, plan)
 
-    metric_files = {s: graph[s].metrics for s in stages}
-    experiments = collect(names, root, [p for s in stages for p in metric_files[s]])
-    summary = summarise(sweep_id, experiments, stages, metric_files)
-    out = root / params.paths.results / SWEEP_DIR
-    write_json(out / SUMMARY_JSON, summary)
-    write_text(out / SUMMARY_MD, to_markdown(summary))
-    print(f"wrote {out / SUMMARY_JSON} and {SUMMARY_MD}: {sum(len(k) for k in summary['metrics'].values())} "
-          f"metrics over seeds {', '.join(map(str, seeds))}; `dvc repro report` shows their spread")
-    return out
+
+# ---------------------------------------------------------------------------------------------------
+# on SLURM: one job per seed, each a DVC queue worker; then a job that writes the summary
+
+
+def stage_resources(resources: dict[str, Resources], stage: str) -> Resources:
+    """One stage's resources: its ``resources`` entry over ``default`` (what the Snakefile's ``_resources`` does)."""
+    merged = {}
+    for key in dict.fromkeys(("default", stage.split("@")[0])):
+        if key in resources:
+            merged.update(resources[key].model_dump(exclude_unset=True))
+    return Resources(**merged)
+
+
+def experiment_resources(resources: dict[str, Resources], stages: Sequence[str]) -> Resources:
+    """What one job needs to run one experiment of ``stages``, which DVC runs one after another in it.
+
+    The most any stage asks for (GPUs per node, nodes, CPUs, memory), the sum of their runtimes, the
+    ``slurm_extra`` flags of each. Partition, account, QoS, constraint and GPU model must agree among
+    the stages that name one: a job has one of each.
+    """
+    each = {s: stage_resources(resources, s) for s in stages}
+    named = {}
+    for key in ("slurm_partition", "slurm_account", "qos", "constraint", "gpu_model"):
+        values = {s: getattr(r, key) for s, r in each.items() if getattr(r, key)}
+        if len(set(values.values())) > 1:
+            raise SweepError(f"the stages of one experiment run in one SLURM job, but they ask for different "
+                             f"{key}: " + ", ".join(f"{s} {v}" for s, v in values.items())
+                             + ". Give them one value in the `resources` section of params.yaml, or sweep fewer "
+                             "stages (--stages)")
+        named[key] = next(iter(values.values()), None)
+    extra = list(dict.fromkeys(r.slurm_extra for r in each.values() if r.slurm_extra))
+    rs = list(each.values())
+    return Resources(gpu=max(r.gpu for r in rs), cpus_per_task=max(r.cpus_per_task for r in rs),
+                     mem_mb=max(r.mem_mb for r in rs), runtime=sum(r.runtime for r in rs),
+                     nodes=max(r.nodes for r in rs), slurm_extra=" ".join(extra) or None, **named)
+
+
+def sbatch_command(job_name: str, command: Sequence[str], res: Resources, log: Path, root: Path,
+                   after: Sequence[str] = ()) -> list[str]:
+    """The ``sbatch`` command line that runs ``command`` in ``root`` with ``res``, after the jobs ``after`` end."""
+    args = ["sbatch", "--parsable", f"--job-name={job_name}", f"--output={log}", f"--chdir={root}", "--export=ALL",
+            # A requeued worker would find its experiment already marked failed by DVC, and a stage's
+            # checkpoint lives in the experiment's temporary workspace, which no new run resumes from.
+            "--no-requeue",
+            f"--nodes={res.nodes}", f"--cpus-per-task={res.cpus_per_task}", f"--mem={res.mem_mb}",
+            f"--time={res.runtime}"]
+    if res.gpu:  # per node, as pipeline.launch counts them (torchrun --nproc_per_node)
+        args.append(f"--gres=gpu:{res.gpu_model}:{res.gpu}" if res.gpu_model else f"--gres=gpu:{res.gpu}")
+    for flag, value in (("--partition", res.slurm_partition), ("--account", res.slurm_account),
+                        ("--qos", res.qos), ("--constraint", res.constraint)):
+        if value:
+            args.append(f"{flag}={value}")
+    if res.slurm_extra:
+        args += shlex.split(res.slurm_extra)
+    if after:
+        args += [f"--dependency=afterany:{':'.join(after)}", "--kill-on-invalid-dep=yes"]
+    return [*args, "--wrap", shlex.join(command)]
+
+
+def _sbatch(command: list[str], root: Path) -> str:
+    """Submit; the job id."""
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SweepError(f"`{shlex.join(command[:-2])} ...` failed: {(proc.stderr or proc.stdout).strip()[-2000:]}\n"
+                         "Experiments already queued stay in `dvc queue status` (`dvc queue remove --queued` drops "
+                         "them); jobs already submitted are in `squeue --me`")
+    return proc.stdout.strip().split(";")[0]  # --parsable: "<id>" or "<id>;<cluster>"
+
+
+def collect_command(sweep_id: str, seeds: Sequence[int], targets: Sequence[str]) -> list[str]:
+    """``python -m pipeline.sweep --collect`` for this sweep: the summary step, as a job or by hand."""
+    return [sys.executable, "-m", "pipeline.sweep", "--collect", sweep_id, "--seeds", *map(str, seeds),
+            *(["--stages", *targets] if targets else [])]
+
+
+def submit(root: Path, seeds: Sequence[int], targets: Sequence[str]) -> list[str]:
+    """Queue one experiment per seed, submit one SLURM job per seed that works the queue and one that writes
+    the summary when they have ended. Returns the job ids, the summary's last."""
+    if shutil.which("sbatch") is None:
+        raise SweepError("--slurm submits jobs with `sbatch`, which is not on PATH here: run the sweep on the "
+                         "cluster's login node (SLURM's commands on PATH), or leave out --slurm to run the seeds "
+                         "on this machine's DVC queue (--jobs J)")
+    plan = _plan(root, seeds, targets, 1)
+    resources = plan.params.resources
+    worker_res = experiment_resources(resources, plan.stages)
+    sweep_id = uuid.uuid4().hex[:8]
+    logs = root / SLURM_LOGS / f"sweep-{sweep_id}"
+    names = _queue(root, sweep_id, seeds, targets, plan.stages)
+    logs.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for i in range(1, len(names) + 1):
+        # A worker takes whichever queued experiment is next (one at a time) and stops 10 s after the queue
+        # is empty; one job per seed, so each seed can run in an allocation of its own.
+        worker = [sys.executable, "-m", "dvc", "exp", "queue-worker", f"dvc-exp-{sweep_id}-{i}@slurm"]
+        workers.append(_sbatch(sbatch_command(f"sweep-{sweep_id}-worker{i}", worker, worker_res,
+                                              logs / "worker%j.log", root), root))
+        print(f"submitted SLURM job {workers[-1]}: DVC queue worker {i} of {len(names)}", flush=True)
+    summary_job = _sbatch(sbatch_command(f"sweep-{sweep_id}-collect", collect_command(sweep_id, seeds, targets),
+                                         stage_resources(resources, "default"), logs / "collect%j.log", root,
+                                         after=workers), root)
+    print(f"submitted SLURM job {summary_job}: writes the summary once jobs {', '.join(workers)} have ended.\n"
+          f"Watch: `squeue --me`, `dvc queue status`, `dvc queue logs -f NAME`; SLURM logs in {logs}.\n"
+          f"By hand: {shlex.join(['python', *collect_command(sweep_id, seeds, targets)[1:]])}", flush=True)
+    return [*workers, summary_job]
+
+
+def collect_sweep(root: Path, sweep_id: str, seeds: Sequence[int], targets: Sequence[str]) -> Path:
+    """``--collect``: the summary of sweep ``sweep_id`` once all its experiments have succeeded."""
+    plan = _plan(root, seeds, targets, 1)
+    names = sweep_names(sweep_id, seeds)
+    check_succeeded(names, _queue_status(root), root, f" and the SLURM logs in {SLURM_LOGS}/sweep-{sweep_id}/")
+    return write_summary(root, sweep_id, names, plan)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,10 +550,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[], metavar="N", help="one experiment per seed")
     parser.add_argument("--stages", nargs="*", default=[], metavar="STAGE",
                         help="dvc.yaml stages to rebuild (with their upstream stages); default: all")
-    parser.add_argument("--jobs", type=int, default=1, help="DVC queue workers running experiments side by side")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--jobs", type=int, default=1, help="DVC queue workers on this machine running experiments "
+                       "side by side")
+    where.add_argument("--slurm", action="store_true", help="one SLURM job per seed, then one that writes the "
+                       "summary; returns once they are submitted")
+    where.add_argument("--collect", metavar="SWEEP_ID", help="write the summary of a sweep whose experiments have "
+                       "finished (same --seeds and --stages as it was started with)")
     args = parser.parse_args(argv)
     try:
-        sweep(Path.cwd(), args.seeds, args.stages, args.jobs)
+        if args.slurm:
+            submit(Path.cwd(), args.seeds, args.stages)
+        elif args.collect:
+            collect_sweep(Path.cwd(), args.collect, args.seeds, args.stages)
+        else:
+            sweep(Path.cwd(), args.seeds, args.stages, args.jobs)
     except InputError as err:
         print(f"error: sweep: {err}", file=sys.stderr)
         return 2

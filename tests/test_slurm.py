@@ -1,7 +1,8 @@
 """The pipeline on a real SLURM: the demo through Snakemake's SLURM executor, a requeued training job
-that resumes from its checkpoint, and the per-stage sbatch resources of the paper profile.
+that resumes from its checkpoint, a seed sweep with one job per seed, and the per-stage sbatch resources
+of the paper profile.
 
-The first two need a SLURM controller that answers (`tests/slurm/start-local-slurm.sh` starts a
+The first three need a SLURM controller that answers (`tests/slurm/start-local-slurm.sh` starts a
 one-node one; `.ci/run` does it in CI); without one they skip and say why. The dry run needs no SLURM.
 """
 
@@ -165,6 +166,41 @@ def test_interrupted_training_job_resumes_from_checkpoint(tmp_path, slurm, inter
     final, ref = torch.load(run_dir / "final.pt"), torch.load(reference / "final.pt")
     assert final.keys() == ref.keys()
     assert all(torch.equal(final[k], ref[k]) for k in ref), "resumed weights differ from an uninterrupted run"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. A seed sweep on SLURM: one job per seed works DVC's queue, a job after them writes the summary.
+
+
+def test_slurm_seed_sweep(tmp_path, slurm):
+    repo = make_scratch_repo(tmp_path / "repo", "micro")
+    _run([sys.executable, "-m", "pipeline", "configure", "micro", "--set", "train_vqgan.optim.steps=3"], repo)
+    _run(["git", "commit", "-qam", "tiny vqgan"], repo)
+    start = time.monotonic()
+    out = _run([sys.executable, "-m", "pipeline.sweep", "--seeds", "0", "1", "--stages", "train_vqgan", "--slurm"],
+               repo).stdout
+    jobs = re.findall(r"submitted SLURM job (\d+)", out)
+    assert len(jobs) == 3, out
+    summary_job, logs = jobs[-1], repo / "logs"
+
+    def all_logs() -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.rglob("*.log")))
+
+    deadline = time.monotonic() + 900
+    while _job_state(summary_job) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY"):
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", *jobs])
+            pytest.fail(f"the sweep's jobs did not end in 900 s ({_job_state(summary_job)}):\n{all_logs()}")
+        time.sleep(2)
+    print(f"\nseed sweep of 2 seeds on SLURM (jobs {', '.join(jobs)}): {time.monotonic() - start:.0f} s")
+    assert _job_state(summary_job) == "COMPLETED", all_logs()
+    summary = json.loads((repo / "results/sweep/summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["stages"] == ["prepare", "train_vqgan"]
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo).stdout)
+    revs = {e["name"]: e["rev"] for b in shown for g in b.get("experiments") or [] for e in g["revs"]}
+    for e in summary["experiments"]:
+        assert e["rev"] == revs[e["name"]], (e, revs)
+    assert summary["metrics"]["results/train_vqgan/metrics.json"]["psnr"]["n"] == 2
 
 
 # ---------------------------------------------------------------------------------------------------
