@@ -17,7 +17,6 @@ from pipeline.experiments.tokenopt import (
     KnownRegion,
     MaskedReconstructionObjective,
     RandomViews,
-    SigLIPObjective,
     TokenOptConfig,
     WeightedSum,
     images_to_tokens,
@@ -163,7 +162,7 @@ def test_frozen_networks_and_crops_with_autocast(tiny_titok, fixture_clip):
     titok = tiny_titok.requires_grad_(True)  # the loop must freeze them itself
     fixture_clip.requires_grad_(True)
     objective = WeightedSum([CLIPObjective(fixture_clip, ["a red square", "a blue circle"]),
-                             SigLIPObjective(fixture_clip, "a photo")], [1.0, 0.5])
+                             CLIPObjective(fixture_clip, "a photo")], [1.0, 0.5])
     cfg = TokenOptConfig(num_iter=3, num_augmentations=2, per_sample_crops=True, precision="bf16")
     result = optimize_tokens(titok, objective, cfg, images=torch.rand(2, 3, 32, 32))
     assert result.images.shape == (2, 3, 32, 32) and result.images.dtype == torch.float32
@@ -262,13 +261,13 @@ def test_bad_calls_rejected(tiny_titok):
 
 
 def test_paper_defaults():
-    cfg = TokenOptConfig.paper()
+    cfg = TokenOptConfig()
     assert (cfg.num_iter, cfg.lr, cfg.ema_decay, cfg.token_noise, cfg.reg_type, cfg.reg_weight,
             cfg.num_augmentations) == (300, 0.1, 0.98, 0.3, "seed", 0.025, 8)
 
 
 def test_experiment_tasks(tiny_titok, fixture_clip):
-    cfg = TokenOptConfig.paper(num_iter=1, num_augmentations=1)
+    cfg = TokenOptConfig(num_iter=1, num_augmentations=1)
     images = torch.rand(3, 3, 32, 32)
     edited = edit_images(tiny_titok, fixture_clip, images, ["a cat", "a dog", "a cat"], cfg, batch_size=2)
     assert edited.images.shape == (3, 3, 32, 32) and [r["prompt"] for r in edited.records] == ["a cat", "a dog",

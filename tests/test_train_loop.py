@@ -22,7 +22,6 @@ from torch.utils.data import IterableDataset, TensorDataset
 
 from pipeline.train import checkpoint
 from pipeline.train.loop import EXIT_REQUEUE, EXIT_TERMINATED, Recipe, TrainConfig, TrainingInterrupted, train
-from pipeline.train.precision import fp32_region
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +43,7 @@ class ToyVQ(nn.Module):
         z = self.drop(self.enc(x.flatten(1)))  # (B, hidden)
         if self.noise:
             z = z + 0.01 * torch.randn_like(z)
-        with fp32_region():
+        with torch.autocast(z.device.type, enabled=False):
             z = z.float()
             idx = torch.cdist(z, self.codebook.weight).argmin(dim=1)  # (B,)
             e = self.codebook(idx)

@@ -18,9 +18,8 @@ Each step (the official ``tto/test_time_opt.py`` order, so its per-step losses a
 Objectives are small modules mapping decoded images (B, 3, H, W) to a loss per image (B,), given the
 step's random views (:class:`RandomViews`: K random crops to the CLIP input size plus horizontal flips,
 one draw shared by the batch as in the official code, or one per image). :class:`CLIPObjective`
-(negative cosine similarity to a prompt per image, optional negative prompt), :class:`SigLIPObjective`
-(negative SigLIP logit), :class:`MaskedReconstructionObjective` (L1 on known pixels) and
-:class:`WeightedSum` of these.
+(negative cosine similarity to a prompt per image, optional negative prompt),
+:class:`MaskedReconstructionObjective` (L1 on known pixels) and :class:`WeightedSum` of these.
 
 Departures from the official loop, all of which leave its results unchanged: the frozen networks get
 ``requires_grad_(False)`` (the official loop lets their ``.grad`` buffers fill up every step), the
@@ -45,7 +44,7 @@ from pipeline.train.precision import DTYPES, Precision, autocast
 
 @dataclass
 class TokenOptConfig:
-    """Hyper-parameters of the loop. The defaults are the paper's settings (:meth:`paper`)."""
+    """Hyper-parameters of the loop. The defaults are the paper's text-guided settings."""
 
     num_iter: int = 300
     lr: float = 0.1
@@ -83,11 +82,6 @@ class TokenOptConfig:
         for name, value, ok, expected in checks:
             if not ok:
                 raise ValueError(f"TokenOptConfig.{name}: expected {expected}, got {value!r}")
-
-    @classmethod
-    def paper(cls, **overrides) -> TokenOptConfig:
-        """Text-guided settings of the paper: 300 steps, lr 0.1, EMA 0.98, noise 0.3, seed reg 0.025, 8 crops."""
-        return cls(**overrides)
 
     @classmethod
     def deterministic(cls, **overrides) -> TokenOptConfig:
@@ -180,15 +174,6 @@ class CLIPObjective(nn.Module):
         if self.negative_text is not None:
             loss = loss - (1.0 - self.guidance_scale) * self.similarity(emb, self.negative_text).mean(0)
         return loss
-
-
-class SigLIPObjective(CLIPObjective):
-    """Negative SigLIP logit ``exp(logit_scale) * cos + logit_bias`` (any open_clip model; bias 0 if none)."""
-
-    def similarity(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        model = self.clip.model
-        bias = model.logit_bias.float() if getattr(model, "logit_bias", None) is not None else 0.0
-        return model.logit_scale.float().exp() * (image_emb * text_emb).sum(-1) + bias
 
 
 class MaskedReconstructionObjective(nn.Module):

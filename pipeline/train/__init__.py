@@ -4,5 +4,5 @@
   ``TrainingInterrupted`` and the exit codes ``EXIT_REQUEUE`` (75, SIGUSR1) / ``EXIT_TERMINATED`` (143);
 - ``recipes``: TiTok stage 1 (proxy codes) and stage 2 (decoder fine-tuning), single-stage TiTok, VQGAN;
 - ``schedule`` (warm-up + cosine), ``ema``, ``checkpoint`` (atomic, ``weights_only``), ``distributed``
-  (torchrun / srun, NCCL / gloo), ``precision`` (autocast, ``fp32_region`` for the quantiser).
+  (torchrun / srun, NCCL / gloo), ``precision`` (autocast).
 """

@@ -81,7 +81,6 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 1e-4
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    disc_lr: float | None = None  # discriminator peak lr (same schedule); None = lr
     precision: Precision = "fp32"
     ema_decay: float = 0.0  # 0 = no EMA
     ckpt_every: int = 1000  # also at the end; 0 = only when a signal asks (benchmarks, throw-away runs)
@@ -363,11 +362,8 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
         while step < cfg.steps:
             lr = cosine_with_warmup(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                                     total_steps=cfg.steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if disc_opt is not None:
-                for group in disc_opt.param_groups:
-                    group["lr"] = lr * (cfg.disc_lr or cfg.lr) / cfg.lr
+            for group in [*opt.param_groups, *(disc_opt.param_groups if disc_opt is not None else [])]:
+                group["lr"] = lr  # the discriminator follows the same schedule
 
             disc_active = False
             terms: dict[str, torch.Tensor] = {}
