@@ -1,4 +1,4 @@
-"""Helpers shared by the stage modules: data access, training configs, checkpoints, image grids."""
+"""Helpers shared by the stage modules: data access, checkpoints, image grids."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from torch.utils.data import Dataset
 
 from pipeline.data.shards import ShardDataset, load_split, read_manifest
 from pipeline.layout import prepared_root
-from pipeline.params import Optim, Params
-from pipeline.train.loop import TrainConfig
+from pipeline.params import Params
 
 IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are decoded once and held in memory
 
@@ -79,12 +78,6 @@ def load_chosen_titok(params: Params, choice: Any, key: str) -> tuple[Any, Path]
                          f"first (`dvc repro train_titok`), or set {key}.source: official and {key}.folder "
                          "to an official snapshot folder (config.json + model.safetensors)")
     return TiTok.from_pretrained(folder).eval(), folder
-
-
-def train_config(optim: Optim, seed: int) -> TrainConfig:
-    """The loop's config for one ``Optim`` section of params.yaml."""
-    fields = optim.model_dump()
-    return TrainConfig(seed=seed, **fields)
 
 
 CODE_ROOT = Path(__file__).resolve().parent.parent  # the pipeline package

@@ -8,11 +8,11 @@ argmin and so change which token an image gets).
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
 
 import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
+from pipeline.train.config import Precision
+
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
