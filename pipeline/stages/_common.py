@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic_core import to_jsonable_python
 from torch.utils.data import Dataset
 
 from pipeline.data.shards import ShardDataset, load_split, read_manifest
@@ -102,8 +103,8 @@ def checkpoint_dir(params: Params, stage: str, *sections: Any, inputs: Sequence[
     """
     manifest = read_manifest(prepared_root(params))
     shards = json.dumps(manifest["splits"], sort_keys=True, default=str)
-    key = json.dumps([params.seed, params.image_size, [s.model_dump(mode="json") if hasattr(s, "model_dump") else s
-                                                       for s in sections], shards,
+    key = json.dumps([params.seed, params.image_size, [s.model_dump(mode="json") if hasattr(s, "model_dump")
+                                                       else to_jsonable_python(s) for s in sections], shards,
                       [_tree_digest(Path(p), "*") for p in inputs], _tree_digest(CODE_ROOT, "*.py")],
                      sort_keys=True, default=str)
     return Path(params.paths.models) / "checkpoints" / f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
