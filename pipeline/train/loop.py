@@ -10,9 +10,9 @@ What a recipe owns (``pipeline/train/recipes.py``): the model(s) and the losses.
 A stage calls it like this::
 
     recipe = TiTokProxyCodeRecipe(titok, vqgan)            # any Recipe
-    cfg = TrainConfig(steps=..., batch_size=256, lr=1e-4, precision="bf16", ema_decay=0.999)
+    cfg = TrainConfig(steps=..., batch_size=256, lr=1e-4, precision="bf16", ema_decay=0.999)  # or a params section
     with stage_run("train_titok", params) as run:
-        result = train(recipe, dataset, cfg, run_dir, log_fn=run.log_metrics)
+        result = train(recipe, dataset, cfg, run_dir, seed=params.seed, log_fn=run.log_metrics)
     if result.is_main:
         save_file(result.ema_state or recipe.model.state_dict(), out_path)
 
