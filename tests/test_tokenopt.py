@@ -273,7 +273,7 @@ def test_experiment_tasks(tiny_titok, fixture_clip):
                                                                                                "a cat"]
     for association in ("random", "clip_top1", "clip_top1pct"):
         out = generate_class_images(tiny_titok, fixture_clip, ["cat", "dog"], 2, cfg, seed_images=images,
-                                    seed_set_size=2, association=association, batch_size=4)
+                                    association=association, batch_size=4)
         assert out.images.shape == (4, 3, 32, 32)
         assert [r["prompt"] for r in out.records] == ["a photo of a cat"] * 2 + ["a photo of a dog"] * 2
         assert all(0 <= r["seed_index"] < 3 for r in out.records)

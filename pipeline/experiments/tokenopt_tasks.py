@@ -119,13 +119,13 @@ def associate_seeds(clip: ClipModel, seed_images: torch.Tensor, prompts: Sequenc
 
 def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[str], num_per_class: int,
                           config: TokenOptConfig, *, seed_images: torch.Tensor | None = None,
-                          seed_set_size: int | None = None, association: Association = "random",
+                          association: Association = "random",
                           template: str = PROMPT_TEMPLATE, batch_size: int = 16, seed: int = 0,
                           progress=None) -> TaskOutput:
     """Class-conditional generation: ``num_per_class`` images per class, prompt ``template.format(name)``.
 
-    With ``seed_images`` (M, 3, H, W) the seed set is a random subset of ``seed_set_size`` of them (all when
-    None), and each sample starts from the seed chosen by ``association``; without, from N(0, I) tokens.
+    With ``seed_images`` (M, 3, H, W), the seed set (the caller draws it), each sample starts from the seed
+    chosen by ``association``; without, from N(0, I) tokens.
     ``seed``: of those draws and of the loop (batch i: ``seed + i``).
     """
     if num_per_class < 1 or not class_names:
@@ -144,10 +144,9 @@ def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[s
         tokens = torch.randn(len(prompts), channels, 1, c.num_latent_tokens, generator=generator).to(device)
         init = {"tokens": tokens}
     else:
-        size = len(seed_images) if seed_set_size is None else seed_set_size
-        if not 1 <= size <= len(seed_images):
-            raise ValueError(f"seed_set_size={seed_set_size} but {len(seed_images)} seed images are given")
-        subset = torch.randperm(len(seed_images), generator=generator)[:size]
+        # a permutation of the seed set: it changes no choice's distribution, but keeps the draws (and so the
+        # images) of the runs made when this function could also draw a subset
+        subset = torch.randperm(len(seed_images), generator=generator)
         seeds = seed_images[subset]
         chosen = associate_seeds(clip, seeds, prompts, association, generator)
         init = {"images": seeds[chosen].to(device)}

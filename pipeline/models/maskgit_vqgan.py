@@ -301,6 +301,7 @@ class MaskGITVQGAN(nn.Module):
         x = self.decoder(z_q)
         return x.clamp(0.0, 1.0) if clamp else x
 
+    # decode_codes and soft_codes: the official API, kept for the fixture-equivalence tests; no stage calls them
     def decode_codes(self, indices: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         return self.decode(self.quantize.get_codebook_entry(indices), clamp=clamp)
 
