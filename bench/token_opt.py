@@ -101,7 +101,7 @@ def main() -> None:
             best = {}
             for _ in range(args.repeats):  # interleaved, best of n: robust to other load on the machine
                 for loop, precision in variants:
-                    config = TokenOptConfig.paper(num_iter=args.iters, num_augmentations=k, precision=precision)
+                    config = TokenOptConfig(num_iter=args.iters, num_augmentations=k, precision=precision)
                     start = optimize_tokens if loop == "engine" else official_loop
                     start(titok, objective, replace(config, num_iter=1), images=images)  # warm-up
                     seconds = timed(partial(start, titok, objective, config, images=images), device) / args.iters

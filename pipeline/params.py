@@ -12,6 +12,7 @@ was found.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from pipeline.experiments.tokenopt_config import TokenOptConfig
+from pipeline.train.config import ClipTrainConfig, TrainConfig
 
 PARAMS_FILE = "params.yaml"
 
@@ -146,20 +150,6 @@ class ClipWeights(Section):
     weights: str  # checkpoint file, or a folder holding one (an HF snapshot: needed for SigLIP's tokenizer)
 
 
-class ClipTraining(Section):
-    """Contrastive training of the demo CLIP (``pipeline.train.clip.ClipTrainConfig``, whose defaults these are)."""
-
-    epochs: PositiveInt = 12
-    batch_size: PositiveInt = 32
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    min_lr: Annotated[float, Field(ge=0)] = 1e-4
-    weight_decay: Annotated[float, Field(ge=0)] = 0.1
-    warmup_steps: Annotated[int, Field(ge=0)] = 40
-    init_logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None  # None: CLIP's 1/0.07
-    augment: bool = True  # random flips / 90-degree rotations of the training images
-    label_weight: Annotated[float, Field(ge=0)] = 0.0  # UniCL class-prompt term (pipeline.train.clip); 0: off
-
-
 class Clip(Section):
     """The ``train_clip`` stage and the CLIP models the other stages use.
 
@@ -174,7 +164,7 @@ class Clip(Section):
     source: Literal["train", "pretrained"] = "train"
     config: str = "clip_demo"
     judge_config: str = "clip_judge_demo"
-    train: ClipTraining = ClipTraining()
+    train: ClipTrainConfig = ClipTrainConfig()
     objective: ClipWeights | None = None
     judge: ClipWeights | None = None
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1)
@@ -203,34 +193,6 @@ class Fid(Section):
     batch_size: PositiveInt = 64
 
 
-class Optim(Section):
-    """One run of the shared training loop (``pipeline.train.loop.TrainConfig``, whose defaults these are)."""
-
-    steps: Annotated[int, Field(ge=0)] = 0  # optimiser steps; 0 skips this run
-    batch_size: PositiveInt = 32  # global, per optimiser step
-    grad_accum: PositiveInt = 1
-    lr: Annotated[float, Field(gt=0, le=1)] = 1e-4
-    min_lr: Annotated[float, Field(ge=0)] = 1e-5
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.99)
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    ckpt_every: Annotated[int, Field(ge=0)] = 1000
-    log_every: PositiveInt = 50
-    compile: bool = False
-    num_workers: Annotated[int, Field(ge=0)] = 0
-
-    @model_validator(mode="after")
-    def _batch_divisible(self) -> Optim:
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr {self.min_lr} must not exceed lr {self.lr}")
-        return self
-
-
 class TrainVqgan(Section):
     """The ``train_vqgan`` stage: the 2D VQGAN whose codes are TiTok's proxy codes and ALIT's input.
 
@@ -241,7 +203,7 @@ class TrainVqgan(Section):
     source: Literal["train", "official"] = "train"
     folder: str | None = None
     model: Literal["vqgan_demo", "maskgit_vqgan"] = "maskgit_vqgan"  # registry names (tests/test_params.py)
-    optim: Optim = Optim()
+    optim: TrainConfig = TrainConfig()
     l1: Annotated[float, Field(ge=0)] = 1.0
     l2: Annotated[float, Field(ge=0)] = 1.0
     quantizer_weight: Annotated[float, Field(ge=0)] = 1.0
@@ -268,10 +230,10 @@ class TrainTitok(Section):
     source: Literal["train", "official"] = "train"
     folder: str | None = None
     model: TitokName = "titok_l32"
-    stage1: Optim = Optim()
+    stage1: TrainConfig = TrainConfig()
     quantizer_weight: Annotated[float, Field(ge=0)] = 1.0
     pixel_weight: Annotated[float, Field(ge=0)] = 0.0
-    stage2: Optim = Optim()
+    stage2: TrainConfig = TrainConfig()
     perceptual_vgg: str | None = None  # torchvision vgg16-397923af.pth (local file)
     perceptual_lin: str | None = None  # LPIPS v0.1 vgg.pth linear layers (local file)
     perceptual_weight: Annotated[float, Field(ge=0)] = 0.1
@@ -322,8 +284,8 @@ class TrainAlit(Section):
     # registry names (tests/test_params.py keeps them equal to pipeline.models.alit.ALIT_CONFIGS)
     model: Literal["alit_demo", "alit_small", "alit_base", "alit_semilarge"] = "alit_small"
     vqgan: str | None = None
-    stage1: Optim = Optim()
-    stage2: Optim = Optim()
+    stage1: TrainConfig = TrainConfig()
+    stage2: TrainConfig = TrainConfig()
     iteration_weights: list[Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: [2.5, 2.0, 1.5, 1.25, 1.0, 1.0, 1.0, 1.0],  # official lambda_loss_weight
         min_length=ALIT_MAX_ITERATIONS, max_length=ALIT_MAX_ITERATIONS)
@@ -399,25 +361,6 @@ class EvalAlit(Section):
         return v
 
 
-class TokenoptLoop(Section):
-    """The token-optimisation loop (``pipeline.experiments.tokenopt.TokenOptConfig``).
-
-    The defaults are the paper's text-guided settings: 300 steps, lr 0.1, EMA 0.98, noise 0.3, seed
-    regulariser 0.025, 8 crops.
-    """
-
-    num_iter: PositiveInt = 300
-    lr: Annotated[float, Field(gt=0)] = 0.1
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.98
-    token_noise: Annotated[float, Field(ge=0)] = 0.3
-    reg_type: Literal["seed", "zero", "none"] = "seed"
-    reg_weight: Annotated[float, Field(ge=0)] = 0.025
-    num_augmentations: Annotated[int, Field(ge=0)] = 8
-    per_sample_crops: bool = False
-    optimize_post_quantization: bool = False
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-
-
 class TokenoptEdit(Section):
     """``tokenopt_edit``: every prompt applied to ``num_images`` random images of ``split``."""
 
@@ -479,7 +422,7 @@ class TokenoptInpaint(Section):
     reset_period: Annotated[int, Field(ge=0)] = 5  # re-encode the known region every this many steps
     prompt: str | None = None
     clip_weight: Annotated[float, Field(ge=0)] = 1.0
-    optim: TokenoptLoop = TokenoptLoop(reg_type="zero", reg_weight=0.01)  # no seed image to stay near
+    optim: TokenOptConfig = TokenOptConfig(reg_type="zero", reg_weight=0.01)  # no seed image to stay near
 
     @field_validator("mask_kinds")
     @classmethod
@@ -497,7 +440,7 @@ class Tokenopt(Section):
     """
 
     tokenizer: TokenizerChoice = TokenizerChoice()
-    optim: TokenoptLoop = TokenoptLoop()
+    optim: TokenOptConfig = TokenOptConfig()
     batch_size: PositiveInt = 64
     edit: TokenoptEdit = TokenoptEdit()
     generate: TokenoptGenerate = TokenoptGenerate()
@@ -574,21 +517,30 @@ def _unwrap(annotation: Any, part: Any) -> Any:
     return annotation
 
 
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the field at ``loc`` (for listing allowed keys)."""
+def section_fields(section: Any) -> dict[str, Any] | None:
+    """The fields of a section type: a pydantic model, or a library config that is a pydantic dataclass
+    (``TrainConfig``, ...); None for anything else."""
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return section.model_fields
+    if isinstance(section, type) and dataclasses.is_dataclass(section):
+        return getattr(section, "__pydantic_fields__", None)
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The section type that owns the field at ``loc`` (for listing allowed keys)."""
     current: Any = model
     for part in loc:
         current = _unwrap(current, part)
         if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(part))
+        fields = section_fields(current)
+        field = None if fields is None else fields.get(str(part))
         if field is None:
             return None
         current = field.annotation
     current = _unwrap(current, None)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return current if section_fields(current) is not None else None
 
 
 def _dotted(loc: tuple[Any, ...], raw: Any) -> str:
@@ -615,9 +567,9 @@ def format_errors(err: ValidationError, source: str, model: type[BaseModel] | No
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("function-after",))
         dotted = _dotted(loc, raw) or "(top level)"
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # (the latter: a dataclass section)
             owner = _model_at(model, loc[:-1])
-            allowed = ", ".join(f.alias or name for name, f in owner.model_fields.items()) if owner else (
+            allowed = ", ".join(f.alias or name for name, f in section_fields(owner).items()) if owner else (
                 f"see {model.__module__.replace('.', '/')}.py")
             lines.append(f"{source}: {dotted}: unknown key (allowed here: {allowed})")
             continue
@@ -641,15 +593,15 @@ def validate(raw: Any, source: str = PARAMS_FILE) -> Params:
         raise ParamsError(format_errors(err, source)) from None
 
 
-def missing_keys(model: BaseModel, raw: dict[str, Any], prefix: str = "") -> list[str]:
+def missing_keys(model: Any, raw: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys of the validated ``model`` that ``raw`` does not spell out (nested sections included)."""
     missing = []
-    for name in type(model).model_fields:
+    for name in section_fields(type(model)):
         if name not in raw:
             missing.append(prefix + name)
             continue
         value = getattr(model, name)
-        if isinstance(value, BaseModel) and isinstance(raw[name], dict):
+        if section_fields(type(value)) is not None and isinstance(raw[name], dict):
             missing += missing_keys(value, raw[name], f"{prefix}{name}.")
     return missing
 

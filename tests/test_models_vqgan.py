@@ -72,11 +72,11 @@ def test_released_keys_and_parameter_count():
     assert count_parameters(model.encoder) == reference["num_params_encoder"]
 
 
-def test_taming_key_style_and_attention():
+def test_taming_key_style():
     model = MaskGITVQGAN(VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, codebook_size=16,
-                                     attention=True, key_style="taming"))
+                                     key_style="taming"))
     keys = model.state_dict().keys()
-    assert "decoder.mid.block_1.conv1.weight" in keys and "decoder.mid.attn_1.q.weight" in keys
+    assert "decoder.mid.block_1.conv1.weight" in keys and "decoder.mid.block_2.conv1.weight" in keys
     assert "decoder.up.1.upsample.conv.weight" in keys
     out, info = model(torch.rand(2, 3, 16, 16))
     assert out.shape == (2, 3, 16, 16) and info["min_encoding_indices"].shape == (2, 64)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.train.ema import EMA
-from pipeline.train.precision import autocast, fp32, fp32_region
+from pipeline.train.precision import autocast
 from pipeline.train.schedule import cosine_with_warmup
 
 
@@ -50,23 +50,6 @@ def test_ema_follows_the_warmed_up_decay():
     assert other.updates == 3 and other.decay == 0.999
     ema.copy_to(model)
     torch.testing.assert_close(model.weight.detach(), expected)
-
-
-def test_fp32_region_inside_bf16_autocast():
-    a = torch.randn(4, 4)
-    with autocast(torch.device("cpu"), "bf16"):
-        assert (a @ a).dtype == torch.bfloat16
-        with fp32_region():
-            assert (a @ a).dtype == torch.float32
-        assert (a @ a).dtype == torch.bfloat16
-
-    @fp32
-    def distances(z, codebook):
-        return torch.cdist(z, codebook)
-
-    with autocast(torch.device("cpu"), "bf16"):
-        out = distances(a.bfloat16(), a)
-    assert out.dtype == torch.float32
 
 
 def test_real_quantizer_stays_fp32_under_bf16():

@@ -18,9 +18,8 @@ Each step (the official ``tto/test_time_opt.py`` order, so its per-step losses a
 Objectives are small modules mapping decoded images (B, 3, H, W) to a loss per image (B,), given the
 step's random views (:class:`RandomViews`: K random crops to the CLIP input size plus horizontal flips,
 one draw shared by the batch as in the official code, or one per image). :class:`CLIPObjective`
-(negative cosine similarity to a prompt per image, optional negative prompt), :class:`SigLIPObjective`
-(negative SigLIP logit), :class:`MaskedReconstructionObjective` (L1 on known pixels) and
-:class:`WeightedSum` of these.
+(negative cosine similarity to a prompt per image, optional negative prompt),
+:class:`MaskedReconstructionObjective` (L1 on known pixels) and :class:`WeightedSum` of these.
 
 Departures from the official loop, all of which leave its results unchanged: the frozen networks get
 ``requires_grad_(False)`` (the official loop lets their ``.grad`` buffers fill up every step), the
@@ -32,68 +31,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.experiments.tokenopt_config import TokenOptConfig
 from pipeline.models.clip import ClipModel
 from pipeline.models.titok import TiTok
-from pipeline.train.precision import DTYPES, Precision, autocast
+from pipeline.train.precision import autocast
 
-
-@dataclass
-class TokenOptConfig:
-    """Hyper-parameters of the loop. The defaults are the paper's settings (:meth:`paper`)."""
-
-    num_iter: int = 300
-    lr: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    ema_decay: float = 0.98  # 0 = no averaging
-    token_noise: float = 0.3  # initial std of the token noise, decayed to 0 at 2/3 of the run
-    reg_type: Literal["seed", "zero", "none"] = "seed"
-    reg_weight: float = 0.025
-    num_augmentations: int = 8  # K random crops + flips per step; 0 = resize the whole image once
-    per_sample_crops: bool = False  # official: one crop per augmentation shared by the whole batch
-    optimize_post_quantization: bool = False  # optimise the decoder's input instead of the encoder's output
-    precision: Precision = "fp32"  # autocast of decoder + objective; the quantiser always runs in fp32
-    reset_period: int = 0  # inpainting: re-encode the known region every this many steps; 0 = never
-    seed: int = 0  # of the generator behind the noise and the crops
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        checks = [
-            ("num_iter", self.num_iter, isinstance(self.num_iter, int) and self.num_iter >= 1, "an integer >= 1"),
-            ("lr", self.lr, self.lr > 0, "> 0"),
-            ("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-             "two values in [0, 1)"),
-            ("eps", self.eps, self.eps > 0, "> 0"),
-            ("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "in [0, 1)"),
-            ("token_noise", self.token_noise, self.token_noise >= 0, ">= 0"),
-            ("reg_type", self.reg_type, self.reg_type in ("seed", "zero", "none"), "'seed', 'zero' or 'none'"),
-            ("reg_weight", self.reg_weight, self.reg_weight >= 0, ">= 0"),
-            ("num_augmentations", self.num_augmentations,
-             isinstance(self.num_augmentations, int) and self.num_augmentations >= 0, "an integer >= 0"),
-            ("precision", self.precision, self.precision in DTYPES, f"one of {sorted(DTYPES)}"),
-            ("reset_period", self.reset_period, isinstance(self.reset_period, int) and self.reset_period >= 0,
-             "an integer >= 0"),
-        ]
-        for name, value, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"TokenOptConfig.{name}: expected {expected}, got {value!r}")
-
-    @classmethod
-    def paper(cls, **overrides) -> TokenOptConfig:
-        """Text-guided settings of the paper: 300 steps, lr 0.1, EMA 0.98, noise 0.3, seed reg 0.025, 8 crops."""
-        return cls(**overrides)
-
-    @classmethod
-    def deterministic(cls, **overrides) -> TokenOptConfig:
-        """The official library's plain loop: no noise, EMA, regulariser or crops (the fixture's settings)."""
-        return cls(**{"ema_decay": 0.0, "token_noise": 0.0, "reg_type": "none", "reg_weight": 0.0,
-                      "num_augmentations": 0, **overrides})
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
 
 
 def noise_scale(step: int, num_iter: int) -> float:
@@ -180,15 +129,6 @@ class CLIPObjective(nn.Module):
         if self.negative_text is not None:
             loss = loss - (1.0 - self.guidance_scale) * self.similarity(emb, self.negative_text).mean(0)
         return loss
-
-
-class SigLIPObjective(CLIPObjective):
-    """Negative SigLIP logit ``exp(logit_scale) * cos + logit_bias`` (any open_clip model; bias 0 if none)."""
-
-    def similarity(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        model = self.clip.model
-        bias = model.logit_bias.float() if getattr(model, "logit_bias", None) is not None else 0.0
-        return model.logit_scale.float().exp() * (image_emb * text_emb).sum(-1) + bias
 
 
 class MaskedReconstructionObjective(nn.Module):
@@ -288,19 +228,22 @@ def images_to_tokens(titok: TiTok, images: torch.Tensor, *, post_quantization: b
 
 def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, *,
                     images: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
-                    known: KnownRegion | None = None, callback: Callable[[StepInfo], bool | None] | None = None,
-                    progress=None) -> TokenOptResult:
+                    known: KnownRegion | None = None, reset_period: int = 0, seed: int = 0,
+                    callback: Callable[[StepInfo], bool | None] | None = None, progress=None) -> TokenOptResult:
     """Optimise a batch of tokens so that their decoded images minimise ``objective``.
 
     Start from seed ``images`` (B, 3, H, W) in [0, 1] (encoded) or from ``tokens`` (B, C, 1, N), e.g.
-    ``torch.randn``; exactly one of the two. ``known`` (with ``config.reset_period`` > 0) enables the
-    inpainting reset. ``callback(StepInfo)`` returning True stops early. ``progress``: a tqdm bar, updated
-    once per step. TiTok and the objective are frozen in place (eval mode, no gradients on their weights).
+    ``torch.randn``; exactly one of the two. ``known`` with ``reset_period`` > 0 enables the inpainting
+    reset (every that many steps). ``seed``: of the generator behind the noise and the crops.
+    ``callback(StepInfo)`` returning True stops early. ``progress``: a tqdm bar, updated once per step.
+    TiTok and the objective are frozen in place (eval mode, no gradients on their weights).
     """
     if (images is None) == (tokens is None):
         raise ValueError("pass exactly one of images (seed images to encode) and tokens (initial tokens)")
-    if config.reset_period and known is None:
-        raise ValueError(f"reset_period={config.reset_period} needs the known region (known=KnownRegion(...))")
+    if reset_period < 0:
+        raise ValueError(f"reset_period must be >= 0, got {reset_period}")
+    if reset_period and known is None:
+        raise ValueError(f"reset_period={reset_period} needs the known region (known=KnownRegion(...))")
     titok.eval().requires_grad_(False)
     objective.eval().requires_grad_(False)
     device = titok.latent_tokens.device
@@ -312,9 +255,9 @@ def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, 
     z = tokens.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)  # (B, C, 1, N)
     z0 = z.detach().clone()  # anchor of the seed regulariser
     ema = z.detach().clone()
-    opt = torch.optim.Adam([z], lr=config.lr, betas=config.betas, eps=config.eps)
+    opt = torch.optim.Adam([z], lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    generator = torch.Generator().manual_seed(config.seed)  # CPU draws: the same run on every device
+    generator = torch.Generator().manual_seed(seed)  # CPU draws: the same run on every device
     views = RandomViews(config.num_augmentations, config.per_sample_crops, generator)
     history = []
 
@@ -335,7 +278,7 @@ def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, 
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
-        if config.reset_period and (step + 1) % config.reset_period == 0:
+        if reset_period and (step + 1) % reset_period == 0:
             with torch.no_grad():
                 composite = (1 - known.mask) * decoded.float() + known.mask * known.images
                 z.copy_(images_to_tokens(titok, composite, post_quantization=post))

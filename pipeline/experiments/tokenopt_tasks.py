@@ -2,7 +2,7 @@
 
 Each function batches many images through :func:`~pipeline.experiments.tokenopt.optimize_tokens` (every
 image keeps its own prompt / known region) and returns a :class:`TaskOutput`: the images in [0, 1], one
-JSON-ready record per image, and (inpainting) the masks. Batch ``i`` runs with ``config.seed + i`` so
+JSON-ready record per image, and (inpainting) the masks. Batch ``i`` runs with the loop seed ``seed + i`` so
 batches draw different noise and crops while the whole run stays reproducible.
 
 * :func:`edit_images`: text-guided editing of seed images, one prompt per image.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -49,19 +49,24 @@ class TaskOutput:
 
 
 def _optimize_in_batches(titok: TiTok, config: TokenOptConfig, n: int, batch_size: int,
-                         objective_for: Callable[[slice], nn.Module], *, images: torch.Tensor | None = None,
-                         tokens: torch.Tensor | None = None, known: KnownRegion | None = None,
+                         objective_for: Callable[[slice], nn.Module], *, seed: int,
+                         images: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                         known: KnownRegion | None = None, reset_period: int = 0,
                          progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the loop over ``n`` images in batches -> (images (n, 3, H, W), final loss (n,)) on the CPU."""
+    """Run the loop over ``n`` images in batches -> (images (n, 3, H, W), final loss (n,)) on the CPU.
+
+    Batch i runs with the loop's seed ``seed + i``.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     outs, losses = [], []
     for i, start in enumerate(range(0, n, batch_size)):
         sl = slice(start, min(start + batch_size, n))
         result = optimize_tokens(
-            titok, objective_for(sl), replace(config, seed=config.seed + i),
+            titok, objective_for(sl), config,
             images=None if images is None else images[sl], tokens=None if tokens is None else tokens[sl],
-            known=None if known is None else KnownRegion(known.images[sl], known.mask[sl]), progress=progress)
+            known=None if known is None else KnownRegion(known.images[sl], known.mask[sl]),
+            reset_period=reset_period, seed=seed + i, progress=progress)
         outs.append(result.images.cpu())
         losses.append(result.loss_history[-1])
     return torch.cat(outs), torch.cat(losses)
@@ -69,8 +74,10 @@ def _optimize_in_batches(titok: TiTok, config: TokenOptConfig, n: int, batch_siz
 
 def edit_images(titok: TiTok, clip: ClipModel, images: torch.Tensor, prompts: Sequence[str],
                 config: TokenOptConfig, *, batch_size: int = 16, negative_prompts: Sequence[str] | None = None,
-                guidance_scale: float = 1.0, progress=None) -> TaskOutput:
-    """Text-guided editing: optimise the tokens of each seed image (N, 3, H, W) towards its prompt."""
+                guidance_scale: float = 1.0, seed: int = 0, progress=None) -> TaskOutput:
+    """Text-guided editing: optimise the tokens of each seed image (N, 3, H, W) towards its prompt.
+
+    ``seed``: of the loop (batch i: ``seed + i``)."""
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
     if negative_prompts is not None and len(negative_prompts) != len(images):
@@ -81,7 +88,7 @@ def edit_images(titok: TiTok, clip: ClipModel, images: torch.Tensor, prompts: Se
         neg = None if negative_prompts is None else list(negative_prompts[sl])
         return CLIPObjective(clip, list(prompts[sl]), negative_prompts=neg, guidance_scale=guidance_scale)
 
-    out, loss = _optimize_in_batches(titok, config, len(images), batch_size, objective_for,
+    out, loss = _optimize_in_batches(titok, config, len(images), batch_size, objective_for, seed=seed,
                                      images=images.to(device), progress=progress)
     records = [{"index": i, "prompt": p, "final_loss": float(v)}
                for i, (p, v) in enumerate(zip(prompts, loss, strict=True))]
@@ -112,17 +119,19 @@ def associate_seeds(clip: ClipModel, seed_images: torch.Tensor, prompts: Sequenc
 
 def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[str], num_per_class: int,
                           config: TokenOptConfig, *, seed_images: torch.Tensor | None = None,
-                          seed_set_size: int | None = None, association: Association = "random",
-                          template: str = PROMPT_TEMPLATE, batch_size: int = 16, progress=None) -> TaskOutput:
+                          association: Association = "random",
+                          template: str = PROMPT_TEMPLATE, batch_size: int = 16, seed: int = 0,
+                          progress=None) -> TaskOutput:
     """Class-conditional generation: ``num_per_class`` images per class, prompt ``template.format(name)``.
 
-    With ``seed_images`` (M, 3, H, W) the seed set is a random subset of ``seed_set_size`` of them (all when
-    None), and each sample starts from the seed chosen by ``association``; without, from N(0, I) tokens.
+    With ``seed_images`` (M, 3, H, W), the seed set (the caller draws it), each sample starts from the seed
+    chosen by ``association``; without, from N(0, I) tokens.
+    ``seed``: of those draws and of the loop (batch i: ``seed + i``).
     """
     if num_per_class < 1 or not class_names:
         raise ValueError(f"need at least one class and num_per_class >= 1, got {len(class_names)} classes and "
                          f"num_per_class={num_per_class}")
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(seed)
     labels = [c for c in range(len(class_names)) for _ in range(num_per_class)]
     prompts = [template.format(class_names[c]) for c in labels]
     device = titok.latent_tokens.device
@@ -135,10 +144,9 @@ def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[s
         tokens = torch.randn(len(prompts), channels, 1, c.num_latent_tokens, generator=generator).to(device)
         init = {"tokens": tokens}
     else:
-        size = len(seed_images) if seed_set_size is None else seed_set_size
-        if not 1 <= size <= len(seed_images):
-            raise ValueError(f"seed_set_size={seed_set_size} but {len(seed_images)} seed images are given")
-        subset = torch.randperm(len(seed_images), generator=generator)[:size]
+        # a permutation of the seed set: it changes no choice's distribution, but keeps the draws (and so the
+        # images) of the runs made when this function could also draw a subset
+        subset = torch.randperm(len(seed_images), generator=generator)
         seeds = seed_images[subset]
         chosen = associate_seeds(clip, seeds, prompts, association, generator)
         init = {"images": seeds[chosen].to(device)}
@@ -146,7 +154,7 @@ def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[s
             record["seed_index"] = int(subset[j])
 
     out, loss = _optimize_in_batches(titok, config, len(prompts), batch_size,
-                                     lambda sl: CLIPObjective(clip, prompts[sl]), progress=progress, **init)
+                                     lambda sl: CLIPObjective(clip, prompts[sl]), seed=seed, progress=progress, **init)
     for record, v in zip(records, loss, strict=True):
         record["final_loss"] = float(v)
     return TaskOutput(out, records)
@@ -180,18 +188,19 @@ def make_masks(kind: MaskKind, n: int, size: int, generator: torch.Generator) ->
 def inpaint_images(titok: TiTok, images: torch.Tensor, mask_kind: MaskKind, config: TokenOptConfig, *,
                    clip: ClipModel | None = None, prompts: Sequence[str] | None = None,
                    clip_weight: float = 1.0, reconstruction_weight: float = 1.0, batch_size: int = 16,
-                   progress=None) -> TaskOutput:
+                   reset_period: int = 0, seed: int = 0, progress=None) -> TaskOutput:
     """Fill the unknown region of each image (N, 3, H, W): masked L1 (+ ``clip_weight`` x CLIP to ``prompts``).
 
-    Starts from the masked image; with ``config.reset_period`` > 0 the known region is pasted back and
-    re-encoded every that many steps (the paper's inpainting uses 5).
+    Starts from the masked image; with ``reset_period`` > 0 the known region is pasted back and
+    re-encoded every that many steps (the paper's inpainting uses 5). ``seed``: of the masks and of the
+    loop (batch i: ``seed + i``).
     """
     if (clip is None) != (prompts is None):
         raise ValueError("text-guided inpainting needs both clip and prompts (or neither)")
     if prompts is not None and len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     device = titok.latent_tokens.device
-    masks = make_masks(mask_kind, len(images), images.shape[-1], torch.Generator().manual_seed(config.seed))
+    masks = make_masks(mask_kind, len(images), images.shape[-1], torch.Generator().manual_seed(seed))
     images, masks_d = images.to(device).float(), masks.to(device)
 
     def objective_for(sl: slice) -> nn.Module:
@@ -201,8 +210,8 @@ def inpaint_images(titok: TiTok, images: torch.Tensor, mask_kind: MaskKind, conf
         return WeightedSum([recon, CLIPObjective(clip, list(prompts[sl]))], [reconstruction_weight, clip_weight])
 
     out, loss = _optimize_in_batches(titok, config, len(images), batch_size, objective_for,
-                                     images=images * masks_d, known=KnownRegion(images, masks_d),
-                                     progress=progress)
+                                     seed=seed, images=images * masks_d, known=KnownRegion(images, masks_d),
+                                     reset_period=reset_period, progress=progress)
     records = [{"index": i, "mask": mask_kind, "known_fraction": float(masks[i].mean()), "final_loss": float(v)}
                | ({"prompt": prompts[i]} if prompts is not None else {}) for i, v in enumerate(loss)]
     return TaskOutput(out, records, masks)

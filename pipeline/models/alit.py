@@ -130,7 +130,7 @@ class ALITConfig:
             raise InputError(f"unknown ALIT config keys {unknown}; expected a subset of {sorted(known)}")
         d = dict(d)
         if isinstance(d.get("vqgan"), dict):
-            d["vqgan"] = VQGANConfig(**d["vqgan"])
+            d["vqgan"] = VQGANConfig.from_dict(d["vqgan"])
         return cls(**d)
 
     @classmethod
@@ -158,7 +158,7 @@ def _alit_vqgan_config(ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_c
                        n_embed: int) -> VQGANConfig:
     """The MAGE VQGAN that ALIT builds on: no attention, no quant_conv, codebook dim = z_channels."""
     return VQGANConfig(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
-                       codebook_size=n_embed, attention=False, key_style="taming")
+                       codebook_size=n_embed, key_style="taming")
 
 
 def _mage_vqgan() -> VQGANConfig:

@@ -7,11 +7,9 @@ Public API
 ----------
 ``VQGANConfig``: ``ch`` (base channels, a multiple of ``norm_groups``, 32 officially), ``ch_mult``
     (one entry per level; the image is downsampled 2x after every level but the last),
-    ``num_res_blocks``, ``z_channels`` (= codebook dimension), ``codebook_size``, ``commitment_cost``,
-    ``attention`` (one self-attention block in the middle of encoder and decoder; no released
-    checkpoint has it) and ``key_style``: ``"maskgit"`` (``mid.{j}``, ``up.{i}.upsample_conv``, the
-    official MaskGIT keys) or ``"taming"`` (``mid.block_1`` / ``mid.attn_1`` / ``mid.block_2``,
-    ``up.{i}.upsample.conv``, ALIT's keys).
+    ``num_res_blocks``, ``z_channels`` (= codebook dimension), ``codebook_size``, ``commitment_cost``
+    and ``key_style``: ``"maskgit"`` (``mid.{j}``, ``up.{i}.upsample_conv``, the official MaskGIT
+    keys) or ``"taming"`` (``mid.block_1`` / ``mid.block_2``, ``up.{i}.upsample.conv``, ALIT's keys).
 ``MaskGITVQGAN(config)`` with submodules ``encoder``, ``decoder``, ``quantize``:
     ``encode_continuous(images [0,1] (B,3,H,W)) -> h (B, D, H/f, W/f)``;
     ``encode(images) -> (z_q (B, D, h, w), indices (B, h*w) int64, info)``;
@@ -70,7 +68,6 @@ class VQGANConfig:
     z_channels: int = 256
     codebook_size: int = 1024
     commitment_cost: float = 0.25
-    attention: bool = False
     norm_groups: int = 32  # official: 32; smaller lets the demo use fewer channels
     key_style: Literal["maskgit", "taming"] = "maskgit"
     restart_dead_codes: bool = False  # training-time codebook restarts, as in TiTok's VQ; demo only
@@ -94,6 +91,15 @@ class VQGANConfig:
         return d
 
     @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VQGANConfig:
+        """The fields as ``to_dict`` writes them. ``attention: false``, which snapshots written before that
+        option was removed hold, is ignored (no released checkpoint has the attention block)."""
+        d = dict(d)
+        if d.pop("attention", False):
+            raise ValueError("attention: true is not supported (no released checkpoint has it)")
+        return cls(**d)
+
+    @classmethod
     def from_json(cls, raw: dict[str, Any], source: str | Path = "config.json") -> VQGANConfig:
         """The config of a snapshot's ``config.json``: ours or the official-style description.
 
@@ -103,7 +109,7 @@ class VQGANConfig:
         """
         try:
             if raw.get("model_type") == "maskgit_vqgan":
-                return cls(**raw["config"])
+                return cls.from_dict(raw["config"])
             if "decoder_encoder_config" in raw:
                 d, q = raw["decoder_encoder_config"], raw.get("quantizer", {})
                 if d.get("num_resolutions", len(d["channel_mult"])) != len(d["channel_mult"]):
@@ -139,48 +145,23 @@ class ResnetBlock(nn.Module):
         return x + h
 
 
-class AttnBlock(nn.Module):
-    """Single-head spatial self-attention (taming layout: norm, q, k, v, proj_out as 1x1 convs)."""
-
-    def __init__(self, ch: int, groups: int = 32) -> None:
-        super().__init__()
-        self.norm = _norm(ch, groups)
-        self.q = nn.Conv2d(ch, ch, 1)
-        self.k = nn.Conv2d(ch, ch, 1)
-        self.v = nn.Conv2d(ch, ch, 1)
-        self.proj_out = nn.Conv2d(ch, ch, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        y = self.norm(x)
-        q, k, v = (m(y).flatten(2).transpose(1, 2).unsqueeze(1) for m in (self.q, self.k, self.v))  # (B,1,hw,C)
-        y = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(b, c, h, w)
-        return x + self.proj_out(y)
-
-
 class _Mid(nn.Module):
-    """Middle blocks named as taming does (``block_1``, ``attn_1``, ``block_2``)."""
+    """Middle blocks named as taming does (``block_1``, ``block_2``)."""
 
-    def __init__(self, ch: int, attention: bool, groups: int) -> None:
+    def __init__(self, ch: int, groups: int) -> None:
         super().__init__()
         self.block_1 = ResnetBlock(ch, ch, groups)
-        self.attn_1 = AttnBlock(ch, groups) if attention else None
         self.block_2 = ResnetBlock(ch, ch, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block_1(x)
-        if self.attn_1 is not None:
-            x = self.attn_1(x)
-        return self.block_2(x)
+        return self.block_2(self.block_1(x))
 
 
 def _make_mid(cfg: VQGANConfig, ch: int) -> nn.Module:
+    # keys mid.0, mid.1, ... (maskgit) or mid.block_1, mid.block_2 (taming)
     if cfg.key_style == "taming":
-        return _Mid(ch, cfg.attention, cfg.norm_groups)
-    blocks: list[nn.Module] = [ResnetBlock(ch, ch, cfg.norm_groups) for _ in range(cfg.num_res_blocks)]
-    if cfg.attention:
-        blocks.insert(1, AttnBlock(ch, cfg.norm_groups))
-    return nn.Sequential(*blocks)  # keys mid.0, mid.1, ...
+        return _Mid(ch, cfg.norm_groups)
+    return nn.Sequential(*(ResnetBlock(ch, ch, cfg.norm_groups) for _ in range(cfg.num_res_blocks)))
 
 
 class _Upsample(nn.Module):
@@ -320,6 +301,7 @@ class MaskGITVQGAN(nn.Module):
         x = self.decoder(z_q)
         return x.clamp(0.0, 1.0) if clamp else x
 
+    # decode_codes and soft_codes: the official API, kept for the fixture-equivalence tests; no stage calls them
     def decode_codes(self, indices: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         return self.decode(self.quantize.get_codebook_entry(indices), clamp=clamp)
 

@@ -111,7 +111,7 @@ class TiTokConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.vqgan, dict):
-            self.vqgan = VQGANConfig(**self.vqgan)
+            self.vqgan = VQGANConfig.from_dict(self.vqgan)
         if self.quantize_mode not in ("vq", "vae"):
             raise ValueError(f"quantize_mode must be 'vq' or 'vae', got {self.quantize_mode!r}")
         weight_init(self.init)  # a known initialiser name

@@ -1,4 +1,4 @@
-"""Helpers shared by the stage modules: data access, training configs, checkpoints, image grids."""
+"""Helpers shared by the stage modules: data access, checkpoints, image grids."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic_core import to_jsonable_python
 from torch.utils.data import Dataset
 
 from pipeline.data.shards import ShardDataset, load_split, read_manifest
 from pipeline.layout import prepared_root
-from pipeline.params import Optim, Params
-from pipeline.train.loop import TrainConfig
+from pipeline.params import Params
 
 IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are decoded once and held in memory
 
@@ -81,12 +81,6 @@ def load_chosen_titok(params: Params, choice: Any, key: str) -> tuple[Any, Path]
     return TiTok.from_pretrained(folder).eval(), folder
 
 
-def train_config(optim: Optim, seed: int) -> TrainConfig:
-    """The loop's config for one ``Optim`` section of params.yaml."""
-    fields = optim.model_dump()
-    return TrainConfig(seed=seed, **fields)
-
-
 CODE_ROOT = Path(__file__).resolve().parent.parent  # the pipeline package
 
 
@@ -109,8 +103,8 @@ def checkpoint_dir(params: Params, stage: str, *sections: Any, inputs: Sequence[
     """
     manifest = read_manifest(prepared_root(params))
     shards = json.dumps(manifest["splits"], sort_keys=True, default=str)
-    key = json.dumps([params.seed, params.image_size, [s.model_dump(mode="json") if hasattr(s, "model_dump") else s
-                                                       for s in sections], shards,
+    key = json.dumps([params.seed, params.image_size, [s.model_dump(mode="json") if hasattr(s, "model_dump")
+                                                       else to_jsonable_python(s) for s in sections], shards,
                       [_tree_digest(Path(p), "*") for p in inputs], _tree_digest(CODE_ROOT, "*.py")],
                      sort_keys=True, default=str)
     return Path(params.paths.models) / "checkpoints" / f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"

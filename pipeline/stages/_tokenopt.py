@@ -1,4 +1,4 @@
-"""Shared by the token-optimisation stages: the tokenizer, the loop's config, random image samples, samples I/O.
+"""Shared by the token-optimisation stages: the tokenizer, random image samples, samples I/O.
 
 Layout. The optimised images of stage ``<stage>`` (``tokenopt_edit``, ``tokenopt_generate``,
 ``tokenopt_inpaint``) are ``<paths.data>/tokenopt/<stage>/``: ``images.npz`` (compressed uint8 NHWC
@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from pipeline.data.shards import read_manifest
 from pipeline.data.transforms import decode_stored
 from pipeline.errors import InputError
-from pipeline.experiments.tokenopt import TokenOptConfig
 from pipeline.io import write_json
 from pipeline.layout import prepared_root
 from pipeline.models.titok import TiTok
-from pipeline.params import Params, TokenoptLoop
+from pipeline.params import Params
 from pipeline.stages._common import load_chosen_titok
 
 IMAGES_FILE = "images.npz"
@@ -47,11 +46,6 @@ def load_tokenizer(params: Params) -> tuple[TiTok, Path, torch.device]:
     titok, folder = load_chosen_titok(params, params.tokenopt.tokenizer, "tokenopt.tokenizer")
     dev = device()
     return titok.to(dev), folder, dev
-
-
-def loop_config(loop: TokenoptLoop, seed: int, **extra) -> TokenOptConfig:
-    """The engine's config for one ``TokenoptLoop`` section."""
-    return TokenOptConfig(**loop.model_dump(), seed=seed, **extra)
 
 
 @dataclass

@@ -45,14 +45,14 @@ def run(params: Params) -> int:
     prompts = [common.fill_class(p, names[int(c)]) for p in e.prompts for c in sample.labels]  # prompt-major
     negatives = None if e.negative_prompts is None else [common.fill_class(p, names[int(c)])
                                                          for p in e.negative_prompts for c in sample.labels]
-    config = common.loop_config(cfg.optim, params.seed)
+    config = cfg.optim
 
     with stage_run(STAGE, params) as mlrun:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         with tqdm(total=config.num_iter * -(-len(prompts) // cfg.batch_size), desc=STAGE, mininterval=5) as bar:
             out = edit_images(titok, clip, source.repeat(len(e.prompts), 1, 1, 1), prompts, config,
                               batch_size=cfg.batch_size, negative_prompts=negatives, guidance_scale=e.guidance_scale,
-                              progress=bar)
+                              seed=params.seed, progress=bar)
         records = [r | {"prompt_index": r["index"] // n, "template": e.prompts[r["index"] // n],
                         "negative_prompt": None if negatives is None else negatives[r["index"]],
                         "split": e.split, "split_index": int(sample.indices[r["index"] % n]),

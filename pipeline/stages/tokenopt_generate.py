@@ -25,8 +25,6 @@ so that 50,000 images at 256 px fit in memory.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -64,15 +62,15 @@ def _reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int, post: bool
     return _decode_in_batches(titok, tokens, batch_size, post)
 
 
-def _generate(titok: TiTok, clip, names: list[str], per_class: int, config, seed_images: torch.Tensor | None,
-              association: str, template: str, batch_size: int, bar) -> TaskOutput:
+def _generate(titok: TiTok, clip, names: list[str], per_class: int, config, seed: int,
+              seed_images: torch.Tensor | None, association: str, template: str, batch_size: int, bar) -> TaskOutput:
     """One generation run (a worker of :func:`pipeline.side_by_side.run_jobs`): from seeds, or from N(0, I)."""
     with tqdm(total=config.num_iter * -(-len(names) * per_class // batch_size), mininterval=5,
               desc=f"{STAGE} ({'seeds' if seed_images is not None else 'random init'})",
               disable=bar is not None) as own:
         return generate_class_images(titok, clip, names, per_class, config, seed_images=seed_images,
                                      association=association, template=template, batch_size=batch_size,
-                                     progress=bar if bar is not None else own)
+                                     seed=seed, progress=bar if bar is not None else own)
 
 
 def _random_tokens(titok: TiTok, n: int, seed: int, post: bool) -> torch.Tensor:
@@ -95,7 +93,7 @@ def run(params: Params) -> int:
     seed_set = common.sample_split(params, g.seed_split, g.seed_set_size, params.seed,
                                    "tokenopt.generate.seed_set_size")
     seed_images = common.to_model_input(seed_set.images, size)  # (M, 3, S, S)
-    config = common.loop_config(cfg.optim, params.seed)
+    config = cfg.optim
     post = config.optimize_post_quantization
     classes_per_chunk = max(1, CHUNK_IMAGES // per_class)
     chunks = [range(c, min(c + classes_per_chunk, len(names))) for c in range(0, len(names), classes_per_chunk)]
@@ -111,8 +109,8 @@ def run(params: Params) -> int:
             tqdm(total=config.num_iter * batches, desc=STAGE, mininterval=5) as bar:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         for k, chunk in enumerate(chunks):
-            chunk_config = replace(config, seed=config.seed + CHUNK_IMAGES * k)  # batch i of chunk k: + i
-            job = (titok, clip, [names[c] for c in chunk], per_class, chunk_config)
+            chunk_seed = params.seed + CHUNK_IMAGES * k  # batch i of chunk k: + i
+            job = (titok, clip, [names[c] for c in chunk], per_class, config, chunk_seed)
             starts = [seed_images if g.init == "seed" else None] + ([None] if random_too else [])
             # the seeded and the random-init runs are independent: side by side on a CPU (pipeline.side_by_side)
             parallel = in_parallel(len(starts))
@@ -126,10 +124,10 @@ def run(params: Params) -> int:
             if g.init == "seed":
                 chosen = torch.tensor([r["seed_index"] for r in out.records])
             else:  # the seed the association would have picked: the seeds baseline
-                generator = torch.Generator().manual_seed(chunk_config.seed)
+                generator = torch.Generator().manual_seed(chunk_seed)
                 chosen = associate_seeds(clip, seed_images, prompts, g.association, generator)
             seeds = seed_images[chosen]
-            random_images = _decode_in_batches(titok, _random_tokens(titok, len(prompts), chunk_config.seed, post),
+            random_images = _decode_in_batches(titok, _random_tokens(titok, len(prompts), chunk_seed, post),
                                                cfg.batch_size, post)
             arrays["images"].append(to_uint8(out.images))
             arrays["seeds"].append(to_uint8(seeds))

@@ -59,7 +59,7 @@ def run(params: Params) -> int:
     if p.prompt is not None:
         clip = objective_clip(params, str(dev))
         prompts = [common.fill_class(p.prompt, names[int(c)]) for c in sample.labels]
-    config = common.loop_config(p.optim, params.seed, reset_period=p.reset_period)
+    config = p.optim
 
     inpainted, starts, masks, records = [], [], [], []
     with stage_run(STAGE, params) as mlrun, \
@@ -68,7 +68,8 @@ def run(params: Params) -> int:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         for kind in p.mask_kinds:
             out = inpaint_images(titok, original, kind, config, clip=clip, prompts=prompts,
-                                 clip_weight=p.clip_weight, batch_size=cfg.batch_size, progress=bar)
+                                 clip_weight=p.clip_weight, batch_size=cfg.batch_size,
+                                 reset_period=p.reset_period, seed=params.seed, progress=bar)
             inpainted.append(out.images)
             masks.append(out.masks)
             starts.append(_start_images(titok, original * out.masks, cfg.batch_size, config.optimize_post_quantization))

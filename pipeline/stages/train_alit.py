@@ -31,18 +31,17 @@ from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.models.alit import ALIT
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import model_config
-from pipeline.params import Optim, Params
+from pipeline.params import Params
 from pipeline.stages._common import (
     checkpoint_dir,
     final_metrics,
     prefixed_logger,
     remove_checkpoints,
-    train_config,
     training_images,
 )
 from pipeline.tracking import stage_run
 from pipeline.train.alit_recipes import CyclingReconstructionRecipe, LatentDistillationRecipe
-from pipeline.train.loop import train
+from pipeline.train.loop import TrainConfig, train
 from pipeline.train.recipes import GANSettings
 
 STAGE = "train_alit"
@@ -94,7 +93,7 @@ def _flip(batch):
     return images, torch.tensor([b[1] for b in batch])
 
 
-def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tuple[dict, list[dict], Path]:
+def _run_stage(name: str, recipe, optim: TrainConfig, params: Params, run, *key) -> tuple[dict, list[dict], Path]:
     """Train ``recipe`` with the ``optim`` section; EMA weights (if any) end up in the recipe's model.
 
     Returns the stage's metrics, its training curve and its checkpoint folder (kept until both stages are
@@ -103,9 +102,8 @@ def _run_stage(name: str, recipe, optim: Optim, params: Params, run, *key) -> tu
     cfg = params.train_alit
     ckpt = checkpoint_dir(params, f"{STAGE}-{name}", cfg.model, cfg.vqgan, *key, inputs=[base_vqgan_dir(params)])
     start = time.perf_counter()
-    config = train_config(optim, params.seed)
-    result = train(recipe, training_images(params), config, ckpt, log_fn=prefixed_logger(run, f"{name}/"),
-                   collate_fn=_flip if cfg.hflip else None)
+    result = train(recipe, training_images(params), optim, ckpt, seed=params.seed,
+                   log_fn=prefixed_logger(run, f"{name}/"), collate_fn=_flip if cfg.hflip else None)
     if result.ema_state is not None:  # export the averaged weights, as the official evaluation does
         recipe.model.load_state_dict(result.ema_state)
     run.log_metrics({f"{name}/seconds": time.perf_counter() - start})

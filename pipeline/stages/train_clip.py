@@ -27,6 +27,7 @@ MLflow.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -41,7 +42,8 @@ from pipeline.params import Params
 from pipeline.side_by_side import run_jobs
 from pipeline.stages._inputs import class_names
 from pipeline.tracking import stage_run
-from pipeline.train.clip import ClipTrainConfig, ClipTrainResult, train_clip
+from pipeline.train.clip import ClipTrainResult, train_clip
+from pipeline.train.config import ClipTrainConfig
 
 STAGE = "train_clip"
 LOG_EVERY = 10  # steps between two points of the training curves (MLflow and curve_<role>.csv)
@@ -83,15 +85,15 @@ def _val(params: Params):
 
 
 def _train_one(images: torch.Tensor, labels: torch.Tensor, captions: list[list[str]], label_texts: list[str],
-               config: str, seed: int, settings: dict, role: str) -> tuple[ClipModel, ClipTrainResult]:
+               config: str, seed: int, settings: ClipTrainConfig, role: str) -> tuple[ClipModel, ClipTrainResult]:
     """Train the open_clip config ``config`` from seed ``seed`` (``settings``: the ``clip.train`` section).
 
     A worker of :func:`pipeline.side_by_side.run_jobs`: plain arguments in, the model and its loss curve out.
     """
     torch.manual_seed(seed)
     clip = create_clip(config)
-    cfg = ClipTrainConfig(**{**settings, "batch_size": min(settings["batch_size"], len(captions))}, seed=seed)
-    result = train_clip(clip, images, captions, cfg, labels=labels, label_texts=label_texts, progress=role)
+    cfg = replace(settings, batch_size=min(settings.batch_size, len(captions)))
+    result = train_clip(clip, images, captions, cfg, seed=seed, labels=labels, label_texts=label_texts, progress=role)
     return clip, result
 
 
@@ -101,7 +103,7 @@ def _train(params: Params, run) -> tuple[dict, dict[str, list[dict]]]:
     names = class_names(params)
     data = (torch.from_numpy(train.images), torch.from_numpy(train.labels), [caption_variants(m) for m in train.meta],
             [c.templates[0].format(n) for n in names])
-    settings = c.train.model_dump()
+    settings = c.train
     roles = {"objective": (c.config, params.seed), "judge": (c.judge_config, params.seed + 1)}
     trained = run_jobs([(_train_one, (*data, config, seed, settings, role)) for role, (config, seed) in roles.items()])
     val = _val(params)

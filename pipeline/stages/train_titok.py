@@ -38,7 +38,6 @@ from pipeline.stages._common import (
     save_image_grid,
     titok_dir,
     to_float,
-    train_config,
     training_images,
 )
 from pipeline.tracking import stage_run
@@ -81,7 +80,7 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
     data = training_images(params)
     if isinstance(data, ImageTensors):  # fixed images held in memory: the teacher's codes once, not per step
         data = ProxyCodeImages(data, vqgan)
-    result = train(recipe, data, train_config(cfg.stage1, params.seed), ckpt, log_fn=prefixed)
+    result = train(recipe, data, cfg.stage1, ckpt, seed=params.seed, log_fn=prefixed)
     if result.ema_state is not None:
         recipe.model.load_state_dict(result.ema_state)
     titok = recipe.tokenizer.cpu()
@@ -106,7 +105,7 @@ def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[
                           cfg.stage2, cfg.perceptual_vgg,
                           cfg.gan_weight, cfg.gan_start, inputs=[vqgan_dir(params)])
     prefixed = prefixed_logger(run, "stage2/")
-    result = train(recipe, training_images(params), train_config(cfg.stage2, params.seed + 1), ckpt, log_fn=prefixed)
+    result = train(recipe, training_images(params), cfg.stage2, ckpt, seed=params.seed + 1, log_fn=prefixed)
     if result.ema_state is not None:
         recipe.model.load_state_dict(result.ema_state)
     remove_checkpoints(ckpt)

@@ -26,7 +26,6 @@ from pipeline.stages._common import (
     results_dir,
     save_image_grid,
     to_float,
-    train_config,
     training_images,
 )
 from pipeline.tracking import stage_run
@@ -76,7 +75,7 @@ def run(params: Params) -> int:
             vqgan = build_model(cfg.model, image_size=params.image_size)
             recipe = VQGANRecipe(vqgan, l1=cfg.l1, l2=cfg.l2, quantizer_weight=cfg.quantizer_weight)
             ckpt = checkpoint_dir(params, STAGE, cfg)
-            result = train(recipe, training_images(params), train_config(cfg.optim, params.seed), ckpt,
+            result = train(recipe, training_images(params), cfg.optim, ckpt, seed=params.seed,
                            log_fn=run.log_metrics)
             if result.ema_state is not None:
                 recipe.model.load_state_dict(result.ema_state)

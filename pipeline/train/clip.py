@@ -28,23 +28,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipeline.models.clip import ClipModel
+from pipeline.train.config import ClipTrainConfig
 from pipeline.train.schedule import cosine_with_warmup
-
-
-@dataclass(frozen=True)
-class ClipTrainConfig:
-    """Hyper-parameters of :func:`train_clip`."""
-
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    weight_decay: float = 0.1
-    warmup_steps: int = 40
-    init_logit_scale: float | None = None  # exp(logit_scale) at the start (None: the model's, CLIP's 1/0.07)
-    augment: bool = True  # random flips and 90-degree rotations (the demo's shapes are drawn at any angle)
-    label_weight: float = 0.0  # weight of the UniCL class-prompt term (needs labels and label_texts)
-    seed: int = 0
 
 
 @dataclass
@@ -96,21 +81,22 @@ def _param_groups(clip: ClipModel, weight_decay: float) -> list[dict]:
 
 
 def train_clip(clip: ClipModel, images: torch.Tensor, captions: Sequence[str | Sequence[str]], cfg: ClipTrainConfig,
-               *, labels: torch.Tensor | None = None, label_texts: Sequence[str] | None = None,
+               *, seed: int = 0, labels: torch.Tensor | None = None, label_texts: Sequence[str] | None = None,
                progress: str | None = None,
                log: Callable[[int, dict[str, float]], None] | None = None) -> ClipTrainResult:
     """Train ``clip`` in place on uint8 images (N, H, W, 3) and their captions; returns the loss curve.
 
     ``captions[i]`` is one string or a list of alternatives for image i. With ``cfg.label_weight > 0``,
     ``labels`` (N,) index ``label_texts`` (one prompt per class) for the class-prompt term. ``progress``:
-    the description of a progress bar (none without).
+    the description of a progress bar (none without). ``seed``: of the batch order, the captions drawn and
+    the augmentations.
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     if cfg.label_weight > 0 and (labels is None or label_texts is None or len(labels) != len(images)):
         raise ValueError("label_weight > 0 needs one label per image and the class prompts (label_texts)")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     with torch.no_grad():  # the preprocessing is deterministic: resize and normalise once
         x01 = images.permute(0, 3, 1, 2).float().div(255)
         pixels = torch.cat([clip.preprocess(b) for b in x01.split(512)])  # (N, 3, h, w)

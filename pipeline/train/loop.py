@@ -10,9 +10,9 @@ What a recipe owns (``pipeline/train/recipes.py``): the model(s) and the losses.
 A stage calls it like this::
 
     recipe = TiTokProxyCodeRecipe(titok, vqgan)            # any Recipe
-    cfg = TrainConfig(steps=..., batch_size=256, lr=1e-4, precision="bf16", ema_decay=0.999)
+    cfg = TrainConfig(steps=..., batch_size=256, lr=1e-4, precision="bf16", ema_decay=0.999)  # or a params section
     with stage_run("train_titok", params) as run:
-        result = train(recipe, dataset, cfg, run_dir, log_fn=run.log_metrics)
+        result = train(recipe, dataset, cfg, run_dir, seed=params.seed, log_fn=run.log_metrics)
     if result.is_main:
         save_file(result.ema_state or recipe.model.state_dict(), out_path)
 
@@ -59,38 +59,16 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from pipeline.train import checkpoint, distributed
+from pipeline.train.config import TrainConfig
 from pipeline.train.ema import EMA
-from pipeline.train.precision import Precision, autocast
+from pipeline.train.precision import autocast
 from pipeline.train.schedule import cosine_with_warmup
 
 EXIT_REQUEUE = 75  # SIGUSR1: checkpoint written, the job should be requeued (EX_TEMPFAIL)
 EXIT_TERMINATED = 128 + signal.SIGTERM  # SIGTERM: checkpoint written, then stopped
 
 LogFn = Callable[[dict[str, float], int], None]
-
-
-@dataclass
-class TrainConfig:
-    steps: int
-    batch_size: int  # global, per optimiser step
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    warmup_steps: int = 0
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-8
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    disc_lr: float | None = None  # discriminator peak lr (same schedule); None = lr
-    precision: Precision = "fp32"
-    ema_decay: float = 0.0  # 0 = no EMA
-    ckpt_every: int = 1000  # also at the end; 0 = only when a signal asks (benchmarks, throw-away runs)
-    keep_checkpoints: int = 2
-    log_every: int = 50
-    seed: int = 42
-    compile: bool = False
-    num_workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+ADAMW_EPS = 1e-8
 
 
 class Recipe(nn.Module):
@@ -186,12 +164,12 @@ class EpochSampler(Sampler[int]):
 class _DataStream:
     """Endless micro-batches across epochs, with a resumable position (epoch, samples seen in it)."""
 
-    def __init__(self, dataset: Dataset, micro: int, dist: distributed.DistInfo, cfg: TrainConfig,
+    def __init__(self, dataset: Dataset, micro: int, dist: distributed.DistInfo, cfg: TrainConfig, seed: int,
                  collate_fn: Callable | None) -> None:
-        self.dataset, self.micro, self.dist, self.cfg = dataset, micro, dist, cfg
+        self.dataset, self.micro, self.dist, self.cfg, self.seed = dataset, micro, dist, cfg, seed
         self.iterable = isinstance(dataset, IterableDataset)
         self.sampler = None if self.iterable else EpochSampler(
-            len(dataset), cfg.batch_size, micro, dist.rank, dist.world_size, cfg.seed)
+            len(dataset), cfg.batch_size, micro, dist.rank, dist.world_size, seed)
         self.collate_fn = collate_fn
         self.epoch, self.batches, self._it = 0, 0, None
 
@@ -207,7 +185,7 @@ class _DataStream:
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch, skip)
         # a private generator: creating the iterator must not draw from the global RNG (exact resume)
-        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.dist.rank * 104_729 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.dist.rank * 104_729 + self.epoch)
         loader = DataLoader(self.dataset, batch_size=self.micro, sampler=self.sampler, drop_last=True,
                             num_workers=self.cfg.num_workers, collate_fn=self.collate_fn, generator=g,
                             pin_memory=self.dist.device.type == "cuda")
@@ -274,7 +252,7 @@ def _adamw(recipe: Recipe, module: nn.Module, cfg: TrainConfig, device: torch.de
         if p.requires_grad:
             (no_decay if recipe.no_weight_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=ADAMW_EPS,
                              fused=device.type == "cuda")
 
 
@@ -292,16 +270,21 @@ def _optimizer_step(opt: torch.optim.Optimizer, module: nn.Module, scaler: torch
     return norm
 
 
-def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *,
-          log_fn: LogFn | None = None, collate_fn: Callable | None = None) -> TrainResult:
-    """Train ``recipe`` on ``dataset`` to ``cfg.steps`` optimiser steps, resuming from ``run_dir``."""
-    dist = distributed.setup(cfg.device)
+def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Path, *, seed: int = 42,
+          device: str = "auto", keep_checkpoints: int = 2, log_fn: LogFn | None = None,
+          collate_fn: Callable | None = None) -> TrainResult:
+    """Train ``recipe`` on ``dataset`` to ``cfg.steps`` optimiser steps, resuming from ``run_dir``.
+
+    ``seed``: of the data order and of every rank's RNGs (rank r: ``seed + r``); ``device``: ``auto``,
+    ``cpu`` or ``cuda``; ``keep_checkpoints``: how many of the newest checkpoints stay in ``run_dir``.
+    """
+    dist = distributed.setup(device)
     run_dir, device, world = Path(run_dir), dist.device, dist.world_size
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes ({world}) "
                          f"x grad_accum ({cfg.grad_accum})")
     micro = cfg.batch_size // (world * cfg.grad_accum)
-    seed_everything(cfg.seed + dist.rank)  # per rank: dropout / noise differ across ranks, as they should
+    seed_everything(seed + dist.rank)  # per rank: dropout / noise differ across ranks, as they should
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -311,7 +294,7 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
     opt = _adamw(recipe, model, cfg, device)
     disc_opt = _adamw(recipe, disc, cfg, device) if disc is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    data = _DataStream(dataset, micro, dist, cfg, collate_fn)
+    data = _DataStream(dataset, micro, dist, cfg, seed, collate_fn)
 
     step, last_saved, ema_state, history = 0, None, None, []
     if (latest := checkpoint.latest_checkpoint(run_dir)) is not None:
@@ -338,12 +321,12 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
         path = checkpoint.checkpoint_path(run_dir, step)
         if dist.is_main:
             path = checkpoint.save({
-                "step": step, "data": data.state(), "world_size": world, "config": asdict(cfg),
+                "step": step, "data": data.state(), "world_size": world, "config": {**asdict(cfg), "seed": seed},
                 "model": model.state_dict(), "ema": ema.state_dict() if ema else None,
                 "discriminator": disc.state_dict() if disc is not None else None,
                 "optimizer": opt.state_dict(), "disc_optimizer": disc_opt.state_dict() if disc_opt else None,
                 "scaler": scaler.state_dict(), "rng": rngs, "history": history,
-            }, run_dir, step, cfg.keep_checkpoints)
+            }, run_dir, step, keep_checkpoints)
         if world > 1:
             torch.distributed.barrier()  # nobody exits while rank 0 is still writing
         return path
@@ -363,11 +346,8 @@ def train(recipe: Recipe, dataset: Dataset, cfg: TrainConfig, run_dir: str | Pat
         while step < cfg.steps:
             lr = cosine_with_warmup(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                                     total_steps=cfg.steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if disc_opt is not None:
-                for group in disc_opt.param_groups:
-                    group["lr"] = lr * (cfg.disc_lr or cfg.lr) / cfg.lr
+            for group in [*opt.param_groups, *(disc_opt.param_groups if disc_opt is not None else [])]:
+                group["lr"] = lr  # the discriminator follows the same schedule
 
             disc_active = False
             terms: dict[str, torch.Tensor] = {}

@@ -65,9 +65,8 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     recipe = ToyRecipe(step_seconds)
     recipe.model = _Model(recipe.model)
-    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, min_lr=1e-3, ckpt_every=2, keep_checkpoints=2,
-                      log_every=1000, seed=3, device="cpu")
-    result = train(recipe, toy_data(), cfg, run_dir)
+    cfg = TrainConfig(steps=steps, batch_size=8, lr=1e-2, min_lr=1e-3, ckpt_every=2, log_every=1000)
+    result = train(recipe, toy_data(), cfg, run_dir, seed=3, device="cpu", keep_checkpoints=2)
     with atomic_file(run_dir / "final.pt") as tmp:
         torch.save(recipe.model.state_dict(), tmp)
     print(f"toy_train: finished at step {result.step}", flush=True)
