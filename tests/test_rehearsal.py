@@ -66,7 +66,8 @@ OVERRIDES = [
     "eval_alit.num_images=2", "eval_alit.probe.train_images=6", "eval_alit.probe.max_iter=2",
     "eval_alit.attention_images=1", "eval_alit.batch_size=2",
     "eval_titok.num_images=2", "eval_titok.batch_size=2", "eval_titok.grid_images=2",
-    "token_manipulation.num_images=4", "token_manipulation.num_pairs=2", "token_manipulation.bootstrap_samples=100",
+    # all 6 val images: the first 4 are the two fish classes only, on which `animal` takes a single value
+    "token_manipulation.num_images=6", "token_manipulation.num_pairs=2", "token_manipulation.bootstrap_samples=100",
     "token_manipulation.grid_pairs=1", "token_manipulation.batch_size=2", "token_manipulation.bins=2",
     # one image measure and one class attribute of the five (each measured one costs ~1 min of TiTok-L decodes)
     "token_manipulation.attributes=[brightness, animal]",
