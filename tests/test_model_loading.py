@@ -82,3 +82,31 @@ class _WithMask(nn.Module):
 def test_build_and_load_refuses_non_persistent_buffers_it_cannot_fill():
     with pytest.raises(TypeError, match="non-persistent buffers \\(mask\\)"):
         build_and_load(_WithMask, {"lin.weight": torch.zeros(2, 2), "lin.bias": torch.zeros(2)}, "x.bin")
+
+
+def test_load_clip_equals_the_saved_model_without_initialising(tmp_path):
+    """A CLIP folder (open_clip's local-dir layout) and a bare checkpoint file, ViT text tower with its causal mask."""
+    import json
+
+    from conftest import TINY_CLIP
+
+    from pipeline.models.clip import create_clip, load_clip, save_clip
+
+    config = tmp_path / "clip_load_tiny.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    torch.manual_seed(0)
+    saved = create_clip("clip_load_tiny", config=config).eval()
+    save_clip(saved, tmp_path / "clip")
+    torch.save(saved.model.state_dict(), tmp_path / "ckpt.bin")
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for weights in (tmp_path / "clip", tmp_path / "ckpt.bin"):
+        rng = torch.get_rng_state()
+        loaded = load_clip("clip_load_tiny", weights, config=config)
+        assert torch.equal(torch.get_rng_state(), rng), "a random init ran while loading"
+        a, b = saved.state_dict(), loaded.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(loaded.model.attn_mask, saved.model.attn_mask)
+        assert all(t.device.type == "cpu" for t in [*loaded.parameters(), *loaded.buffers()])
+        with torch.no_grad():
+            assert torch.equal(loaded.encode_images(x), saved.encode_images(x))
+            assert torch.equal(loaded.encode_texts(["two blue stars"]), saved.encode_texts(["two blue stars"]))
