@@ -46,6 +46,12 @@ from imagenet_folder import jpeg_bytes, photo
 # now), eval_alit 430, tokenopt_edit 21, tokenopt_generate 167, tokenopt_inpaint 29, eval_tokenopt 96.
 # What costs is the size fixed by the task (each 256 px MaskGIT-VQGAN decode, each TiTok-L-32 and ALIT-S
 # pass, 2.6 GB of TiTok weights loaded per stage); the counts are already 1 or 2.
+# Since then the loaders skip the random init the weights overwrite (per load, same machine, load ~7: TiTok-L-32
+# 34.6 s -> 0.4 s, ViT-B-32 4.4 s -> 0.4 s, SigLIP 13.1 s -> 0.9 s), and FID builds its Inception once per
+# stage. What is left is the forward passes: in token_manipulation (cProfile, 6 images) 327 of 457 s are the
+# 22 decodes (half TiTok-L decoder, half MaskGIT-VQGAN decoder), 36 s the 6 encodes, ~50 s imports; eval_alit
+# decodes 8 token counts twice (fixed and adaptive rollouts) through the VQGAN. Estimated 4 to 5 min saved of
+# ~30: still far too long for CI (a full rerun at load ~7 did not finish in the time measured).
 # Run it with `PIPELINE_REHEARSAL=1 uv run pytest tests/test_rehearsal.py`.
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.environ.get("PIPELINE_REHEARSAL") != "1",
