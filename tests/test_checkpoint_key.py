@@ -56,7 +56,10 @@ def _fake_run(monkeypatch, stage):
         yield Run()
 
     monkeypatch.setattr(stage, "stage_run", fake)
-    monkeypatch.setattr(stage.MaskGITVQGAN, "from_pretrained", lambda folder: None)
+    from pipeline.models.registry import build_model
+
+    # a VQGAN, not None: the stage replays the draws of its init from its config before stage 1
+    monkeypatch.setattr(stage.MaskGITVQGAN, "from_pretrained", lambda folder: build_model("vqgan_demo"))
 
 
 def test_train_titok_opens_the_lpips_weights_before_stage_1(tmp_path, monkeypatch):

@@ -146,3 +146,24 @@ def test_inception_weights_must_be_local(tmp_path, monkeypatch):
     hub.mkdir(parents=True)
     (hub / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"")
     assert fid.inception_weights() == hub / "pt_inception-2015-12-05-6726825d.pth"
+
+
+def test_an_extractor_is_built_once_per_space_and_layers_and_anew_for_a_re_registered_clip(space, monkeypatch):
+    built = []
+    create = fid.create_feature_extractor
+    monkeypatch.setattr(fid, "create_feature_extractor", lambda *a, **k: built.append(a) or create(*a, **k))
+    monkeypatch.setattr(fid, "_EXTRACTORS", {})
+    images = _real(8)
+    first = fid.extract_features(images, space, device="cpu")
+    again = fid.extract_features(images, space, device="cpu")
+    assert len(built) == 1 and all(torch.equal(first[k], again[k]) for k in first)
+    fid.extract_features(images, space, layers=[space.fid_layer], device="cpu")
+    assert len(built) == 2  # other layers: another extractor
+    registered = fid.ClipFeatures.models[space.name]
+    torch.manual_seed(1)
+    other = fid.clip_feature_space(create_clip("clip_fid_tiny"), ["red", "green", "blue"], name=space.name)
+    try:
+        changed = fid.extract_features(images, other, device="cpu")
+        assert len(built) == 3 and not torch.equal(changed[space.fid_layer], first[space.fid_layer])
+    finally:  # the module's other tests use the first model under this name
+        fid.ClipFeatures.models[space.name] = registered

@@ -162,13 +162,32 @@ def _dataset(images: Images, num_samples: int | None) -> Dataset:
     return ds
 
 
+# Extractors built in this process, by space, layers and device. A build is not free (Inception: its
+# weights file read twice, 24M parameters initialised, then overwritten) and an evaluation asks for
+# features many times (eval_alit: the references and every token count of every split).
+_EXTRACTORS: dict[tuple, tuple[Any, FeatureExtractorBase]] = {}
+
+
+def _extractor(space: FeatureSpace, layers: Sequence[str], cuda: bool) -> FeatureExtractorBase:
+    """torch-fidelity's extractor of ``space`` for ``layers``, built on the first call and reused after."""
+    key = (space.name, tuple(layers), cuda, tuple(sorted(space.kwargs.items())))
+    # a CLIP space registered again under the same name holds another model: the old extractor is stale
+    source = ClipFeatures.models.get(space.name)
+    cached = _EXTRACTORS.get(key)
+    if cached is not None and cached[0] is source:
+        return cached[1]
+    extractor = create_feature_extractor(space.name, list(layers), cuda=cuda, verbose=False, **space.kwargs)
+    _EXTRACTORS[key] = (source, extractor)
+    return extractor
+
+
 def extract_features(images: Images, space: FeatureSpace, *, layers: Sequence[str] | None = None,
                      num_samples: int | None = None, batch_size: int = 64,
                      device: str | None = None) -> dict[str, torch.Tensor]:
     """Features of the images in ``space``: ``{layer: (N, D) float32}`` (FID and IS layers by default)."""
     layers = list(dict.fromkeys(layers or (space.fid_layer, space.isc_layer)))
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
-    extractor = create_feature_extractor(space.name, layers, cuda=cuda, verbose=False, **space.kwargs)
+    extractor = _extractor(space, layers, cuda)
     return get_featuresdict_from_dataset(_dataset(images, num_samples), extractor, batch_size, cuda,
                                          save_cpu_ram=True, verbose=False)
 

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import InputError, MissingWeightsError
-from pipeline.models.checkpoints import load_state_dict_strict, read_json, read_state_dict, weights_file, write_snapshot
+from pipeline.models.checkpoints import build_and_load, read_json, read_state_dict, weights_file, write_snapshot
 from pipeline.models.local_init import init_local_attention_alit
 from pipeline.models.maskgit_vqgan import VQGAN_CONFIGS, MaskGITVQGAN, VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
@@ -258,7 +258,7 @@ class ALIT(nn.Module):
         # the image tokens are [VQGAN features (z_channels) ; pixel patch embedding (the rest)]
         self.patch_embed = nn.Conv2d(3, w - c.vqgan.z_channels, kernel_size=c.patch_size, stride=c.patch_size)
         self.apply(weight_init(c.init))
-        if c.init == "local":
+        if c.init == "local" and not self.latent_tokens.is_meta:  # meta: weights come next (build_and_load)
             init_local_attention_alit(self)
         self.quantize = VectorQuantizer(c.vq_codebook_size, c.vq_token_dim, c.vq_commitment_cost,
                                         use_l2_norm=True, restart_dead_codes=c.restart_dead_codes)
@@ -412,14 +412,15 @@ class ALIT(nn.Module):
         config.json is our ``ALITConfig.to_dict()`` or the official constructor arguments (the
         fixtures' format). A ``pytorch_model.bin`` may be an official training checkpoint (a dict with
         ``ema``/``model``): the ``ema`` weights are used, as the official evaluation does. Keys under
-        ``gan_losses.`` (stage-2 LPIPS + discriminators, unused at inference) are skipped.
+        ``gan_losses.`` (stage-2 LPIPS + discriminators, unused at inference) are skipped. The weights are
+        read onto ``map_location`` and the model takes them over there (it is never randomly initialised).
         """
         folder = Path(folder)
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise MissingWeightsError("ALIT config", str(config_path),
                                       "save one with ALIT.save_pretrained or write ALITConfig.to_dict() as JSON")
-        model = cls(ALITConfig.from_dict(read_json(config_path)))
+        config = ALITConfig.from_dict(read_json(config_path))
         weights = weights_file(folder)
         if weights is None:
             raise MissingWeightsError(
@@ -428,7 +429,8 @@ class ALIT(nn.Module):
                 ".pth can be used as pytorch_model.bin")
         state = read_state_dict(weights, map_location=map_location, unwrap=("ema", "model"))
         state = {k: v for k, v in state.items() if not k.startswith("gan_losses.")}
-        load_state_dict_strict(model, state, weights, hint="check that config.json describes this checkpoint")
+        model = build_and_load(lambda: cls(config), state, weights,
+                               hint="check that config.json describes this checkpoint")
         return model.eval()
 
     def save_pretrained(self, folder: str | Path) -> None:

@@ -14,15 +14,19 @@ models import this module and it imports no model: there is no loader/model circ
 ``pytorch_model.bin`` (and any non-safetensors file) is read with ``torch.load(weights_only=True)``:
 no arbitrary unpickling. Loading is strict: every missing and unexpected key and every shape mismatch
 is listed as ``key: expected (...), found (...)``, all at once.
+
+:func:`build_and_load` builds a model on the meta device and assigns the file's tensors to it: the random
+initialisation that loading would overwrite is never computed (seconds to a minute per multi-GB model on a
+CPU), and the torch random stream is left as it was.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -35,6 +39,7 @@ from pipeline.io import atomic_file
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 LAYOUT = "config.json + model.safetensors (or pytorch_model.bin)"
 _SHOWN_KEYS = 20  # per kind of problem in a strict-load error; the rest are counted
+M = TypeVar("M", bound=nn.Module)
 
 
 def weights_file(folder: str | Path) -> Path | None:
@@ -75,11 +80,13 @@ def read_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | Path, *,
-                           expected: str | None = None, hint: str | None = None) -> None:
+                           expected: str | None = None, hint: str | None = None, assign: bool = False) -> None:
     """``model.load_state_dict(strict=True)``, with an ``InputError`` that lists every offending key.
 
     ``source`` names the file in the message, ``expected`` what it should hold (default: the model's
-    class name) and ``hint`` adds a line on what to check.
+    class name) and ``hint`` adds a line on what to check. ``assign``: the tensors replace the model's
+    (``load_state_dict(assign=True)``, for a model built on the meta device, see :func:`build_and_load`),
+    cast to the dtype the model declares, as a copy into them would.
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
@@ -97,7 +104,47 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         if hint:
             lines.append(f"  {hint}")
         raise InputError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=True)
+    if assign:
+        state_dict = _assignable(own, state_dict)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _assignable(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` as tensors a model may take over: its dtypes, and no two keys sharing memory.
+
+    A copying load casts to the parameter's dtype and gives each key its own memory; assigning must do
+    the same, or a half-precision file would make a half-precision model and tensors that ``torch.save``
+    stored shared (tied weights) would stay tied through training.
+    """
+    out, seen = {}, set()
+    for key, value in state_dict.items():
+        value = value.to(own[key].dtype)
+        if value.numel():
+            ptr = (value.untyped_storage().data_ptr(), value.storage_offset())
+            if ptr in seen:
+                value = value.clone()
+            seen.add(ptr)
+        out[key] = value
+    return out
+
+
+def build_and_load(build: Callable[[], M], state_dict: Mapping[str, torch.Tensor], source: str | Path, *,
+                   expected: str | None = None, hint: str | None = None) -> M:
+    """``build()`` with the weights of ``state_dict`` (strictly, as :func:`load_state_dict_strict`), never initialised.
+
+    The model is built on the meta device (shapes, no memory, no random numbers) and the file's tensors
+    are assigned to it. A model whose tensors are not all in its state dict (non-persistent buffers)
+    cannot be built this way: it is refused rather than left with meta tensors.
+    """
+    with torch.device("meta"):
+        model = build()
+    persistent = model.state_dict().keys()
+    meta_only = [name for name, _ in model.named_buffers() if name not in persistent]
+    if meta_only:
+        raise TypeError(f"{type(model).__name__} has non-persistent buffers ({', '.join(meta_only)}) that "
+                        "build_and_load cannot fill; build it on the CPU and load_state_dict_strict instead")
+    load_state_dict_strict(model, state_dict, source, expected=expected, hint=hint, assign=True)
+    return model
 
 
 def write_snapshot(folder: str | Path, config: dict[str, Any], state_dict: Mapping[str, torch.Tensor]) -> None:

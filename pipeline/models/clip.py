@@ -2,10 +2,10 @@
 
 Construction and weights are separate (as in timm): :func:`create_clip` builds a randomly initialised
 model from an open_clip config name (a built-in one such as ``ViT-B-32`` or a JSON file registered with
-:func:`register_config`, e.g. the demo's ``configs/clip_demo.json``); :func:`load_clip` builds and then
-loads weights from a local file or folder. Nothing is ever downloaded: a pretrained *tag* (for instance
-``laion2b_s34b_b79k``) is only used to look up the preprocessing that goes with the weights and to say
-where to get them, never passed to open_clip (which would download).
+:func:`register_config`, e.g. the demo's ``configs/clip_demo.json``); :func:`load_clip` builds one without
+its random init and loads weights from a local file or folder. Nothing is ever downloaded: a pretrained
+*tag* (for instance ``laion2b_s34b_b79k``) is only used to look up the preprocessing that goes with the
+weights and to say where to get them, never passed to open_clip (which would download).
 
 :class:`ClipModel` wraps the open_clip model with its tokenizer and its own preprocessing, so callers
 hand it images in [0, 1] (e.g. generator outputs) and lists of strings. The preprocessing is made of
@@ -15,7 +15,7 @@ tensor operations, so gradients flow from the embeddings back to the pixels (CLI
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +170,37 @@ def create_clip(model: str, *, config: str | Path | None = None, tag: str | None
 
     ``tag`` (e.g. ``laion2b_s34b_b79k``) only selects the preprocessing of those pretrained weights.
     """
+    return ClipModel(_create_net(model, config=config, tag=tag), _tokenizer_for(model, None), model)
+
+
+def _create_net(model: str, *, config: str | Path | None, tag: str | None, device: str = "cpu") -> nn.Module:
     _ensure_config(model, config)
     preprocess = {k: v for k, v in open_clip.get_pretrained_cfg(model, tag).items()
                   if k in ("mean", "std", "interpolation", "resize_mode")} if tag else {}
-    net = open_clip.create_model(model, pretrained=None, force_preprocess_cfg=preprocess,
-                                 pretrained_text=False)
-    return ClipModel(net, _tokenizer_for(model, None), model)
+    return open_clip.create_model(model, pretrained=None, force_preprocess_cfg=preprocess,
+                                  pretrained_text=False, device=device)
+
+
+def _uninitialised(create: Callable[[str], nn.Module]) -> nn.Module:
+    """``create(device)``'s open_clip model on the CPU without its random init: weights must be loaded next.
+
+    Built on the meta device (no numbers drawn: 5 to 15 s for ViT-B-32 or SigLIP on a busy CPU), then
+    given uninitialised CPU memory that the strict load fills. The one tensor a checkpoint does not
+    hold, the text tower's causal mask (a non-persistent buffer), is rebuilt as open_clip builds it.
+    """
+    with torch.device("meta"):
+        net = create("meta")
+    persistent = net.state_dict().keys()
+    masks = [name for name, _ in net.named_buffers() if name not in persistent]
+    if any(name.rsplit(".", 1)[-1] != "attn_mask" for name in masks):
+        raise TypeError(f"{type(net).__name__} has non-persistent buffers ({', '.join(masks)}) that cannot be "
+                        "rebuilt after a meta-device build")
+    net = net.to_empty(device="cpu")
+    for name in masks:
+        owner = net.get_submodule(name.rpartition(".")[0])
+        size = owner.attn_mask.shape[-1]
+        owner.attn_mask = torch.full((size, size), float("-inf")).triu_(1)  # additive causal mask
+    return net
 
 
 def weights_hint(model: str, tag: str | None) -> str:
@@ -214,14 +239,16 @@ def load_clip(model: str, weights: str | Path, *, config: str | Path | None = No
         raise MissingWeightsError(f"CLIP model {model}" + (f" ({tag})" if tag else ""), expected,
                                   weights_hint(model, tag))
     if folder is not None and (folder / FOLDER_CONFIG).is_file():
-        net = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
+        net = _uninitialised(lambda device: open_clip.create_model(
+            f"local-dir:{folder}", pretrained_text=False, load_weights=False, device=device))
+        fits = f"{folder / FOLDER_CONFIG}"
     else:
-        clip = create_clip(model, config=config, tag=tag)
-        net = clip.model
-        try:
-            open_clip.load_checkpoint(net, str(file), strict=True, weights_only=True)
-        except RuntimeError as err:
-            raise InputError(f"{file} does not fit open_clip config {model}: {err}") from None
+        net = _uninitialised(lambda device: _create_net(model, config=config, tag=tag, device=device))
+        fits = f"open_clip config {model}"
+    try:
+        open_clip.load_checkpoint(net, str(file), strict=True, weights_only=True)
+    except RuntimeError as err:
+        raise InputError(f"{file} does not fit {fits}: {err}") from None
     clip = ClipModel(net, _tokenizer_for(model, folder), model)
     return clip.to(device).eval().requires_grad_(False)
 

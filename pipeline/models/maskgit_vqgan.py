@@ -48,7 +48,7 @@ from torch import nn
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.models.checkpoints import (
     LAYOUT,
-    load_state_dict_strict,
+    build_and_load,
     read_json,
     read_state_dict,
     weights_file,
@@ -338,8 +338,8 @@ class MaskGITVQGAN(nn.Module):
                                       "maskgit-vqgan-imagenet-f16-256.bin file)", how)
         config_path = folder / "config.json"
         config = VQGANConfig.from_json(read_json(config_path), config_path) if config_path.is_file() else VQGANConfig()
-        model = cls(replace(config, **overrides))
-        load_state_dict_strict(model, read_state_dict(weights), weights,
+        config = replace(config, **overrides)
+        model = build_and_load(lambda: cls(config), read_state_dict(weights), weights,
                                hint="check that config.json describes this checkpoint (ch, ch_mult, num_res_blocks, "
                                     "z_channels, codebook size, key_style)")
         return model.eval()

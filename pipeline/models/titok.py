@@ -59,7 +59,7 @@ from torch import nn
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.models.checkpoints import (
     LAYOUT,
-    load_state_dict_strict,
+    build_and_load,
     read_json,
     read_state_dict,
     weights_file,
@@ -297,7 +297,7 @@ class TiTok(nn.Module):
         self.decoder = TiTokDecoder(cfg)
         self.encoder.apply(weight_init(cfg.init))
         self.decoder.apply(weight_init(cfg.init))
-        if cfg.init == "local":
+        if cfg.init == "local" and not self.latent_tokens.is_meta:  # meta: weights come next (build_and_load)
             init_local_attention(self)
         if cfg.quantize_mode == "vq":
             self.quantize = VectorQuantizer(cfg.codebook_size, cfg.token_size, cfg.commitment_cost,
@@ -380,8 +380,8 @@ class TiTok(nn.Module):
         if weights is None:
             raise MissingWeightsError("TiTok tokenizer", f"{folder}/model.safetensors or pytorch_model.bin "
                                       f"(snapshot layout: {LAYOUT})", how)
-        model = cls(TiTokConfig.from_json(read_json(config_path), config_path, **overrides))
-        load_state_dict_strict(model, read_state_dict(weights), weights,
+        config = TiTokConfig.from_json(read_json(config_path), config_path, **overrides)
+        model = build_and_load(lambda: cls(config), read_state_dict(weights), weights,
                                hint="check that config.json describes this checkpoint (sizes, token count, "
                                     "codebook, is_legacy / finetune_decoder / quantize_mode)")
         return model.eval()

@@ -126,6 +126,9 @@ def run(params: Params) -> int:
             train_metrics: dict[str, float] = {}
         else:
             vqgan = MaskGITVQGAN.from_pretrained(vqgan_dir(params))
+            # the draws of the VQGAN's random init, which loading took until it skipped the init: TiTok's init
+            # comes after them, so a TiTok trained from this seed stays the one it was (the demo's, byte for byte)
+            MaskGITVQGAN(vqgan.config)
             perceptual = _perceptual(params)
             titok, train_metrics, curves["stage1"], stage1_ckpt = _stage1(params, vqgan, run)
             if cfg.stage2.steps > 0:
