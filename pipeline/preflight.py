@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline import params as params_mod
 from pipeline.errors import InputError
+from pipeline.layout import prepared_root
 from pipeline.params import Params
 
 SAMPLE_FILES = 2  # decoded per split
@@ -100,7 +101,7 @@ def _disk(params: Params) -> Check:
     images = per_class * len(folders) + 50_000 * ("val" in params.prepare.imagenet.splits)
     rate = PNG_BYTES_PER_PIXEL if params.prepare.image_format == "png" else JPEG_BYTES_PER_PIXEL
     need = images * params.image_size ** 2 * rate
-    target = Path(params.paths.data)
+    target = prepared_root(params)
     probe = next((p for p in (target, *target.resolve().parents) if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free
     detail = f"need about {need / 1e9:.0f} GB for {images:,.0f} images, {free / 1e9:.0f} GB free at {probe}"

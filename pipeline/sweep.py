@@ -52,11 +52,9 @@ from typing import Any
 from pipeline import dvcfile
 from pipeline.errors import InputError
 from pipeline.io import flatten, write_json, write_text
+from pipeline.layout import sweep_dir, sweep_summary_json, sweep_summary_md
 from pipeline.params import PARAMS_FILE, Params, Resources, load
 
-SWEEP_DIR = "sweep"  # under paths.results
-SUMMARY_JSON = "summary.json"
-SUMMARY_MD = "summary.md"
 SEED_KEY = "seed"
 POLL_SECONDS = 5.0
 SLURM_LOGS = "logs"  # SLURM logs of a sweep: logs/sweep-<id>/ (beside the stages' logs/<stage>.log)
@@ -408,10 +406,10 @@ def write_summary(root: Path, sweep_id: str, names: dict[str, int], plan: Plan) 
     metric_files = {s: plan.graph[s].metrics for s in plan.stages}
     experiments = collect(names, root, [p for s in plan.stages for p in metric_files[s]])
     summary = summarise(sweep_id, experiments, plan.stages, metric_files)
-    out = root / plan.params.paths.results / SWEEP_DIR
-    write_json(out / SUMMARY_JSON, summary)
-    write_text(out / SUMMARY_MD, to_markdown(summary))
-    print(f"wrote {out / SUMMARY_JSON} and {SUMMARY_MD}: {sum(len(k) for k in summary['metrics'].values())} "
+    out, summary_json, summary_md = (root / f(plan.params) for f in (sweep_dir, sweep_summary_json, sweep_summary_md))
+    write_json(summary_json, summary)
+    write_text(summary_md, to_markdown(summary))
+    print(f"wrote {summary_json} and {summary_md.name}: {sum(len(k) for k in summary['metrics'].values())} "
           f"metrics over seeds {', '.join(map(str, names.values()))}; `dvc repro report` shows their spread")
     return out
 

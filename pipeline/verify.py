@@ -32,9 +32,19 @@ import yaml
 
 from pipeline.dvcfile import file_md5, lock_param_mismatches, read_lock
 from pipeline.io import MISSING, lookup
+from pipeline.layout import (
+    REPORT_STAGE,
+    paths_of,
+    report_dir,
+    report_html,
+    report_json,
+    report_markdown,
+    report_summary,
+)
+from pipeline.params import Paths
 from pipeline.report import render
 from pipeline.report.document import to_html, to_markdown
-from pipeline.report.evaluate import REPORT_STAGE, build, fmt, numbers_cited, read_json, summary
+from pipeline.report.evaluate import build, fmt, numbers_cited, read_json, summary
 
 
 def dvc_hashes(root: Path, paths: set[str]) -> dict[str, str]:
@@ -68,12 +78,11 @@ def verify(root: Path) -> list[str]:
     """The problems found in the checkout at ``root`` (empty: everything matches)."""
     root = Path(root)
     params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").is_file() else {}
-    results = (params or {}).get("paths", {}).get("results", "results")
-    out_dir = root / results / REPORT_STAGE
-    report_json = out_dir / "report.json"
-    if not report_json.is_file():
-        return [f"{report_json.relative_to(root)}: missing: run `dvc repro` (the report stage writes it)"]
-    data = json.loads(report_json.read_text())
+    paths = paths_of(params)
+    json_path = root / report_json(paths)
+    if not json_path.is_file():
+        return [f"{json_path.relative_to(root)}: missing: run `dvc repro` (the report stage writes it)"]
+    data = json.loads(json_path.read_text())
     problems: list[str] = []
 
     problems += [f"params.yaml differs from what produced the outputs: {m}"
@@ -106,7 +115,7 @@ def verify(root: Path) -> list[str]:
             elif file_md5(p) != f["md5"]:
                 problems.append(f"{f['path']}: figure md5 {file_md5(p)}, the report shows {f['md5']}")
 
-    md_path = out_dir / "report.md"
+    md_path = root / report_markdown(paths)
     md_rows = _md_lines(md_path.read_text()) if md_path.is_file() else {}
     if not md_path.is_file():
         problems.append(f"{md_path.relative_to(root)}: missing")
@@ -127,10 +136,10 @@ def verify(root: Path) -> list[str]:
             problems.append(f"{md_path.relative_to(root)}: row {n['id']} does not show {n['key']} = "
                             f"{fmt(n['value'])}")
 
-    problems += _documents(root, out_dir, data)
+    problems += _documents(root, paths, data)
     problems += _verdicts(root, data)
 
-    summary_path = out_dir / "summary.json"
+    summary_path = root / report_summary(paths)
     if summary_path.is_file():
         if json.loads(summary_path.read_text()) != json.loads(json.dumps(summary(data))):
             problems.append(f"{summary_path.relative_to(root)}: does not match report.json")
@@ -139,11 +148,12 @@ def verify(root: Path) -> list[str]:
     return problems
 
 
-def _documents(root: Path, out_dir: Path, data: dict) -> list[str]:
+def _documents(root: Path, paths: Paths, data: dict) -> list[str]:
     """report.md and report.html are exactly what report.json renders to (an edited word shows up)."""
     problems = []
-    for name, emit in (("report.md", to_markdown), ("report.html", to_html)):
-        path = out_dir / name
+    out_dir = root / report_dir(paths)
+    for file, emit in ((report_markdown(paths), to_markdown), (report_html(paths), to_html)):
+        path = root / file
         if not path.is_file():
             continue  # reported above (report.md) or by the output checks
         try:

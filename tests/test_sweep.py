@@ -13,6 +13,7 @@ import yaml
 from conftest import ROOT, make_scratch_repo, pipeline_env
 
 from pipeline import sweep
+from pipeline.params import Paths
 from pipeline.report import render
 from pipeline.report.spread import spread_of, sweep_record
 
@@ -115,7 +116,7 @@ def _checkout(tmp_path, summary_lock: dict, workspace_lock: dict):
     (tmp_path / "results/sweep").mkdir(parents=True)
     (tmp_path / "results/sweep/summary.json").write_text(json.dumps(sweep.summarise("t", exps, STAGES, FILES)))
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(workspace_lock))
-    return sweep_record(tmp_path, tmp_path / "results")
+    return sweep_record(tmp_path, Paths())
 
 
 def test_the_report_shows_the_spread_of_a_sweep_of_this_checkout(tmp_path):
@@ -131,7 +132,7 @@ def test_the_report_names_what_differs_and_shows_no_spread(tmp_path):
     record = _checkout(tmp_path, _lock(0), _lock(0, lr=0.01))
     assert record["status"] == "other" and "train_vqgan.optim.lr: 0.002 vs 0.01" in record["reason"]
     assert spread_of(record, METRICS, "psnr") is None
-    assert sweep_record(tmp_path / "nothing", tmp_path / "nothing/results")["status"] == "absent"
+    assert sweep_record(tmp_path / "nothing", Paths())["status"] == "absent"
 
 
 @pytest.mark.slow

@@ -18,11 +18,10 @@ from pydantic import BaseModel
 
 from pipeline.dvcfile import dvc_stages, file_md5, lock_param_mismatches, read_lock
 from pipeline.io import MISSING, lookup
+from pipeline.layout import REPORT_STAGE, paths_of, report_dir, results_root
 from pipeline.report.references import OPS, REFERENCES, UNKNOWN, Check, Number, Protocol, Tolerance, load_references
 from pipeline.report.spread import spread_of, sweep_record
 from pipeline.tracking import git_commit, hardware, runs_matching_lock
-
-REPORT_STAGE = "report"
 
 STATUS_TEXT = {
     "within": "within tolerance",
@@ -228,8 +227,8 @@ def build(root: Path, references: Path | None = None) -> dict:
     root = Path(root)
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     profile = str(params.get("profile", "unknown"))
-    results = root / str(lookup(params, "paths.results") if lookup(params, "paths.results") is not MISSING
-                         else "results")
+    paths = paths_of(params)
+    results = root / results_root(paths)
     refs = load_references(references or root / REFERENCES)
     stages = {k: v for k, v in dvc_stages(root, params).items() if k != REPORT_STAGE}
     lock_outs, lock_sha = read_lock(root, without=REPORT_STAGE)
@@ -239,7 +238,7 @@ def build(root: Path, references: Path | None = None) -> dict:
     for stage, kinds in stages.items():
         for kind in ("outs", "metrics", "plots"):
             for path in kinds[kind]:
-                if path.startswith(os.path.normpath(os.path.relpath(results / REPORT_STAGE, root))):
+                if path.startswith(os.path.normpath(os.path.relpath(root / report_dir(paths), root))):
                     continue
                 outputs.append({"stage": stage, "kind": kind, "path": path,
                                 "md5": (lock_outs.get(stage) or {}).get(path),
@@ -257,7 +256,7 @@ def build(root: Path, references: Path | None = None) -> dict:
                              "out_md5": out["md5"], "md5": file_md5(f)})
         return figs
 
-    sweep = sweep_record(root, results)
+    sweep = sweep_record(root, paths)
     experiments = []
     for exp in refs.experiments:
         rows = [evaluate_number(n, results, params) for n in exp.numbers]

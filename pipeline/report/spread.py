@@ -22,16 +22,18 @@ import json
 from pathlib import Path
 
 from pipeline.dvcfile import load_lock
-from pipeline.sweep import SUMMARY_JSON, SWEEP_DIR, fingerprint, fingerprint_differences
+from pipeline.layout import sweep_summary_json
+from pipeline.params import Paths
+from pipeline.sweep import fingerprint, fingerprint_differences
 
 
-def sweep_record(root: Path, results: Path) -> dict:
+def sweep_record(root: Path, paths: Paths) -> dict:
     """What the report says of a seed sweep: ``status`` ``absent``, ``other`` (with ``reason``) or ``shown``.
 
     ``shown`` and ``other`` carry the summary's ``path``, ``sweep`` id, ``seeds``, ``stages`` and
     ``experiments``; ``shown`` also its ``metrics`` (``{path: {key: spread}}``).
     """
-    path = results / SWEEP_DIR / SUMMARY_JSON
+    path = root / sweep_summary_json(paths)
     if not path.is_file():
         return {"status": "absent", "path": path.relative_to(root).as_posix()}
     summary = json.loads(path.read_text())

@@ -15,15 +15,10 @@ from pydantic_core import to_jsonable_python
 from torch.utils.data import Dataset
 
 from pipeline.data.shards import ShardDataset, load_split, read_manifest
-from pipeline.layout import prepared_root
+from pipeline.layout import checkpoints_root, prepared_root, titok_dir
 from pipeline.params import Params
 
 IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are decoded once and held in memory
-
-
-def results_dir(params: Params, stage: str) -> Path:
-    """``<paths.results>/<stage>``, the stage's metrics and figures."""
-    return Path(params.paths.results) / stage
 
 
 class ImageTensors(Dataset):
@@ -58,11 +53,6 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (N, 3, H, W), any range -> uint8 (N, H, W, 3), clamped to [0, 1] first."""
     return (images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-
-
-def titok_dir(params: Params) -> Path:
-    """Where ``train_titok`` writes the tokenizer the experiments read by default."""
-    return Path(params.paths.models) / "titok"
 
 
 def load_chosen_titok(params: Params, choice: Any, key: str) -> tuple[Any, Path]:
@@ -107,7 +97,7 @@ def checkpoint_dir(params: Params, stage: str, *sections: Any, inputs: Sequence[
                                                        else to_jsonable_python(s) for s in sections], shards,
                       [_tree_digest(Path(p), "*") for p in inputs], _tree_digest(CODE_ROOT, "*.py")],
                      sort_keys=True, default=str)
-    return Path(params.paths.models) / "checkpoints" / f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return checkpoints_root(params) / f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 TIMING_KEYS = ("images_per_s", "step_s")  # logged to MLflow only: outputs must not depend on the clock

@@ -23,18 +23,13 @@ from pipeline.data.shards import read_manifest
 from pipeline.data.transforms import decode_stored
 from pipeline.errors import InputError
 from pipeline.io import write_json
-from pipeline.layout import prepared_root
+from pipeline.layout import prepared_root, samples_dir
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.stages._common import load_chosen_titok
 
 IMAGES_FILE = "images.npz"
 RECORDS_FILE = "records.json"
-
-
-def samples_dir(params: Params, stage: str) -> Path:
-    """``<paths.data>/tokenopt/<stage>``: the images a token-optimisation stage wrote."""
-    return Path(params.paths.data) / "tokenopt" / stage
 
 
 def device() -> torch.device:

@@ -39,7 +39,7 @@ from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
 from pipeline.experiments import alit_analysis as aa
 from pipeline.io import atomic_dir, write_metrics
-from pipeline.layout import prepared_root
+from pipeline.layout import alit_dir, prepared_root, results_dir
 from pipeline.metrics.fid import FeatureSpace, fidelity_metrics, fidelity_protocol, reference_stats
 from pipeline.metrics.image_stats import png_bits_per_pixel
 from pipeline.metrics.images import to_float
@@ -52,7 +52,7 @@ STAGE = "eval_alit"
 
 
 def load_alit(params: Params) -> tuple[ALIT, Path]:
-    folder = Path(params.paths.models) / "alit"
+    folder = alit_dir(params)
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder}/config.json: no ALIT tokenizer there. Run `dvc repro train_alit` first (or "
                          "train_alit.source: official to import a released checkpoint)")
@@ -133,7 +133,7 @@ def run(params: Params) -> int:
 
     space = feature_space(params)
     fid_batch = params.fid.batch_size
-    out_dir = Path(params.paths.results) / STAGE
+    out_dir = results_dir(params, STAGE)
     with stage_run(STAGE, params) as mlrun, atomic_dir(out_dir) as tmp:
         mlrun.set_tags({"alit": str(folder)})
         ind = _evaluate_split(model, val.images, counts, cfg, space, fid_batch, params.seed)

@@ -38,20 +38,19 @@ method, a DVC plot); logs them to MLflow. No timings in the outputs.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.errors import InputError
 from pipeline.io import write_metrics, write_text
+from pipeline.layout import fid_reference_cache, results_dir
 from pipeline.metrics.clip_score import clip_score, zero_shot_classifier, zero_shot_logits
 from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics, fidelity_protocol
 from pipeline.metrics.image_stats import l1, mean_brightness, psnr
 from pipeline.models.clip import ClipModel
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import results_dir
 from pipeline.stages._inputs import (
     class_names,
     data_protocol,
@@ -68,11 +67,6 @@ STAGE = "eval_tokenopt"
 CHUNK = 1024  # images converted to float at a time (50k x 256 px as float would not fit)
 REAL_SPLIT = "val"
 GENERATION_COLUMNS = ("fid", "isc_mean", "precision", "recall", "clip_score", "judge_score", "judge_zero_shot_top1")
-
-
-def reference_cache(params: Params) -> Path:
-    """Where the FID reference statistics of this stage are cached (an output of this stage in dvc.yaml)."""
-    return Path(params.paths.data) / "tokenopt" / "fid_reference.npz"
 
 
 def _chunked(fn, images: np.ndarray, *args) -> torch.Tensor:
@@ -248,7 +242,7 @@ def run(params: Params) -> int:
     objective = objective_clip(params, dev)
     judge = judge_clip(params, dev)
     space = feature_space(params, judge)
-    reference = fid_reference(params, space, reference_cache(params))
+    reference = fid_reference(params, space, fid_reference_cache(params))
     scorer = Scorer(params, objective, judge, space, reference, names)
 
     with stage_run(STAGE, params) as mlrun:

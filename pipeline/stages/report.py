@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.io import write_json, write_text
+from pipeline.layout import REPORT_STAGE, report_dir, report_html, report_json, report_markdown, report_summary
 from pipeline.params import Params
 from pipeline.report import render
 from pipeline.report.document import to_html, to_markdown
@@ -26,7 +27,7 @@ from pipeline.report.evaluate import STATUS_TEXT, build, summary
 from pipeline.report.references import REFERENCES
 from pipeline.tracking import stage_run
 
-STAGE = "report"
+STAGE = REPORT_STAGE
 
 
 def run(params: Params) -> int:
@@ -40,16 +41,16 @@ def run(params: Params) -> int:
         data = json.loads(json.dumps(build(root, references), sort_keys=True, default=str))
     except ValueError as err:
         raise InputError(str(err)) from None
-    out = Path(params.paths.results) / STAGE
+    out = report_dir(params)
     with stage_run(STAGE, params) as run:
         document = render.document(data, root, out)
-        write_text(out / "report.md", to_markdown(document))
-        write_text(out / "report.html", to_html(document))
-        write_text(out / "report.json", json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        write_text(report_markdown(params), to_markdown(document))
+        write_text(report_html(params), to_html(document))
+        write_text(report_json(params), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
         counts = summary(data)
-        write_json(out / "summary.json", counts)
+        write_json(report_summary(params), counts)
         run.log_metrics({"numbers": counts["numbers"], "ground_truth": counts["ground_truth"]})
-        run.log_artifact(out / "report.html")
+        run.log_artifact(report_html(params))
     n = counts["numbers"]
     print(f"{STAGE}: {sum(n.values())} paper numbers: " + ", ".join(f"{STATUS_TEXT[k]} {v}" for k, v in n.items() if v))
     print(f"wrote {out}/report.md, report.html, report.json, summary.json")

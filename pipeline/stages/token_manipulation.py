@@ -28,7 +28,7 @@ from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
 from pipeline.experiments import token_manipulation as tm
 from pipeline.io import atomic_dir, write_json, write_metrics
-from pipeline.layout import prepared_root
+from pipeline.layout import prepared_root, results_dir
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.stages._common import load_chosen_titok
@@ -108,7 +108,7 @@ def run(params: Params) -> int:
                          f"{len(images)} images of split {cfg.split!r} in {root}; remove it from the list or use "
                          "more (or other) images")
 
-    out = Path(params.paths.results) / STAGE
+    out = results_dir(params, STAGE)
     with stage_run(STAGE, params) as mlrun, atomic_dir(out) as tmp:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
         encoded = tm.encode(model, images, cfg.batch_size)

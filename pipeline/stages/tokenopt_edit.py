@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from pipeline.experiments.tokenopt_tasks import edit_images
 from pipeline.io import atomic_dir
+from pipeline.layout import results_dir, samples_dir
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import results_dir, save_image_grid, to_uint8
+from pipeline.stages._common import save_image_grid, to_uint8
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
@@ -58,7 +59,7 @@ def run(params: Params) -> int:
                         "split": e.split, "split_index": int(sample.indices[r["index"] % n]),
                         "class_index": int(sample.labels[r["index"] % n]),
                         "class_name": names[int(sample.labels[r["index"] % n])]} for r in out.records]
-        with atomic_dir(common.samples_dir(params, STAGE)) as tmp:
+        with atomic_dir(samples_dir(params, STAGE)) as tmp:
             common.save_samples(tmp, {"source": to_uint8(source), "edited": to_uint8(out.images)}, records)
         k = min(GRID_IMAGES, n)
         rows = [source[:k]] + [out.images[i * n:i * n + k] for i in range(len(e.prompts))]
@@ -68,5 +69,5 @@ def run(params: Params) -> int:
         mlrun.log_metrics({"final_loss": mean_loss, "images": len(records)})
         mlrun.log_artifact(grid, STAGE)
     print(f"{STAGE}: {n} images x {len(e.prompts)} prompts, mean final loss {mean_loss:.4f}; "
-          f"wrote {common.samples_dir(params, STAGE)} and {grid}")
+          f"wrote {samples_dir(params, STAGE)} and {grid}")
     return 0

@@ -32,11 +32,12 @@ from tqdm import tqdm
 from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
 from pipeline.experiments.tokenopt_tasks import TaskOutput, associate_seeds, generate_class_images
 from pipeline.io import atomic_dir
+from pipeline.layout import results_dir, samples_dir
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.side_by_side import in_parallel, run_jobs
 from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import results_dir, save_image_grid, to_uint8
+from pipeline.stages._common import save_image_grid, to_uint8
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
@@ -140,7 +141,7 @@ def run(params: Params) -> int:
                                 "final_loss": r["final_loss"]})
         stacked = {k: np.concatenate(v) for k, v in arrays.items()}
         stacked["labels"] = np.array([r["class_index"] for r in records], dtype=np.int64)
-        with atomic_dir(common.samples_dir(params, STAGE)) as tmp:
+        with atomic_dir(samples_dir(params, STAGE)) as tmp:
             common.save_samples(tmp, stacked, records)
 
         first = [c * per_class for c in range(min(GRID_CLASSES, len(names)))]  # records are class-major
@@ -155,5 +156,5 @@ def run(params: Params) -> int:
         mlrun.log_metrics({"final_loss": mean_loss, "images": len(records)})
         mlrun.log_artifact(grid, STAGE)
     print(f"{STAGE}: {len(records)} images ({per_class} per class, init {g.init}), mean final loss {mean_loss:.4f}; "
-          f"wrote {common.samples_dir(params, STAGE)} and {grid}")
+          f"wrote {samples_dir(params, STAGE)} and {grid}")
     return 0

@@ -24,9 +24,10 @@ from tqdm import tqdm
 from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
 from pipeline.experiments.tokenopt_tasks import inpaint_images
 from pipeline.io import atomic_dir
+from pipeline.layout import results_dir, samples_dir
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import results_dir, save_image_grid, to_uint8
+from pipeline.stages._common import save_image_grid, to_uint8
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
@@ -80,7 +81,7 @@ def run(params: Params) -> int:
                                     "class_name": names[int(sample.labels[i])]})
         arrays = {"original": to_uint8(original), "inpainted": to_uint8(torch.cat(inpainted)),
                   "start": to_uint8(torch.cat(starts)), "masks": torch.cat(masks)[:, 0].round().to(torch.uint8).numpy()}
-        with atomic_dir(common.samples_dir(params, STAGE)) as tmp:
+        with atomic_dir(samples_dir(params, STAGE)) as tmp:
             common.save_samples(tmp, arrays, records)
 
         k = min(GRID_IMAGES, n)
@@ -95,5 +96,5 @@ def run(params: Params) -> int:
         mlrun.log_metrics({"final_loss": mean_loss, "images": len(records)})
         mlrun.log_artifact(grid, STAGE)
     print(f"{STAGE}: {n} images x {len(p.mask_kinds)} mask kinds, mean final loss {mean_loss:.4f}; "
-          f"wrote {common.samples_dir(params, STAGE)} and {grid}")
+          f"wrote {samples_dir(params, STAGE)} and {grid}")
     return 0

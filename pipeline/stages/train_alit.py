@@ -28,6 +28,7 @@ import torch
 from pipeline.convert_mage_vqgan import HOW
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.io import atomic_dir, write_curve, write_metrics
+from pipeline.layout import alit_dir, results_dir, vqgan_dir
 from pipeline.models.alit import ALIT
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import model_config
@@ -51,14 +52,9 @@ HEADLINE = {"parameters": "parameters", "stage1_steps": "stage1.steps", "stage1_
             "stage2_loss": "stage2.loss"}
 
 
-def alit_dir(params: Params) -> Path:
-    """Where this stage writes the tokenizer the ALIT evaluation reads."""
-    return Path(params.paths.models) / "alit"
-
-
 def base_vqgan_dir(params: Params) -> Path:
     """The VQGAN ALIT distils: ``train_alit.vqgan``, or ``train_vqgan``'s model."""
-    return Path(params.train_alit.vqgan) if params.train_alit.vqgan else Path(params.paths.models) / "vqgan"
+    return Path(params.train_alit.vqgan) if params.train_alit.vqgan else vqgan_dir(params)
 
 
 def load_base_vqgan(params: Params) -> MaskGITVQGAN:
@@ -156,7 +152,7 @@ def run(params: Params) -> int:
         alit, metrics, curves = _official(params) if params.train_alit.source == "official" else _train(params, run)
         with atomic_dir(alit_dir(params)) as tmp:
             alit.save_pretrained(tmp)
-        results = Path(params.paths.results) / STAGE
+        results = results_dir(params, STAGE)
         for phase, curve in curves.items():
             write_curve(results / f"curve_{phase}.csv", curve)
         write_metrics(results, metrics, HEADLINE)

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from pipeline.data.demo import NUMBER_WORDS, PLURALS
 from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_curve, write_metrics
-from pipeline.layout import JUDGE_SUBDIR, prepared_root, trained_clip_dir
+from pipeline.layout import JUDGE_SUBDIR, prepared_root, results_dir, trained_clip_dir
 from pipeline.metrics.clip_score import zero_shot_accuracy
 from pipeline.models.clip import ClipModel, create_clip, load_clip, num_parameters, save_clip
 from pipeline.params import Params
@@ -151,7 +150,7 @@ def _pretrained(params: Params) -> dict:
 
 def run(params: Params) -> int:
     """Train the demo CLIP (or check the pretrained ones) and write it with its zero-shot accuracy."""
-    results = Path(params.paths.results) / "clip"
+    results = results_dir(params, "clip")
     with stage_run(STAGE, params) as run:
         if params.clip.source == "train":
             metrics, curves = _train(params, run)

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_curve, write_metrics
-from pipeline.layout import prepared_root
+from pipeline.layout import prepared_root, results_dir, titok_dir, vqgan_dir
 from pipeline.metrics.image_stats import psnr
 from pipeline.models.losses import LPIPS
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
@@ -34,9 +34,7 @@ from pipeline.stages._common import (
     final_metrics,
     prefixed_logger,
     remove_checkpoints,
-    results_dir,
     save_image_grid,
-    titok_dir,
     to_float,
     training_images,
 )
@@ -49,11 +47,6 @@ STAGE = "train_titok"
 HEADLINE = {"parameters": "parameters", "num_tokens": "num_tokens", "stage1_steps": "stage1/steps",
             "stage1_loss": "stage1/loss", "stage2_steps": "stage2/steps", "stage2_loss": "stage2/loss"}
 Curve = list[dict[str, float]]  # TrainResult.history
-
-
-def vqgan_dir(params: Params) -> Path:
-    """The VQGAN of ``train_vqgan``: its codes are stage 1's targets, its decoder TiTok's pixel decoder."""
-    return Path(params.paths.models) / "vqgan"
 
 
 @torch.no_grad()

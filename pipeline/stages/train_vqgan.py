@@ -10,12 +10,10 @@ metrics), ``details.json`` (everything) and ``curve.csv`` (the training curve, a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from pipeline.io import atomic_dir, write_curve, write_metrics
-from pipeline.layout import prepared_root
+from pipeline.layout import prepared_root, results_dir, vqgan_dir
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.params import Params
@@ -23,7 +21,6 @@ from pipeline.stages._common import (
     checkpoint_dir,
     final_metrics,
     remove_checkpoints,
-    results_dir,
     save_image_grid,
     to_float,
     training_images,
@@ -63,7 +60,7 @@ def run(params: Params) -> int:
     from pipeline.train.recipes import VQGANRecipe
 
     cfg = params.train_vqgan
-    out_dir = Path(params.paths.models) / "vqgan"
+    out_dir = vqgan_dir(params)
     results = results_dir(params, STAGE)
     torch.manual_seed(params.seed)
     with stage_run(STAGE, params) as run:
