@@ -33,7 +33,9 @@ def paths_of(raw: dict[str, Any] | None) -> Paths:
 
 
 def _paths(p: Params | Paths) -> Paths:
-    return p.paths if isinstance(p, Params) else p
+    # a stage's Params arrive wrapped in param_reads.RecordingView when reads are recorded (the tests'
+    # dvc.yaml check), which is no Params instance: ask for the section unless given one
+    return p if isinstance(p, Paths) else p.paths
 
 
 # --- <paths.data> ----------------------------------------------------------------------------------

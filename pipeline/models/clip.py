@@ -14,8 +14,10 @@ tensor operations, so gradients flow from the embeddings back to the pixels (CLI
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,24 @@ def _create_net(model: str, *, config: str | Path | None, tag: str | None, devic
                                   pretrained_text=False, device=device)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "Model initialized randomly" when it loads no weights itself; here the strict load
+    that follows fills every weight, so the warning would tell the reader the opposite of what happens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_open_clip_init_warning() -> Iterator[None]:
+    drop = _DropRandomInitWarning()
+    logging.getLogger().addFilter(drop)  # open_clip logs through the root logger
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
+
+
 def _uninitialised(create: Callable[[str], nn.Module]) -> nn.Module:
     """``create(device)``'s open_clip model on the CPU without its random init: weights must be loaded next.
 
@@ -188,7 +208,7 @@ def _uninitialised(create: Callable[[str], nn.Module]) -> nn.Module:
     given uninitialised CPU memory that the strict load fills. The one tensor a checkpoint does not
     hold, the text tower's causal mask (a non-persistent buffer), is rebuilt as open_clip builds it.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _quiet_open_clip_init_warning():
         net = create("meta")
     persistent = net.state_dict().keys()
     masks = [name for name, _ in net.named_buffers() if name not in persistent]
