@@ -173,6 +173,18 @@ def test_recording_view_records_the_keys_read_and_sections_used_whole():
         view.seed = 3
 
 
+def test_artefact_paths_are_the_same_through_a_recording_view():
+    from pipeline import layout
+    from pipeline.param_reads import RecordingView
+
+    params = P.validate(profiles.resolve_profile("micro"), "micro")
+    view = RecordingView(params)  # what a stage gets when its reads are recorded (the tests' micro run)
+    for path_of in (layout.prepared_root, layout.vqgan_dir, layout.titok_dir, layout.report_json):
+        assert path_of(view) == path_of(params) == path_of(params.paths)
+    assert layout.results_dir(view, "train_vqgan") == layout.results_dir(params, "train_vqgan")
+    assert "paths" in " ".join(view.reads)
+
+
 def test_model_names_in_the_schema_are_the_registrys():
     from typing import get_args
 
