@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
 from pipeline.experiments.tokenopt_tasks import TaskOutput, associate_seeds, generate_class_images
 from pipeline.io import atomic_dir
@@ -93,7 +94,7 @@ def run(params: Params) -> int:
     size = titok.config.image_size
     seed_set = common.sample_split(params, g.seed_split, g.seed_set_size, params.seed,
                                    "tokenopt.generate.seed_set_size")
-    seed_images = common.to_model_input(seed_set.images, size)  # (M, 3, S, S)
+    seed_images = to_model_input(seed_set.images, size)  # (M, 3, S, S)
     config = cfg.optim
     post = config.optimize_post_quantization
     classes_per_chunk = max(1, CHUNK_IMAGES // per_class)

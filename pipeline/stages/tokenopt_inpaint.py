@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
 from pipeline.experiments.tokenopt_tasks import inpaint_images
 from pipeline.io import atomic_dir
@@ -54,7 +55,7 @@ def run(params: Params) -> int:
     titok, folder, dev = common.load_tokenizer(params)
     names = class_names(params)
     sample = common.sample_split(params, p.split, p.num_images, params.seed, "tokenopt.inpaint.num_images")
-    original = common.to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
+    original = to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
     n = len(original)
     clip = prompts = None
     if p.prompt is not None:
