@@ -23,6 +23,7 @@ from pipeline.data.shards import ImageTensors, load_split, training_images
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root, results_dir, titok_dir, vqgan_dir
 from pipeline.metrics.image_stats import psnr
+from pipeline.models.batched import reconstruct
 from pipeline.models.losses import LPIPS
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
@@ -45,18 +46,6 @@ STAGE = "train_titok"
 HEADLINE = {"parameters": "parameters", "num_tokens": "num_tokens", "stage1_steps": "stage1/steps",
             "stage1_loss": "stage1/loss", "stage2_steps": "stage2/steps", "stage2_loss": "stage2/loss"}
 Curve = list[dict[str, float]]  # TrainResult.history
-
-
-@torch.no_grad()
-def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstructions (clamped to [0, 1]) and code indices (N, num_tokens) of ``images``."""
-    titok.eval()
-    recons, codes = [], []
-    for batch in images.split(batch_size):
-        tokens, info = titok.encode(batch)
-        recons.append(titok.decode(tokens).clamp(0, 1))
-        codes.append(info["min_encoding_indices"].reshape(len(batch), -1))
-    return torch.cat(recons), torch.cat(codes)
 
 
 def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float], Curve, Path]:
