@@ -9,8 +9,9 @@ temporary folder, then measures images/s of what the stage does to each file (re
 
 - plain: ``jpeg_draft: false`` (full decode), in this process;
 - draft: ``jpeg_draft: true`` (reduced-size DCT decoding where it applies), in this process;
-- draft with ``--workers`` processes: the same through the stage's own ``process_all`` and worker pool
-  (started before timing, as the stage starts it once per run), results back in order.
+- draft with ``--workers`` processes: the same through the prepare engine's own ``process_all`` and worker
+  pool (:mod:`pipeline.data.prepare`; started before timing, as the stage starts it once per run), results
+  back in order.
 
 A second table repeats this on 1600x1200 photos, where draft decoding can skip 2x-4x of the work.
 Each figure is the best of ``--repeat`` passes over the files; the CPU column (this process only)
@@ -32,7 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.data.imagenet import Processing, Task  # noqa: E402
-from pipeline.stages.prepare import process_all, worker_pool  # noqa: E402
+from pipeline.data.prepare import process_all, worker_pool  # noqa: E402
 
 TYPICAL = [(500, 375), (375, 500), (500, 333), (333, 500)]
 

@@ -234,7 +234,7 @@ def test_pretrained_source_needs_both_models():
 
 
 def test_caption_variants_name_the_photo_quality_with_the_shape():
-    from pipeline.stages.train_clip import caption_variants
+    from pipeline.data.demo import caption_variants
 
     meta = {"caption": "a dark blurry photo of two small red stars on a plain background", "shape": "star",
             "object_count": 2, "color": "red"}

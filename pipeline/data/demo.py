@@ -33,7 +33,8 @@ Factors recorded per image (all sampled independently of each other and of the c
 
 Captions name count, size, colour, shape and background, and qualify the photo as "dark" / "bright"
 (brightness below 0.7 / above 1.3) and "blurry" (blur above half the range), e.g.
-"a dark blurry photo of three large blue stars on a dotted background".
+"a dark blurry photo of three large blue stars on a dotted background". :func:`caption_variants` adds the
+shorter captions CLIP is trained with (count and shape, colour, the shape alone, the photo's quality).
 
 Splits: ``train`` and ``val`` use the standard palette (``COLORS[:8]`` objects on muted backgrounds)
 and the backgrounds ``TEXTURES_IN`` (plain, gradient); ``ood`` uses colours, background colours and
@@ -331,6 +332,30 @@ def caption(f: dict, size: int) -> str:
     noun = f["shape"] if f["object_count"] == 1 else PLURALS.get(f["shape"], f["shape"] + "s")
     objects = f"{NUMBER_WORDS[f['object_count'] - 1]} {f['size_name']} {f['color']} {noun}"
     return f"a {' '.join([*quality, 'photo'])} of {objects} on a {TEXTURE_WORDS[f['texture']]} background"
+
+
+def caption_variants(meta: dict) -> list[str]:
+    """The captions an image is trained with: its full caption plus, for demo images, shorter ones.
+
+    The shorter ones name only the count and shape (and the colour): with full captions alone the
+    other factors tell the images of a batch apart and the shapes are not learnt (see
+    :mod:`pipeline.train.clip`). They are built from the same recorded factors as the caption.
+    """
+    if not {"shape", "object_count", "color"} <= meta.keys():
+        return [meta["caption"]]
+    n = int(meta["object_count"])
+    noun = meta["shape"] if n == 1 else PLURALS.get(meta["shape"], meta["shape"] + "s")
+    count = NUMBER_WORDS[n - 1]
+    # Half the draws name the shape alone, in the zero-shot prompt's words: only the shape tells those
+    # captions apart, so the image tower has to learn it (repeats weight the uniform draw of the trainer).
+    shape_only = f"a photo of a {meta['shape']}."
+    # The photo's quality words of the caption ("dark", "bright") with the shape alone, in the editing
+    # prompts' words: in the full caption they are one factor among seven, and the objective barely
+    # learnt them (bright-minus-dark score vs measured brightness on val: correlation 0.38).
+    quality = [w for w in meta["caption"].split(" photo of ")[0].split()[1:] if w in ("dark", "bright")]
+    shape_quality = f"a {quality[0]} photo of a {meta['shape']}." if quality else shape_only
+    return [meta["caption"], f"a photo of {count} {noun}", f"a photo of {count} {meta['color']} {noun}",
+            shape_only, shape_only, shape_quality]
 
 
 # ----------------------------------------------------------------------------- source

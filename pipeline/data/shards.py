@@ -24,6 +24,12 @@ Readers (the API other stages rely on):
 - ``load_split(root, split, limit=None) -> SplitData``: a whole (small) split in memory:
   ``images`` uint8 (N, H, W, 3), ``labels`` int64 (N,), ``meta`` (one dict of all non-image columns
   per row), in file order;
+- ``sample_split(root, split, n, seed, key="n") -> Sample``: ``n`` images drawn at random without
+  replacement (``images``, ``labels``, ``indices``: the row of each in the split), in increasing split
+  order, reading only the row groups that hold drawn rows;
+- ``training_images(root, seed, split="train")``: a training split as a ``Dataset`` of
+  ``(image float (3, H, W) in [0, 1], label)``: :class:`ImageTensors` in memory when small, else a
+  shuffled :class:`ShardDataset`;
 - ``ShardDataset(root, split, seed=0, shuffle=True)``: a ``torch.utils.data.IterableDataset`` that
   streams ``(image float32 (3, H, W) in [0, 1], label int)``. Work is split across DataLoader workers
   and DDP ranks (``torch.distributed``, when initialised) by row group (by row where there are fewer
@@ -46,13 +52,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from pipeline.data.shard_writer import MANIFEST
 from pipeline.data.transforms import decode_stored
 from pipeline.errors import InputError
 
 REMEDY = "Run `dvc repro prepare` (or `python -m pipeline prepare`) to create it."
+IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are decoded once and held in memory (training_images)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -109,6 +116,11 @@ class SplitData:
     meta: list[dict]  # all non-image columns, one dict per row
 
 
+def _decoded_images(table) -> list[np.ndarray]:
+    """The ``image`` column of a shard table, decoded: uint8 (H, W, 3) arrays, in row order."""
+    return [decode_stored(b) for b in table.column("image").to_pylist()]
+
+
 def load_split(root: Path, split: str, limit: int | None = None) -> SplitData:
     """The first ``limit`` (default all) images of ``split``, in file order."""
     root = Path(root)
@@ -120,12 +132,85 @@ def load_split(root: Path, split: str, limit: int | None = None) -> SplitData:
         table = pq.read_table(root / shard["file"])
         if limit is not None:
             table = table.slice(0, limit - len(images))
-        images += [decode_stored(b) for b in table.column("image").to_pylist()]
+        images += _decoded_images(table)
         meta += table.drop_columns(["image"]).to_pylist()
     labels = np.array([m["label"] for m in meta], dtype=np.int64)
     if not images:
         return SplitData(np.zeros((0, 0, 0, 3), np.uint8), labels, meta)
     return SplitData(np.stack(images), labels, meta)
+
+
+@dataclass
+class Sample:
+    """Images drawn from a prepared split, in increasing split order."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64
+    indices: np.ndarray  # (N,) row of each image in the split
+
+
+def sample_split(root: Path, split: str, n: int, seed: int, key: str = "n") -> Sample:
+    """``n`` images drawn without replacement from ``split`` (all of them if it has exactly ``n``).
+
+    A random draw rather than a prefix: ImageNet splits are stored class by class. Only the parquet row
+    groups holding drawn rows are read. ``key`` names what asked for ``n`` (a parameter), for errors.
+    """
+    root = Path(root)
+    splits = read_manifest(root)["splits"]
+    if split not in splits:
+        raise InputError(f"{key}: the prepared data has no split {split!r} (splits: {', '.join(splits)})")
+    info = splits[split]
+    count = info["count"]
+    if n > count:
+        raise InputError(f"{key}: asks for {n} images but split {split!r} of {root} has {count}")
+    wanted = np.sort(np.random.default_rng(seed).choice(count, n, replace=False)) if n < count else np.arange(count)
+    images, labels, start = [], [], 0
+    for shard in info["shards"]:
+        rows = shard["rows"]
+        local = wanted[(wanted >= start) & (wanted < start + rows)] - start
+        start += rows
+        if not len(local):
+            continue
+        file = pq.ParquetFile(root / shard["file"])
+        sizes = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
+        offsets = np.cumsum([0, *sizes])
+        group_of = np.searchsorted(offsets, local, side="right") - 1  # row group of each drawn row
+        groups = sorted(set(group_of.tolist()))
+        table = file.read_row_groups(groups, columns=["image", "label"])
+        table_start = dict(zip(groups, np.cumsum([0, *(sizes[g] for g in groups)]).tolist(), strict=False))
+        picked = [table_start[g] + int(r - offsets[g]) for r, g in zip(local, group_of.tolist(), strict=True)]
+        table = table.take(picked)
+        images += _decoded_images(table)
+        labels += table.column("label").to_pylist()
+    return Sample(np.stack(images), np.asarray(labels, dtype=np.int64), wanted)
+
+
+class ImageTensors(Dataset):
+    """uint8 (N, H, W, 3) images as float (3, H, W) tensors in [0, 1], with their labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].permute(2, 0, 1).float().div_(255), int(self.labels[i])
+
+
+def training_images(root: Path, seed: int, split: str = "train") -> Dataset:
+    """A training split: held in memory when small (the demo), streamed from the shards otherwise.
+
+    Small means ``count x image_size^2 x 3`` bytes (the manifest's ``image_size``) of at most
+    ``IN_MEMORY_BYTES``; the stream is a :class:`ShardDataset` shuffled with ``seed``.
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    count = manifest["splits"][split]["count"]
+    if count * manifest["image_size"]**2 * 3 <= IN_MEMORY_BYTES:
+        data = load_split(root, split)
+        return ImageTensors(data.images, data.labels)
+    return ShardDataset(root, split, seed=seed, shuffle=True)
 
 
 def _dist_rank_world() -> tuple[int, int]:

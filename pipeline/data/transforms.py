@@ -1,4 +1,5 @@
-"""Image processing shared by every source: decode, convert to RGB, ADM centre crop, encode.
+"""Image processing shared by every source: decode, convert to RGB, ADM centre crop, encode; and the
+conversion of stored uint8 images to a model's float input (:func:`to_model_input`).
 
 Centre crop (ADM ``center_crop_arr`` convention, used by ADM, DiT, MAR and the ImageNet FID
 references): while the short side is at least ``2 * size``, halve both sides with a BOX filter
@@ -220,3 +221,22 @@ def decode_stored(data: bytes) -> np.ndarray:
     """A stored (already cropped) image back as a (H, W, 3) uint8 array."""
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def to_model_input(images, size: int, mode: str = "bilinear"):
+    """uint8 (N, H, W, 3) images (numpy or torch) or float (N, 3, H, W) ones -> float (N, 3, size, size) in [0, 1].
+
+    uint8 is divided by 255; images not ``size`` x ``size`` are resized with ``mode`` (``bilinear`` for
+    token optimisation, ``bicubic`` for the token-manipulation study: two resamplings whose pixels differ,
+    each kept as its stage has always used it), antialiased, then clamped to [0, 1].
+    """
+    # torch only here: the prepare workers import this module and start faster without it
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(images)
+    x = x.permute(0, 3, 1, 2) if x.shape[-1] == 3 and x.shape[1] != 3 else x  # NHWC -> NCHW
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode=mode, antialias=True, align_corners=False).clamp(0, 1)
+    return x

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from pipeline.data import transforms
 from pipeline.metrics import image_stats
 
 
@@ -174,13 +175,9 @@ class Encoded:
 
 
 def to_model_input(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (M, H, W, 3) or float (M, 3, H, W) images -> float (M, 3, size, size) in [0, 1]."""
-    x = torch.as_tensor(images)
-    x = x.permute(0, 3, 1, 2) if x.shape[-1] == 3 and x.shape[1] != 3 else x  # NHWC -> NCHW
-    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    return x
+    """uint8 (M, H, W, 3) or float (M, 3, H, W) images -> float (M, 3, size, size) in [0, 1], resized bicubic
+    (:func:`pipeline.data.transforms.to_model_input`; token optimisation resizes bilinear)."""
+    return transforms.to_model_input(images, size, mode="bicubic")
 
 
 @torch.no_grad()

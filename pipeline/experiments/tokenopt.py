@@ -21,6 +21,9 @@ one draw shared by the batch as in the official code, or one per image). :class:
 (negative cosine similarity to a prompt per image, optional negative prompt),
 :class:`MaskedReconstructionObjective` (L1 on known pixels) and :class:`WeightedSum` of these.
 
+Tokens and images convert with :func:`pipeline.models.batched.images_to_tokens` /
+:func:`~pipeline.models.batched.tokens_to_images` (re-exported here), shared with the stages' batched loops.
+
 Departures from the official loop, all of which leave its results unchanged: the frozen networks get
 ``requires_grad_(False)`` (the official loop lets their ``.grad`` buffers fill up every step), the
 random draws come from one seeded generator instead of the global RNG, and autocast may be bf16.
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.experiments.tokenopt_config import TokenOptConfig
+from pipeline.models.batched import images_to_tokens, tokens_to_images
 from pipeline.models.clip import ClipModel
 from pipeline.models.titok import TiTok
 from pipeline.train.precision import autocast
@@ -196,34 +200,6 @@ class TokenOptResult:
     codes: torch.Tensor | None  # (B, 1, N) their codes (None for VAE tokenizers)
     images: torch.Tensor  # (B, 3, H, W) decoded from the tokens, clamped to [0, 1]
     loss_history: torch.Tensor  # (steps, B) objective before each step, on the CPU
-
-
-def tokens_to_images(titok: TiTok, tokens: torch.Tensor, *,
-                     post_quantization: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Optimisation variables (B, C, 1, N) -> (images (B, 3, H, W), codes (B, 1, N) or None).
-
-    Pre-quantisation VQ tokens go through the quantiser (straight-through); VAE tokens (B, 2C, 1, N)
-    decode from the posterior mean; post-quantisation tokens are decoded as they are.
-    """
-    if titok.config.quantize_mode == "vae":
-        return titok.decode(tokens if post_quantization else tokens.chunk(2, dim=1)[0]), None
-    if post_quantization:
-        with torch.no_grad():
-            codes = titok.quantize(tokens)[1]["min_encoding_indices"]
-        return titok.decode(tokens), codes
-    quantized, info = titok.quantize(tokens)
-    return titok.decode(quantized), info["min_encoding_indices"]
-
-
-@torch.no_grad()
-def images_to_tokens(titok: TiTok, images: torch.Tensor, *, post_quantization: bool = False) -> torch.Tensor:
-    """Images in [0, 1] (B, 3, H, W) -> the optimisation variables (B, C, 1, N) (VAE: (B, 2C, 1, N))."""
-    latents = titok.encode_continuous(images).float()
-    if not post_quantization:
-        return latents
-    if titok.config.quantize_mode == "vae":
-        return latents.chunk(2, dim=1)[0]
-    return titok.quantize(latents)[0]
 
 
 def optimize_tokens(titok: TiTok, objective: nn.Module, config: TokenOptConfig, *,

@@ -1,4 +1,4 @@
-"""Helpers shared by the stage modules: data access, checkpoints, image grids."""
+"""Helpers shared by the stage modules: the chosen TiTok, checkpoints, image grids."""
 
 from __future__ import annotations
 
@@ -12,37 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic_core import to_jsonable_python
-from torch.utils.data import Dataset
 
-from pipeline.data.shards import ShardDataset, load_split, read_manifest
+from pipeline.data.shards import read_manifest
 from pipeline.layout import checkpoints_root, prepared_root, titok_dir
 from pipeline.params import Params
-
-IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are decoded once and held in memory
-
-
-class ImageTensors(Dataset):
-    """uint8 (N, H, W, 3) images as float (3, H, W) tensors in [0, 1], with their labels."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
-        self.images, self.labels = torch.from_numpy(images), torch.from_numpy(labels)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i].permute(2, 0, 1).float().div_(255), int(self.labels[i])
-
-
-def training_images(params: Params, split: str = "train") -> Dataset:
-    """The training split: held in memory when small (the demo), streamed from the shards otherwise."""
-    root = prepared_root(params)
-    manifest = read_manifest(root)
-    count = manifest["splits"][split]["count"]
-    if count * params.image_size**2 * 3 <= IN_MEMORY_BYTES:
-        data = load_split(root, split)
-        return ImageTensors(data.images, data.labels)
-    return ShardDataset(root, split, seed=params.seed, shuffle=True)
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

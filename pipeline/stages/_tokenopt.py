@@ -1,5 +1,8 @@
 """Shared by the token-optimisation stages: the tokenizer, random image samples, samples I/O.
 
+The random sample is library code (:func:`pipeline.data.shards.sample_split`); :func:`sample_split` here
+reads its folder from params.
+
 Layout. The optimised images of stage ``<stage>`` (``tokenopt_edit``, ``tokenopt_generate``,
 ``tokenopt_inpaint``) are ``<paths.data>/tokenopt/<stage>/``: ``images.npz`` (compressed uint8 NHWC
 arrays, named per stage) and ``records.json`` (one record per optimised image: prompt, class, seed,
@@ -11,16 +14,13 @@ Each stage's sample grid is ``<paths.results>/<stage>/grid.png``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
-from pipeline.data.shards import read_manifest
-from pipeline.data.transforms import decode_stored
+from pipeline.data import shards
+from pipeline.data.shards import Sample
 from pipeline.errors import InputError
 from pipeline.io import write_json
 from pipeline.layout import prepared_root, samples_dir
@@ -43,57 +43,10 @@ def load_tokenizer(params: Params) -> tuple[TiTok, Path, torch.device]:
     return titok.to(dev), folder, dev
 
 
-@dataclass
-class Sample:
-    """Images drawn from a prepared split, in increasing split order."""
-
-    images: np.ndarray  # (N, H, W, 3) uint8
-    labels: np.ndarray  # (N,) int64
-    indices: np.ndarray  # (N,) row of each image in the split
-
-
 def sample_split(params: Params, split: str, n: int, seed: int, key: str) -> Sample:
-    """``n`` images drawn without replacement from ``split`` (all of them if it has exactly ``n``).
-
-    A random draw rather than a prefix: ImageNet splits are stored class by class. Only the parquet row
-    groups holding drawn rows are read. ``key`` names the parameter that asked for ``n`` (for errors).
-    """
-    root = prepared_root(params)
-    splits = read_manifest(root)["splits"]
-    if split not in splits:
-        raise InputError(f"{key}: the prepared data has no split {split!r} (splits: {', '.join(splits)})")
-    info = splits[split]
-    count = info["count"]
-    if n > count:
-        raise InputError(f"{key}: asks for {n} images but split {split!r} of {root} has {count}")
-    wanted = np.sort(np.random.default_rng(seed).choice(count, n, replace=False)) if n < count else np.arange(count)
-    images, labels, start = [], [], 0
-    for shard in info["shards"]:
-        rows = shard["rows"]
-        local = wanted[(wanted >= start) & (wanted < start + rows)] - start
-        start += rows
-        if not len(local):
-            continue
-        file = pq.ParquetFile(root / shard["file"])
-        sizes = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
-        offsets = np.cumsum([0, *sizes])
-        group_of = np.searchsorted(offsets, local, side="right") - 1  # row group of each drawn row
-        groups = sorted(set(group_of.tolist()))
-        table = file.read_row_groups(groups, columns=["image", "label"])
-        table_start = dict(zip(groups, np.cumsum([0, *(sizes[g] for g in groups)]).tolist(), strict=False))
-        picked = [table_start[g] + int(r - offsets[g]) for r, g in zip(local, group_of.tolist(), strict=True)]
-        table = table.take(picked)
-        images += [decode_stored(b) for b in table.column("image").to_pylist()]
-        labels += table.column("label").to_pylist()
-    return Sample(np.stack(images), np.asarray(labels, dtype=np.int64), wanted)
-
-
-def to_model_input(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1] (antialiased resize when sizes differ)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
-    return x
+    """``n`` images drawn from ``split`` of the prepared data (:func:`pipeline.data.shards.sample_split`);
+    ``key`` names the parameter that asked for ``n`` (for errors)."""
+    return shards.sample_split(prepared_root(params), split, n, seed, key)
 
 
 def fill_class(prompt: str, name: str) -> str:

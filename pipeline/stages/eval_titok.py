@@ -19,10 +19,10 @@ import torch
 
 from pipeline.io import write_metrics
 from pipeline.layout import prepared_root, results_dir, titok_dir
+from pipeline.models.batched import reconstruct
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.stages._common import save_image_grid, to_float, to_uint8
-from pipeline.stages.train_titok import reconstruct
 from pipeline.tracking import stage_run
 
 STAGE = "eval_titok"

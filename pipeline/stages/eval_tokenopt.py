@@ -14,8 +14,9 @@ Reads the images of ``tokenopt_generate``, ``tokenopt_edit`` and ``tokenopt_inpa
   top-1 accuracy on the prompted class;
 - **editing**: CLIP and judge scores against the prompt before (the source image) and after, the
   fraction of edits that raised the score, and PSNR of the edit to its source; per prompt and overall;
-  for prompts that ask for brightness ("bright" / "dark", :func:`brightness_direction`), the measured
-  mean brightness before and after and the fraction of images moved in the prompted direction;
+  for prompts that ask for brightness ("bright" / "dark",
+  :func:`pipeline.metrics.tokenopt_scores.brightness_direction`), the measured mean brightness before and
+  after and the fraction of images moved in the prompted direction;
 - **inpainting**, per mask kind, for the result (known pixels pasted back) and the loop's start: FID,
   and L1 / PSNR on the filled region against the original; PSNR of the raw decode on the known region.
 
@@ -27,6 +28,7 @@ with each other only. ``judge_independent`` records that judge and objective are
 ``seeds`` baseline is drawn from ``tokenopt.generate.seed_split``; when that is also the reference split,
 its FID is optimistic (the seeds are reference images).
 
+The scoring engine is :mod:`pipeline.metrics.tokenopt_scores`; this stage reads params.yaml and the samples.
 ``protocol`` records the protocol each score followed (``generate``, ``clip_score``, ``judge_score``,
 ``inpaint.<mask kind>``) for the report to compare with the paper's.
 
@@ -40,15 +42,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from pipeline.errors import InputError
 from pipeline.io import write_metrics, write_text
 from pipeline.layout import fid_reference_cache, results_dir
-from pipeline.metrics.clip_score import clip_score, zero_shot_classifier, zero_shot_logits
-from pipeline.metrics.fid import FeatureSpace, ReferenceStats, fidelity_metrics, fidelity_protocol
-from pipeline.metrics.image_stats import l1, mean_brightness, psnr
-from pipeline.models.clip import ClipModel
+from pipeline.metrics.fid import fidelity_protocol
+from pipeline.metrics.tokenopt_scores import Scorer, editing_scores, inpainting_scores
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
 from pipeline.stages._inputs import (
@@ -64,47 +63,8 @@ from pipeline.stages._inputs import (
 from pipeline.tracking import stage_run
 
 STAGE = "eval_tokenopt"
-CHUNK = 1024  # images converted to float at a time (50k x 256 px as float would not fit)
 REAL_SPLIT = "val"
 GENERATION_COLUMNS = ("fid", "isc_mean", "precision", "recall", "clip_score", "judge_score", "judge_zero_shot_top1")
-
-
-def _chunked(fn, images: np.ndarray, *args) -> torch.Tensor:
-    """``fn(images[i:j], *args[i:j])`` over chunks of ``CHUNK`` images, concatenated."""
-    return torch.cat([fn(images[i:i + CHUNK], *(a[i:i + CHUNK] for a in args)) for i in range(0, len(images), CHUNK)])
-
-
-def _mean(x: torch.Tensor) -> float:
-    return float(x.float().mean())
-
-
-class Scorer:
-    """The models and reference every score of this stage uses."""
-
-    def __init__(self, params: Params, objective: ClipModel, judge: ClipModel, space: FeatureSpace,
-                 reference: ReferenceStats, names: list[str]) -> None:
-        self.params, self.objective, self.judge, self.space, self.reference = params, objective, judge, space, reference
-        self.classifier = zero_shot_classifier(judge, names, params.clip.templates)
-
-    def clip(self, model: ClipModel, images: np.ndarray, prompts: list[str]) -> torch.Tensor:
-        return _chunked(lambda x, p: clip_score(model, x, list(p)), images, prompts)
-
-    def zero_shot_correct(self, images: np.ndarray, labels: np.ndarray) -> torch.Tensor:
-        logits = _chunked(lambda x: zero_shot_logits(self.judge, x, self.classifier), images)
-        return logits.argmax(1) == torch.as_tensor(labels)
-
-    def fidelity(self, images: np.ndarray, *, isc: bool = True, prc: bool = True) -> dict:
-        if len(images) < 2:  # a covariance needs two samples
-            return {"fid": None, "num_samples": len(images)}
-        f = self.params.fid
-        return fidelity_metrics(images, self.reference, self.space, isc=isc, prc=prc,
-                                isc_splits=min(f.isc_splits, len(images)), batch_size=f.batch_size)
-
-    def generation_row(self, images: np.ndarray, labels: np.ndarray, prompts: list[str]) -> dict:
-        return self.fidelity(images) | {
-            "clip_score": _mean(self.clip(self.objective, images, prompts)),
-            "judge_score": _mean(self.clip(self.judge, images, prompts)),
-            "judge_zero_shot_top1": _mean(self.zero_shot_correct(images, labels))}
 
 
 def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
@@ -132,59 +92,12 @@ def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
     return out
 
 
-def brightness_direction(template: str) -> int:
-    """+1 for a prompt asking for a brighter image, -1 for a darker one, 0 when it does not say."""
-    words = set(template.lower().replace(",", " ").split())
-    return int("bright" in words or "brighter" in words) - int("dark" in words or "darker" in words)
-
-
 def _editing(params: Params, scorer: Scorer) -> dict:
-    arrays, records = common.load_samples(params, "tokenopt_edit")
-    source, edited = arrays["source"], arrays["edited"]
-    before_images = source[[r["index"] % len(source) for r in records]]
-    prompts = [r["prompt"] for r in records]
-    s = {"clip_before": scorer.clip(scorer.objective, before_images, prompts),
-         "clip_after": scorer.clip(scorer.objective, edited, prompts),
-         "judge_before": scorer.clip(scorer.judge, before_images, prompts),
-         "judge_after": scorer.clip(scorer.judge, edited, prompts),
-         "psnr_to_source": _chunked(psnr, edited, before_images),
-         "brightness_before": _chunked(mean_brightness, before_images),
-         "brightness_after": _chunked(mean_brightness, edited)}
-    direction = torch.tensor([brightness_direction(r["template"]) for r in records])
-    moved = torch.sign(s["brightness_after"] - s["brightness_before"]) == direction
-
-    def summary(idx: list[int]) -> dict:
-        m = {k: _mean(v[idx]) for k, v in s.items()}
-        m["clip_improved_fraction"] = _mean(s["clip_after"][idx] > s["clip_before"][idx])
-        m["judge_improved_fraction"] = _mean(s["judge_after"][idx] > s["judge_before"][idx])
-        asked = [i for i in idx if direction[i] != 0]
-        m["brightness_as_prompted_fraction"] = _mean(moved[asked]) if asked else None
-        return m | {"num_images": len(idx), "num_brightness_prompts": len(asked)}
-
-    templates = list(dict.fromkeys(r["template"] for r in records))
-    return {"overall": summary(list(range(len(records)))),
-            "per_prompt": {t: summary([i for i, r in enumerate(records) if r["template"] == t]) for t in templates}}
+    return editing_scores(scorer, *common.load_samples(params, "tokenopt_edit"))
 
 
 def _inpainting(params: Params, scorer: Scorer) -> dict:
-    arrays, records = common.load_samples(params, "tokenopt_inpaint")
-    original = arrays["original"]
-    out = {}
-    for kind in dict.fromkeys(r["mask"] for r in records):
-        idx = [i for i, r in enumerate(records) if r["mask"] == kind]
-        orig = torch.from_numpy(original[[records[i]["image_index"] for i in idx]])
-        known = torch.from_numpy(arrays["masks"][idx]).float()[:, None]  # (n, 1, H, W), 1 = known
-        hole = 1 - known
-        row: dict = {"num_images": len(idx), "image_size": int(orig.shape[1]), "known_fraction": _mean(known)}
-        for name, key in (("result", "inpainted"), ("start", "start")):
-            raw = torch.from_numpy(arrays[key][idx])
-            composite = known.permute(0, 2, 3, 1) * orig + hole.permute(0, 2, 3, 1) * raw  # (n, H, W, 3)
-            composite = composite.round().to(torch.uint8).numpy()
-            row[name] = scorer.fidelity(composite, isc=False, prc=False) | {
-                "l1_hole": _mean(l1(raw, orig, mask=hole)), "psnr_hole": _mean(psnr(raw, orig, mask=hole)),
-                "psnr_known": _mean(psnr(raw, orig, mask=known))}
-        out[kind] = row
-    return out
+    return inpainting_scores(scorer, *common.load_samples(params, "tokenopt_inpaint"))
 
 
 def _protocols(params: Params, scorer: Scorer, generate: dict, inpaint: dict) -> dict[str, dict]:
@@ -243,7 +156,8 @@ def run(params: Params) -> int:
     judge = judge_clip(params, dev)
     space = feature_space(params, judge)
     reference = fid_reference(params, space, fid_reference_cache(params))
-    scorer = Scorer(params, objective, judge, space, reference, names)
+    scorer = Scorer(objective, judge, space, reference, names, params.clip.templates,
+                    isc_splits=params.fid.isc_splits, batch_size=params.fid.batch_size)
 
     with stage_run(STAGE, params) as mlrun:
         generate, inpaint = _generation(params, scorer, names), _inpainting(params, scorer)

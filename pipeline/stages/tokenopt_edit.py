@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt_tasks import edit_images
 from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
@@ -41,7 +42,7 @@ def run(params: Params) -> int:
     clip = objective_clip(params, str(dev))
     names = class_names(params)
     sample = common.sample_split(params, e.split, e.num_images, params.seed, "tokenopt.edit.num_images")
-    source = common.to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
+    source = to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
     n = len(source)
     prompts = [common.fill_class(p, names[int(c)]) for p in e.prompts for c in sample.labels]  # prompt-major
     negatives = None if e.negative_prompts is None else [common.fill_class(p, names[int(c)])

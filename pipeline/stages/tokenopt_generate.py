@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
+from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt_tasks import TaskOutput, associate_seeds, generate_class_images
 from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
+from pipeline.models.batched import decode_batched, roundtrip_batched
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.side_by_side import in_parallel, run_jobs
@@ -44,23 +45,6 @@ from pipeline.tracking import stage_run
 STAGE = "tokenopt_generate"
 CHUNK_IMAGES = 1024
 GRID_CLASSES = 10
-
-
-@torch.no_grad()
-def _decode_in_batches(titok: TiTok, tokens: torch.Tensor, batch_size: int, post: bool) -> torch.Tensor:
-    """Tokens (N, C, 1, T) -> images (N, 3, H, W) in [0, 1] on the CPU."""
-    dev = titok.latent_tokens.device
-    return torch.cat([tokens_to_images(titok, t.to(dev), post_quantization=post)[0].float().clamp(0, 1).cpu()
-                      for t in tokens.split(batch_size)])
-
-
-@torch.no_grad()
-def _reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int, post: bool) -> torch.Tensor:
-    """The images the loop starts from when seeded with ``images`` (N, 3, H, W)."""
-    dev = titok.latent_tokens.device
-    tokens = torch.cat([images_to_tokens(titok, b.to(dev), post_quantization=post).cpu()
-                        for b in images.split(batch_size)])
-    return _decode_in_batches(titok, tokens, batch_size, post)
 
 
 def _generate(titok: TiTok, clip, names: list[str], per_class: int, config, seed: int,
@@ -93,7 +77,7 @@ def run(params: Params) -> int:
     size = titok.config.image_size
     seed_set = common.sample_split(params, g.seed_split, g.seed_set_size, params.seed,
                                    "tokenopt.generate.seed_set_size")
-    seed_images = common.to_model_input(seed_set.images, size)  # (M, 3, S, S)
+    seed_images = to_model_input(seed_set.images, size)  # (M, 3, S, S)
     config = cfg.optim
     post = config.optimize_post_quantization
     classes_per_chunk = max(1, CHUNK_IMAGES // per_class)
@@ -128,11 +112,12 @@ def run(params: Params) -> int:
                 generator = torch.Generator().manual_seed(chunk_seed)
                 chosen = associate_seeds(clip, seed_images, prompts, g.association, generator)
             seeds = seed_images[chosen]
-            random_images = _decode_in_batches(titok, _random_tokens(titok, len(prompts), chunk_seed, post),
-                                               cfg.batch_size, post)
+            random_images = decode_batched(titok, _random_tokens(titok, len(prompts), chunk_seed, post),
+                                           cfg.batch_size, post_quantization=post)
             arrays["images"].append(to_uint8(out.images))
             arrays["seeds"].append(to_uint8(seeds))
-            arrays["seed_reconstructions"].append(to_uint8(_reconstruct(titok, seeds, cfg.batch_size, post)))
+            arrays["seed_reconstructions"].append(to_uint8(roundtrip_batched(titok, seeds, cfg.batch_size,
+                                                                                 post_quantization=post)))
             arrays["random_tokens"].append(to_uint8(random_images))
             for r, j in zip(out.records, chosen.tolist(), strict=True):
                 records.append({"index": len(records), "class_index": chunk[r["class_index"]],

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.experiments.tokenopt import images_to_tokens, tokens_to_images
+from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt_tasks import inpaint_images
 from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
+from pipeline.models.batched import roundtrip_batched
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
 from pipeline.stages._common import save_image_grid, to_uint8
@@ -35,17 +36,6 @@ STAGE = "tokenopt_inpaint"
 GRID_IMAGES = 6
 
 
-@torch.no_grad()
-def _start_images(titok, masked: torch.Tensor, batch_size: int, post: bool) -> torch.Tensor:
-    """The images the loop starts from: decode(encode(masked)) (N, 3, H, W) in [0, 1], on the CPU."""
-    dev = titok.latent_tokens.device
-    out = []
-    for b in masked.split(batch_size):
-        tokens = images_to_tokens(titok, b.to(dev), post_quantization=post)
-        out.append(tokens_to_images(titok, tokens, post_quantization=post)[0].float().clamp(0, 1).cpu())
-    return torch.cat(out)
-
-
 def run(params: Params) -> int:
     """Fill masked regions by optimising tokens against the known pixels; write images, masks and a grid."""
     cfg = params.tokenopt
@@ -54,7 +44,7 @@ def run(params: Params) -> int:
     titok, folder, dev = common.load_tokenizer(params)
     names = class_names(params)
     sample = common.sample_split(params, p.split, p.num_images, params.seed, "tokenopt.inpaint.num_images")
-    original = common.to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
+    original = to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
     n = len(original)
     clip = prompts = None
     if p.prompt is not None:
@@ -73,7 +63,8 @@ def run(params: Params) -> int:
                                  reset_period=p.reset_period, seed=params.seed, progress=bar)
             inpainted.append(out.images)
             masks.append(out.masks)
-            starts.append(_start_images(titok, original * out.masks, cfg.batch_size, config.optimize_post_quantization))
+            starts.append(roundtrip_batched(titok, original * out.masks, cfg.batch_size,
+                                            post_quantization=config.optimize_post_quantization))
             for r in out.records:
                 i = r["index"]
                 records.append(r | {"index": len(records), "image_index": i, "split": p.split,

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from pipeline.convert_mage_vqgan import HOW
+from pipeline.data.shards import training_images
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.io import atomic_dir, write_curve, write_metrics
-from pipeline.layout import alit_dir, results_dir, vqgan_dir
+from pipeline.layout import alit_dir, prepared_root, results_dir, vqgan_dir
 from pipeline.models.alit import ALIT
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import model_config
@@ -38,7 +39,6 @@ from pipeline.stages._common import (
     final_metrics,
     prefixed_logger,
     remove_checkpoints,
-    training_images,
 )
 from pipeline.tracking import stage_run
 from pipeline.train.alit_recipes import CyclingReconstructionRecipe, LatentDistillationRecipe
@@ -98,7 +98,7 @@ def _run_stage(name: str, recipe, optim: TrainConfig, params: Params, run, *key)
     cfg = params.train_alit
     ckpt = checkpoint_dir(params, f"{STAGE}-{name}", cfg.model, cfg.vqgan, *key, inputs=[base_vqgan_dir(params)])
     start = time.perf_counter()
-    result = train(recipe, training_images(params), optim, ckpt, seed=params.seed,
+    result = train(recipe, training_images(prepared_root(params), params.seed), optim, ckpt, seed=params.seed,
                    log_fn=prefixed_logger(run, f"{name}/"), collate_fn=_flip if cfg.hflip else None)
     if result.ema_state is not None:  # export the averaged weights, as the official evaluation does
         recipe.model.load_state_dict(result.ema_state)

@@ -8,7 +8,7 @@ independent judge ``clip.judge_config`` (``clip_judge_demo.json``: another image
 ``clip.templates`` over the class names. Writes ``<paths.models>/clip/`` (the objective) and
 ``<paths.models>/clip/judge/`` (the judge) atomically, each in open_clip's ``local-dir`` layout
 (``open_clip_model.safetensors`` + ``open_clip_config.json``). Each image is trained with its caption
-and shorter ones built from its recorded factors (:func:`caption_variants`).
+and shorter ones built from its recorded factors (:func:`pipeline.data.demo.caption_variants`).
 
 Paper (``clip.source: pretrained``): trains nothing. It checks that the objective (ViT-B-32
 ``laion2b_s34b_b79k``) and the judge (SigLIP) weights exist and load into their configs, and measures
@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import torch
 
-from pipeline.data.demo import NUMBER_WORDS, PLURALS
+from pipeline.data.demo import caption_variants
 from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import JUDGE_SUBDIR, prepared_root, results_dir, trained_clip_dir
@@ -53,30 +53,6 @@ HEADLINE = {"parameters": "parameters", "steps": "steps", "loss": "final_loss", 
             "judge_top1": "judge.zero_shot_top1", "chance": "chance"}
 HEADLINE_PRETRAINED = {"parameters": "objective.parameters", "zero_shot_top1": "objective.zero_shot_top1",
                        "judge_top1": "judge.zero_shot_top1", "chance": "chance"}
-
-
-def caption_variants(meta: dict) -> list[str]:
-    """The captions an image is trained with: its full caption plus, for demo images, shorter ones.
-
-    The shorter ones name only the count and shape (and the colour): with full captions alone the
-    other factors tell the images of a batch apart and the shapes are not learnt (see
-    :mod:`pipeline.train.clip`). They are built from the same recorded factors as the caption.
-    """
-    if not {"shape", "object_count", "color"} <= meta.keys():
-        return [meta["caption"]]
-    n = int(meta["object_count"])
-    noun = meta["shape"] if n == 1 else PLURALS.get(meta["shape"], meta["shape"] + "s")
-    count = NUMBER_WORDS[n - 1]
-    # Half the draws name the shape alone, in the zero-shot prompt's words: only the shape tells those
-    # captions apart, so the image tower has to learn it (repeats weight the uniform draw of the trainer).
-    shape_only = f"a photo of a {meta['shape']}."
-    # The photo's quality words of the caption ("dark", "bright") with the shape alone, in the editing
-    # prompts' words: in the full caption they are one factor among seven, and the objective barely
-    # learnt them (bright-minus-dark score vs measured brightness on val: correlation 0.38).
-    quality = [w for w in meta["caption"].split(" photo of ")[0].split()[1:] if w in ("dark", "bright")]
-    shape_quality = f"a {quality[0]} photo of a {meta['shape']}." if quality else shape_only
-    return [meta["caption"], f"a photo of {count} {noun}", f"a photo of {count} {meta['color']} {noun}",
-            shape_only, shape_only, shape_quality]
 
 
 def _val(params: Params):

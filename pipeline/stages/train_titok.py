@@ -19,24 +19,23 @@ from pathlib import Path
 
 import torch
 
-from pipeline.data.shards import load_split
+from pipeline.data.shards import ImageTensors, load_split, training_images
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root, results_dir, titok_dir, vqgan_dir
 from pipeline.metrics.image_stats import psnr
+from pipeline.models.batched import reconstruct
 from pipeline.models.losses import LPIPS
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.stages._common import (
-    ImageTensors,
     checkpoint_dir,
     final_metrics,
     prefixed_logger,
     remove_checkpoints,
     save_image_grid,
     to_float,
-    training_images,
 )
 from pipeline.tracking import stage_run
 from pipeline.train.loop import train
@@ -49,18 +48,6 @@ HEADLINE = {"parameters": "parameters", "num_tokens": "num_tokens", "stage1_step
 Curve = list[dict[str, float]]  # TrainResult.history
 
 
-@torch.no_grad()
-def reconstruct(titok: TiTok, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstructions (clamped to [0, 1]) and code indices (N, num_tokens) of ``images``."""
-    titok.eval()
-    recons, codes = [], []
-    for batch in images.split(batch_size):
-        tokens, info = titok.encode(batch)
-        recons.append(titok.decode(tokens).clamp(0, 1))
-        codes.append(info["min_encoding_indices"].reshape(len(batch), -1))
-    return torch.cat(recons), torch.cat(codes)
-
-
 def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, float], Curve, Path]:
     """Train stage 1; the model, its final metrics, its curve and its checkpoint folder (removed once stage 2
     is done: a preemption in stage 2 must not retrain stage 1)."""
@@ -70,7 +57,7 @@ def _stage1(params: Params, vqgan: MaskGITVQGAN, run) -> tuple[TiTok, dict[str, 
     ckpt = checkpoint_dir(params, f"{STAGE}-stage1", cfg.model, cfg.stage1, cfg.quantizer_weight, cfg.pixel_weight,
                           inputs=[vqgan_dir(params)])
     prefixed = prefixed_logger(run, "stage1/")
-    data = training_images(params)
+    data = training_images(prepared_root(params), params.seed)
     if isinstance(data, ImageTensors):  # fixed images held in memory: the teacher's codes once, not per step
         data = ProxyCodeImages(data, vqgan)
     result = train(recipe, data, cfg.stage1, ckpt, seed=params.seed, log_fn=prefixed)
@@ -98,7 +85,8 @@ def _stage2(params: Params, titok: TiTok, perceptual, run) -> tuple[TiTok, dict[
                           cfg.stage2, cfg.perceptual_vgg,
                           cfg.gan_weight, cfg.gan_start, inputs=[vqgan_dir(params)])
     prefixed = prefixed_logger(run, "stage2/")
-    result = train(recipe, training_images(params), cfg.stage2, ckpt, seed=params.seed + 1, log_fn=prefixed)
+    data = training_images(prepared_root(params), params.seed)
+    result = train(recipe, data, cfg.stage2, ckpt, seed=params.seed + 1, log_fn=prefixed)
     if result.ema_state is not None:
         recipe.model.load_state_dict(result.ema_state)
     remove_checkpoints(ckpt)

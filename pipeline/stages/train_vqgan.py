@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.data.shards import training_images
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root, results_dir, vqgan_dir
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
@@ -23,7 +24,6 @@ from pipeline.stages._common import (
     remove_checkpoints,
     save_image_grid,
     to_float,
-    training_images,
 )
 from pipeline.tracking import stage_run
 
@@ -72,8 +72,8 @@ def run(params: Params) -> int:
             vqgan = build_model(cfg.model, image_size=params.image_size)
             recipe = VQGANRecipe(vqgan, l1=cfg.l1, l2=cfg.l2, quantizer_weight=cfg.quantizer_weight)
             ckpt = checkpoint_dir(params, STAGE, cfg)
-            result = train(recipe, training_images(params), cfg.optim, ckpt, seed=params.seed,
-                           log_fn=run.log_metrics)
+            data = training_images(prepared_root(params), params.seed)
+            result = train(recipe, data, cfg.optim, ckpt, seed=params.seed, log_fn=run.log_metrics)
             if result.ema_state is not None:
                 recipe.model.load_state_dict(result.ema_state)
             vqgan = recipe.tokenizer.cpu()
