@@ -33,7 +33,18 @@ RECORDS_FILE = "records.json"
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when there is one; on the CPU, token optimisation runs with deterministic algorithms.
+
+    Why: with two or more threads some CPU kernel of the loop's backward pass is not run-to-run
+    deterministic (differences of ~1e-7 per step), and editing with a negative prompt, whose loss is a
+    near-cancelling difference of two similarities, amplifies them: two ``dvc repro`` runs of the demo's
+    ``tokenopt_edit`` on the same code gave different records for 37 of its 40 images. With
+    ``torch.use_deterministic_algorithms`` two threads give the one-thread results, run after run.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.use_deterministic_algorithms(True)
+    return torch.device("cpu")
 
 
 def load_tokenizer(params: Params) -> tuple[TiTok, Path, torch.device]:
