@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -55,12 +56,12 @@ def test_dvc_repro_then_noop_rerun(micro_repro):
     assert "Data and pipelines are up to date." in _run(["dvc", "status"], scratch_repo).stdout
 
 
-def test_snakemake_run_matches_dvc_and_commit_leaves_status_clean(tmp_path):
+def test_snakemake_run_matches_dvc_and_commit_leaves_status_clean(micro_repro, tmp_path):
     from conftest import assert_same_results, make_scratch_repo
 
-    by_dvc = make_scratch_repo(tmp_path / "dvc")
+    # the session's `dvc repro` of the micro profile, copied because this test changes it further down
+    by_dvc = Path(shutil.copytree(micro_repro.repo, tmp_path / "dvc", symlinks=True))
     by_smk = make_scratch_repo(tmp_path / "smk")
-    _run(["dvc", "repro"], by_dvc)
     _run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2"], by_smk)
     status = _run(["dvc", "status"], by_smk)
     assert "Data and pipelines are up to date." in status.stdout
