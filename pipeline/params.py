@@ -150,8 +150,8 @@ class ClipWeights(Section):
     weights: str  # checkpoint file, or a folder holding one (an HF snapshot: needed for SigLIP's tokenizer)
 
 
-class Clip(Section):
-    """The ``train_clip`` stage and the CLIP models the other stages use.
+class TrainClip(Section):
+    """The ``train_clip`` stage and the CLIP models the other stages use (formerly the section ``clip``).
 
     ``source: train`` (demo): two open_clip configs (names built into open_clip or files
     ``pipeline/models/configs/<name>.json``) trained from random init on the demo captions: ``config``
@@ -171,11 +171,13 @@ class Clip(Section):
     eval_images: PositiveInt | None = None  # val images for the zero-shot accuracy (None: all)
 
     @model_validator(mode="after")
-    def _pretrained_needs_weights(self) -> Clip:
+    def _pretrained_needs_weights(self) -> TrainClip:
         if self.source == "pretrained" and (self.objective is None or self.judge is None):
-            raise ValueError("clip.objective and clip.judge must name local weights when clip.source is pretrained")
+            raise ValueError("train_clip.objective and train_clip.judge must name local weights when "
+                             "train_clip.source is pretrained")
         if any("{}" not in t for t in self.templates):
-            raise ValueError(f"clip.templates: every template needs a {{}} for the class name, found {self.templates}")
+            raise ValueError(f"train_clip.templates: every template needs a {{}} for the class name, "
+                             f"found {self.templates}")
         return self
 
 
@@ -483,7 +485,7 @@ class Params(Section):
     train_vqgan: TrainVqgan = TrainVqgan()
     train_titok: TrainTitok = TrainTitok()
     eval_titok: EvalTitok = EvalTitok()
-    clip: Clip = Clip()
+    train_clip: TrainClip = TrainClip()
     fid: Fid = Fid()
     token_manipulation: TokenManipulation = TokenManipulation()
     resources: dict[str, Resources] = Field(default_factory=dict)

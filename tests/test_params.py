@@ -165,9 +165,9 @@ def test_recording_view_records_the_keys_read_and_sections_used_whole():
     view = RecordingView(params)
     assert view.prepare.demo.num_classes == params.prepare.demo.num_classes
     assert view.seed == params.seed
-    view.clip.model_dump()  # a section used whole
+    view.train_clip.model_dump()  # a section used whole
     assert view.train_titok.stage1.steps == 6  # a library config (TrainConfig) is one value: read whole
-    assert view.reads == {"prepare.demo.num_classes", "seed", "clip", "train_titok.stage1"}
+    assert view.reads == {"prepare.demo.num_classes", "seed", "train_clip", "train_titok.stage1"}
     assert unwrap(view) is params
     with pytest.raises(AttributeError, match="read-only"):
         view.seed = 3
@@ -212,7 +212,7 @@ def test_resources_name_known_stages():
 
 
 @pytest.mark.parametrize(("key", "library"), [("train_titok.stage1", TrainConfig), ("train_alit.stage2", TrainConfig),
-                                              ("clip.train", ClipTrainConfig), ("tokenopt.optim", TokenOptConfig),
+                                              ("train_clip.train", ClipTrainConfig), ("tokenopt.optim", TokenOptConfig),
                                               ("tokenopt.inpaint.optim", TokenOptConfig)])
 def test_a_training_section_is_the_library_config(key, library):
     """One field list per config: the section is the library's config itself, range checks included."""
