@@ -195,7 +195,7 @@ def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
         "train_clip": {"train": {"epochs": 2, "batch_size": 10, "warmup_steps": 1}}, "fid": {"samples_per_class": 2}})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)
     assert stage.run(params) == 0
-    results = tmp_path / "results" / "clip"
+    results = tmp_path / "results" / "train_clip"
     metrics = json.loads((results / "details.json").read_text())
     assert metrics["steps"] == 6 and metrics["val_images"] == 20 and metrics["chance"] == pytest.approx(0.1)
     assert 0 <= metrics["zero_shot_top1"] <= 1

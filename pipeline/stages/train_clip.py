@@ -17,7 +17,7 @@ file shows up here as a low number rather than later as strange optimisation res
 ``<paths.models>/clip/pretrained.json`` records which files were checked (the weights stay where
 params.yaml says; they are not copied).
 
-Both write, under ``<paths.results>/clip/``, ``details.json`` (everything: ``zero_shot_top1`` is the
+Both write, under ``<paths.results>/train_clip/``, ``details.json`` (everything: ``zero_shot_top1`` is the
 objective's, ``judge.zero_shot_top1`` the judge's), ``metrics.json`` (its headline, DVC metrics) and the
 training curves ``curve_objective.csv`` and ``curve_judge.csv`` (DVC plots: the loss every
 ``LOG_EVERY`` steps, as logged to MLflow, with images/s; header only when nothing was trained), and log to
@@ -126,7 +126,7 @@ def _pretrained(params: Params) -> dict:
 
 def run(params: Params) -> int:
     """Train the demo CLIP (or check the pretrained ones) and write it with its zero-shot accuracy."""
-    results = results_dir(params, "clip")
+    results = results_dir(params, STAGE)
     with stage_run(STAGE, params) as run:
         if params.train_clip.source == "train":
             metrics, curves = _train(params, run)
