@@ -35,6 +35,11 @@ TitokName = Literal["titok_s128", "titok_b64", "titok_l32", "titok_bl64_vq8k", "
                     "titok_ll32_vae", "titok_bl64_vae", "titok_bl128_vae", "titok_demo"]
 
 
+# Sections that were renamed: old key -> new key. An old params file naming the old key gets one line
+# saying so instead of "unknown key".
+RENAMED_SECTIONS = {"clip": "train_clip"}  # named after its stage
+
+
 class ParamsError(ValueError):
     """``params.yaml`` (or a profile) is invalid; the message lists every offending key."""
 
@@ -569,6 +574,11 @@ def format_errors(err: ValidationError, source: str, model: type[BaseModel] | No
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("function-after",))
         dotted = _dotted(loc, raw) or "(top level)"
+        if e["type"] == "extra_forbidden" and model is Params and len(loc) == 1 and loc[0] in RENAMED_SECTIONS:
+            new = RENAMED_SECTIONS[loc[0]]
+            lines.append(f"{source}: {loc[0]}: this section was renamed to {new}; rename the key {loc[0]}: to {new}: "
+                         f"(and {loc[0]}.KEY to {new}.KEY in --set / dvc exp run -S overrides)")
+            continue
         if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # (the latter: a dataclass section)
             owner = _model_at(model, loc[:-1])
             allowed = ", ".join(f.alias or name for name, f in section_fields(owner).items()) if owner else (
