@@ -229,3 +229,17 @@ def test_sample_split_reads_the_drawn_rows(setup):
     assert np.array_equal(drawn.images, whole.images[drawn.indices])
     assert np.array_equal(drawn.labels, whole.labels[drawn.indices])
     assert np.array_equal(sample_split(setup, "train", 30, seed=3, key="k").images, whole.images)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path")
+def test_token_optimisation_on_the_cpu_uses_deterministic_algorithms():
+    """Two threads made tokenopt_edit's records differ from run to run; the stages' device turns that off."""
+    from pipeline.stages import _tokenopt
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(False)
+        assert _tokenopt.device() == torch.device("cpu")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
