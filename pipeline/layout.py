@@ -93,7 +93,7 @@ def results_root(p: Params | Paths) -> Path:
 
 
 def results_dir(p: Params | Paths, stage: str) -> Path:
-    """Written by stage ``stage`` (``train_clip``: ``clip``): metrics, details, figures; read by the report."""
+    """Written by stage ``stage`` (its folder, named after it): metrics, details, figures; read by the report."""
     return results_root(p) / stage
 
 

@@ -6,7 +6,7 @@ change ``dvc status`` never reports. With ``PIPELINE_RECORD_PARAMS=<folder>`` se
 dotted keys it read to ``<folder>/<stage>.json``; ``tests/test_pipeline.py`` runs the micro pipeline that
 way and compares each stage's reads with its declaration.
 
-A read is an attribute that is a parameter value (``params.clip.source`` records ``clip.source``); a
+A read is an attribute that is a parameter value (``params.train_clip.source`` records ``train_clip.source``); a
 section used as a whole (``model_dump()`` or any other method of it) records the section's key, and so
 does a section that is a library config (``train_titok.stage1``, a ``TrainConfig``): the stages hand it to
 the library as it is.

@@ -35,6 +35,11 @@ TitokName = Literal["titok_s128", "titok_b64", "titok_l32", "titok_bl64_vq8k", "
                     "titok_ll32_vae", "titok_bl64_vae", "titok_bl128_vae", "titok_demo"]
 
 
+# Sections that were renamed: old key -> new key. An old params file naming the old key gets one line
+# saying so instead of "unknown key".
+RENAMED_SECTIONS = {"clip": "train_clip"}  # named after its stage
+
+
 class ParamsError(ValueError):
     """``params.yaml`` (or a profile) is invalid; the message lists every offending key."""
 
@@ -150,8 +155,8 @@ class ClipWeights(Section):
     weights: str  # checkpoint file, or a folder holding one (an HF snapshot: needed for SigLIP's tokenizer)
 
 
-class Clip(Section):
-    """The ``train_clip`` stage and the CLIP models the other stages use.
+class TrainClip(Section):
+    """The ``train_clip`` stage and the CLIP models the other stages use (formerly the section ``clip``).
 
     ``source: train`` (demo): two open_clip configs (names built into open_clip or files
     ``pipeline/models/configs/<name>.json``) trained from random init on the demo captions: ``config``
@@ -171,11 +176,13 @@ class Clip(Section):
     eval_images: PositiveInt | None = None  # val images for the zero-shot accuracy (None: all)
 
     @model_validator(mode="after")
-    def _pretrained_needs_weights(self) -> Clip:
+    def _pretrained_needs_weights(self) -> TrainClip:
         if self.source == "pretrained" and (self.objective is None or self.judge is None):
-            raise ValueError("clip.objective and clip.judge must name local weights when clip.source is pretrained")
+            raise ValueError("train_clip.objective and train_clip.judge must name local weights when "
+                             "train_clip.source is pretrained")
         if any("{}" not in t for t in self.templates):
-            raise ValueError(f"clip.templates: every template needs a {{}} for the class name, found {self.templates}")
+            raise ValueError(f"train_clip.templates: every template needs a {{}} for the class name, "
+                             f"found {self.templates}")
         return self
 
 
@@ -483,7 +490,7 @@ class Params(Section):
     train_vqgan: TrainVqgan = TrainVqgan()
     train_titok: TrainTitok = TrainTitok()
     eval_titok: EvalTitok = EvalTitok()
-    clip: Clip = Clip()
+    train_clip: TrainClip = TrainClip()
     fid: Fid = Fid()
     token_manipulation: TokenManipulation = TokenManipulation()
     resources: dict[str, Resources] = Field(default_factory=dict)
@@ -567,6 +574,11 @@ def format_errors(err: ValidationError, source: str, model: type[BaseModel] | No
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("function-after",))
         dotted = _dotted(loc, raw) or "(top level)"
+        if e["type"] == "extra_forbidden" and model is Params and len(loc) == 1 and loc[0] in RENAMED_SECTIONS:
+            new = RENAMED_SECTIONS[loc[0]]
+            lines.append(f"{source}: {loc[0]}: this section was renamed to {new}; rename the key {loc[0]}: to {new}: "
+                         f"(and {loc[0]}.KEY to {new}.KEY in --set / dvc exp run -S overrides)")
+            continue
         if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # (the latter: a dataclass section)
             owner = _model_at(model, loc[:-1])
             allowed = ", ".join(f.alias or name for name, f in section_fields(owner).items()) if owner else (

@@ -132,11 +132,11 @@ def _weights(params: Params) -> list[Check]:
         from pipeline.models.losses import LPIPS
 
         out.append(_attempt(f"LPIPS ({vgg}, {lin})", lambda v=vgg, x=lin: LPIPS(v, x)))
-    if params.clip.source == "pretrained":
+    if params.train_clip.source == "pretrained":
         from pipeline.models.clip import load_clip
 
         for role in ("objective", "judge"):
-            w = getattr(params.clip, role)
+            w = getattr(params.train_clip, role)
             out.append(_attempt(f"CLIP {role} ({w.model}, {w.weights})",
                                 lambda w=w: load_clip(w.model, w.weights, tag=w.tag)))
     if params.fid.feature_space == "inception":

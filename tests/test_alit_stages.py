@@ -149,8 +149,8 @@ def _prepare_tiny(tmp_path, monkeypatch, mlflow_uri, **stage_params):
         "workers": 1, "demo": {"train_per_class": 2, "val_per_class": 2, "ood_per_class": 1}}, **stage_params})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)  # 20 train, 20 val, 10 ood
     torch.manual_seed(0)
-    save_clip(create_clip(params.clip.config), tmp_path / "models" / "clip")
-    save_clip(create_clip(params.clip.judge_config), tmp_path / "models" / "clip" / "judge")  # the rFID space
+    save_clip(create_clip(params.train_clip.config), tmp_path / "models" / "clip")
+    save_clip(create_clip(params.train_clip.judge_config), tmp_path / "models" / "clip" / "judge")  # the rFID space
     return params
 
 

@@ -192,10 +192,10 @@ def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = demo_params({"image_size": 32, "prepare": {
         "workers": 1, "demo": {"train_per_class": 3, "val_per_class": 2, "ood_per_class": 1}},
-        "clip": {"train": {"epochs": 2, "batch_size": 10, "warmup_steps": 1}}, "fid": {"samples_per_class": 2}})
+        "train_clip": {"train": {"epochs": 2, "batch_size": 10, "warmup_steps": 1}}, "fid": {"samples_per_class": 2}})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)
     assert stage.run(params) == 0
-    results = tmp_path / "results" / "clip"
+    results = tmp_path / "results" / "train_clip"
     metrics = json.loads((results / "details.json").read_text())
     assert metrics["steps"] == 6 and metrics["val_images"] == 20 and metrics["chance"] == pytest.approx(0.1)
     assert 0 <= metrics["zero_shot_top1"] <= 1
@@ -227,10 +227,10 @@ def test_train_clip_stage_writes_model_and_metrics(tmp_path, monkeypatch):
 def test_pretrained_source_needs_both_models():
     from pipeline import params as P
 
-    with pytest.raises(P.ParamsError, match="clip.objective and clip.judge"):
-        demo_params({"clip": {"source": "pretrained"}})
+    with pytest.raises(P.ParamsError, match="train_clip.objective and train_clip.judge"):
+        demo_params({"train_clip": {"source": "pretrained"}})
     with pytest.raises(P.ParamsError, match="templates"):
-        demo_params({"clip": {"templates": ["no placeholder"]}})
+        demo_params({"train_clip": {"templates": ["no placeholder"]}})
 
 
 def test_caption_variants_name_the_photo_quality_with_the_shape():

@@ -20,11 +20,11 @@ from PIL import Image
 from pipeline import plots_page
 from pipeline.io import write_curve, write_metrics
 
-# stage -> its training curves, relative to paths.results (train_clip writes into results/clip)
+# stage -> its training curves, relative to paths.results
 CURVES = {
     "train_vqgan": ["train_vqgan/curve.csv"],
     "train_titok": ["train_titok/curve_stage1.csv", "train_titok/curve_stage2.csv"],
-    "train_clip": ["clip/curve_objective.csv", "clip/curve_judge.csv"],
+    "train_clip": ["train_clip/curve_objective.csv", "train_clip/curve_judge.csv"],
     "train_alit": ["train_alit/curve_stage1.csv", "train_alit/curve_stage2.csv"],
 }
 HEADLINE_MAX = 12  # scalars per metrics.json: `dvc metrics show` prints each one as a column
@@ -139,7 +139,7 @@ def test_micro_run_curves_headlines_and_offline_plots(micro_repro, tmp_path):
     assert ran["train_vqgan/curve.csv"][1] == [2, 4, 6] and ran["train_titok/curve_stage1.csv"][1] == [2, 4, 6]
     assert ran["train_alit/curve_stage1.csv"][1] == [2, 4] and ran["train_alit/curve_stage2.csv"][1] == [1, 2]
     assert ran["train_titok/curve_stage2.csv"] == (["step", "loss"], [])
-    assert ran["clip/curve_objective.csv"] == (["step", "loss", "images_per_s"], [0])
+    assert ran["train_clip/curve_objective.csv"] == (["step", "loss", "images_per_s"], [0])
     for curve in ("train_vqgan/curve.csv", "train_titok/curve_stage1.csv"):
         assert {"codebook/usage", "lr", "grad_norm", "images_per_s"} <= set(ran[curve][0]), curve
 
@@ -158,7 +158,7 @@ def test_micro_run_curves_headlines_and_offline_plots(micro_repro, tmp_path):
     _dvc(["plots", "show", "-o", str(tmp_path / "plots")], copy)
     page = (tmp_path / "plots" / "index.html").read_text()
     _assert_offline(page)
-    for curve in ("train_vqgan/curve.csv", "clip/curve_judge.csv", "train_alit/curve_stage2.csv"):
+    for curve in ("train_vqgan/curve.csv", "train_clip/curve_judge.csv", "train_alit/curve_stage2.csv"):
         assert f"vegaEmbed('#results_{curve.replace('/', '_').replace('.', '_')}'" in page, curve
     for grouped in ("codebook_usage", "images_per_s"):
         assert f"vegaEmbed('#{grouped}'" in page

@@ -34,9 +34,9 @@ def test_paper_profile_is_imagenet_at_256():
     assert params.prepare.source == "imagenet_folder"
 
 
-def _errors(raw):
+def _errors(raw, *sets):
     with pytest.raises(P.ParamsError) as info:
-        demo_params(raw, source="params.yaml")
+        demo_params(raw, *sets, source="params.yaml")
     return str(info.value)
 
 
@@ -158,6 +158,22 @@ def _write(path, raw):
     return path
 
 
+def test_an_old_clip_section_says_it_was_renamed_to_train_clip(tmp_path):
+    """params files written before the section took its stage's name: one line naming the key and the fix."""
+    raw = profiles.resolve_profile("micro")
+    raw["clip"] = raw.pop("train_clip")  # an old params.yaml, complete under the old name
+    with pytest.raises(P.ParamsError) as err:
+        P.load(_write(tmp_path / "params.yaml", raw))
+    assert str(err.value) == (
+        f"{tmp_path / 'params.yaml'}: clip: this section was renamed to train_clip; rename the key clip: to "
+        "train_clip: (and clip.KEY to train_clip.KEY in --set / dvc exp run -S overrides)")
+    # an old override on the current profile (configure demo --set clip.eval_images=2): the same one line
+    msg = _errors({}, "clip.eval_images=2")
+    assert msg.splitlines() == [msg] and msg.startswith("params.yaml: clip: this section was renamed to train_clip")
+    # other unknown top-level keys keep the generic message
+    assert "unknown key (allowed here: profile, seed" in _errors({"clipp": {}})
+
+
 def test_recording_view_records_the_keys_read_and_sections_used_whole():
     from pipeline.param_reads import RecordingView, unwrap
 
@@ -165,9 +181,9 @@ def test_recording_view_records_the_keys_read_and_sections_used_whole():
     view = RecordingView(params)
     assert view.prepare.demo.num_classes == params.prepare.demo.num_classes
     assert view.seed == params.seed
-    view.clip.model_dump()  # a section used whole
+    view.train_clip.model_dump()  # a section used whole
     assert view.train_titok.stage1.steps == 6  # a library config (TrainConfig) is one value: read whole
-    assert view.reads == {"prepare.demo.num_classes", "seed", "clip", "train_titok.stage1"}
+    assert view.reads == {"prepare.demo.num_classes", "seed", "train_clip", "train_titok.stage1"}
     assert unwrap(view) is params
     with pytest.raises(AttributeError, match="read-only"):
         view.seed = 3
@@ -212,7 +228,7 @@ def test_resources_name_known_stages():
 
 
 @pytest.mark.parametrize(("key", "library"), [("train_titok.stage1", TrainConfig), ("train_alit.stage2", TrainConfig),
-                                              ("clip.train", ClipTrainConfig), ("tokenopt.optim", TokenOptConfig),
+                                              ("train_clip.train", ClipTrainConfig), ("tokenopt.optim", TokenOptConfig),
                                               ("tokenopt.inpaint.optim", TokenOptConfig)])
 def test_a_training_section_is_the_library_config(key, library):
     """One field list per config: the section is the library's config itself, range checks included."""

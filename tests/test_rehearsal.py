@@ -78,7 +78,7 @@ OVERRIDES = [
     "token_manipulation.grid_pairs=1", "token_manipulation.batch_size=2", "token_manipulation.bins=2",
     # one image measure and one class attribute of the five (each measured one costs ~1 min of TiTok-L decodes)
     "token_manipulation.attributes=[brightness, animal]",
-    "clip.eval_images=2",
+    "train_clip.eval_images=2",
     "fid.samples_per_class=1", "fid.prc_images=2", "fid.batch_size=2", "fid.isc_splits=1",
     "tokenopt.batch_size=2", "tokenopt.optim.num_iter=1", "tokenopt.optim.num_augmentations=1",
     "tokenopt.edit.num_images=1", "tokenopt.edit.prompts=['a photo of a {} in the snow']",
@@ -160,12 +160,12 @@ def _weights(repo: Path, params: dict) -> None:
                    cwd=repo, env=pipeline_env(repo), check=True, capture_output=True)
     mage.unlink()
 
-    objective = repo / params["clip"]["objective"]["weights"]
+    objective = repo / params["train_clip"]["objective"]["weights"]
     objective.parent.mkdir(parents=True)
     torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), objective)
-    judge = repo / params["clip"]["judge"]["weights"]
+    judge = repo / params["train_clip"]["judge"]["weights"]
     judge.mkdir(parents=True)
-    model = params["clip"]["judge"]["model"]
+    model = params["train_clip"]["judge"]["model"]
     torch.save(open_clip.create_model(model, pretrained=None).state_dict(), judge / "open_clip_pytorch_model.bin")
     cfg = open_clip.get_model_config(model)
     (judge / "open_clip_config.json").write_text(json.dumps(

@@ -68,8 +68,8 @@ def setup(tmp_path_factory):
     TiTok(TiTokConfig(image_size=SIZE, enc_width=32, enc_depth=1, enc_heads=2, enc_patch_size=8, dec_width=32,
                       dec_depth=1, dec_heads=2, dec_patch_size=8, num_latent_tokens=8, token_size=4,
                       codebook_size=16, legacy=False, pixel_decoder=False)).save_pretrained(root / "models" / "titok")
-    save_clip(create_clip(params.clip.config), root / "models" / "clip")
-    save_clip(create_clip(params.clip.judge_config), root / "models" / "clip" / "judge")
+    save_clip(create_clip(params.train_clip.config), root / "models" / "clip")
+    save_clip(create_clip(params.train_clip.judge_config), root / "models" / "clip" / "judge")
     return params
 
 

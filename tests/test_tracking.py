@@ -21,13 +21,13 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(mlflow_uri, tmp_pat
     artifact = tmp_path / "manifest.json"
     artifact.write_text("{}")
     params = {"seed": 0, "image_size": 64, "paths": {"data": "data", "models": "models"},
-              "prepare": {"shard_size": 10, "root": None}, "clip": {"lr": 1.0}}
+              "prepare": {"shard_size": 10, "root": None}, "train_clip": {"lr": 1.0}}
     with tracking.stage_run("prepare", params) as run:
         run.log_metrics({"images": 12, "nested": {"psnr": 20.5}, "skip": "text"})
         run.log_artifact(artifact)
     client = MlflowClient(mlflow_uri)
     data = client.get_run(run.run_id).data
-    # exactly what dvc.yaml declares for the stage (seed, image_size, paths.data, prepare): not clip
+    # exactly what dvc.yaml declares for the stage (seed, image_size, paths.data, prepare): not train_clip
     assert data.params == {"seed": "0", "image_size": "64", "paths.data": "data", "prepare.shard_size": "10",
                            "prepare.root": "null"}
     seconds = data.metrics.pop("seconds")  # the stage body's wall time, logged by stage_run itself

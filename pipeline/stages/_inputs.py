@@ -8,8 +8,8 @@ The stage side of the stage/library line: the library (``pipeline.models``, ``me
 - :func:`objective_clip` / :func:`judge_clip`: the CLIP that token optimisation maximises and the
   independent judge that scores its results. Demo: the two models ``train_clip`` trains
   (``<paths.models>/clip`` and ``<paths.models>/clip/judge``: other image tower, other seed; no
-  optimisation ever sees the judge). Paper: ``clip.objective`` (ViT-B-32 ``laion2b_s34b_b79k``) and
-  ``clip.judge`` (SigLIP).
+  optimisation ever sees the judge). Paper: ``train_clip.objective`` (ViT-B-32 ``laion2b_s34b_b79k``) and
+  ``train_clip.judge`` (SigLIP).
 - :func:`feature_space`: the FID feature space: the demo judge's image encoder with zero-shot IS
   logits over the class names, or ADM's Inception (local weights).
 - :func:`fid_reference`: reference statistics from ``fid.adm_npz`` when set, else from the first
@@ -47,17 +47,17 @@ def _trained(folder: Path, config: str, device: str) -> ClipModel:
 
 def objective_clip(params: Params, device: str = "cpu") -> ClipModel:
     """The CLIP that guides token optimisation (frozen, eval mode)."""
-    if params.clip.source == "train":
-        return _trained(trained_clip_dir(params), params.clip.config, device)
-    w = params.clip.objective
+    if params.train_clip.source == "train":
+        return _trained(trained_clip_dir(params), params.train_clip.config, device)
+    w = params.train_clip.objective
     return load_clip(w.model, w.weights, tag=w.tag, device=device)
 
 
 def judge_clip(params: Params, device: str = "cpu") -> ClipModel:
     """The model that scores optimised images (SigLIP at paper scale; the demo judge CLIP in the demo)."""
-    if params.clip.source == "train":
-        return _trained(trained_clip_dir(params) / JUDGE_SUBDIR, params.clip.judge_config, device)
-    w = params.clip.judge
+    if params.train_clip.source == "train":
+        return _trained(trained_clip_dir(params) / JUDGE_SUBDIR, params.train_clip.judge_config, device)
+    w = params.train_clip.judge
     return load_clip(w.model, w.weights, tag=w.tag, device=device)
 
 
@@ -71,7 +71,7 @@ def feature_space(params: Params, clip: ClipModel | None = None) -> FeatureSpace
     if params.fid.feature_space == "inception":
         return inception_feature_space(params.fid.inception_weights)
     clip = clip if clip is not None else judge_clip(params)
-    return clip_feature_space(clip, class_names(params), templates=params.clip.templates)
+    return clip_feature_space(clip, class_names(params), templates=params.train_clip.templates)
 
 
 def fid_num_samples(params: Params) -> int:

@@ -60,9 +60,9 @@ def run(params: Params) -> int:
                    "l1": l1(recon, images).mean().item()}
         usage = codebook_usage(codes, titok.config.codebook_size)
         names, labels = class_names(params), torch.from_numpy(data.labels)
-        judged = {"judge_top1_originals": zero_shot_accuracy(judge, images, labels, names, params.clip.templates),
+        judged = {"judge_top1_originals": zero_shot_accuracy(judge, images, labels, names, params.train_clip.templates),
                   "judge_top1_reconstructions": zero_shot_accuracy(judge, recon, labels, names,
-                                                                   params.clip.templates)}
+                                                                   params.train_clip.templates)}
         judged["judge_accuracy_ratio"] = judged["judge_top1_reconstructions"] / max(judged["judge_top1_originals"],
                                                                                     1e-9)
         reference = reference_stats(space, images=data.images, batch_size=params.fid.batch_size,

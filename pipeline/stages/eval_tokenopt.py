@@ -156,7 +156,7 @@ def run(params: Params) -> int:
     judge = judge_clip(params, dev)
     space = feature_space(params, judge)
     reference = fid_reference(params, space, fid_reference_cache(params))
-    scorer = Scorer(objective, judge, space, reference, names, params.clip.templates,
+    scorer = Scorer(objective, judge, space, reference, names, params.train_clip.templates,
                     isc_splits=params.fid.isc_splits, batch_size=params.fid.batch_size)
 
     with stage_run(STAGE, params) as mlrun:

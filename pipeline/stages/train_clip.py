@@ -1,23 +1,23 @@
 """Stage ``train_clip``: the CLIP models of the token-optimisation experiments and their evaluation.
 
-Demo (``clip.source: train``): trains two open_clip models from random init, contrastively on the
+Demo (``train_clip.source: train``): trains two open_clip models from random init, contrastively on the
 captions of the prepared train split with the UniCL class-prompt term (:mod:`pipeline.train.clip`):
-the objective ``clip.config`` (``pipeline/models/configs/clip_demo.json``, seed ``seed``) and the
-independent judge ``clip.judge_config`` (``clip_judge_demo.json``: another image tower, seed
+the objective ``train_clip.config`` (``pipeline/models/configs/clip_demo.json``, seed ``seed``) and the
+independent judge ``train_clip.judge_config`` (``clip_judge_demo.json``: another image tower, seed
 ``seed + 1``), and measures each one's zero-shot accuracy on the val split with the prompts
-``clip.templates`` over the class names. Writes ``<paths.models>/clip/`` (the objective) and
+``train_clip.templates`` over the class names. Writes ``<paths.models>/clip/`` (the objective) and
 ``<paths.models>/clip/judge/`` (the judge) atomically, each in open_clip's ``local-dir`` layout
 (``open_clip_model.safetensors`` + ``open_clip_config.json``). Each image is trained with its caption
 and shorter ones built from its recorded factors (:func:`pipeline.data.demo.caption_variants`).
 
-Paper (``clip.source: pretrained``): trains nothing. It checks that the objective (ViT-B-32
+Paper (``train_clip.source: pretrained``): trains nothing. It checks that the objective (ViT-B-32
 ``laion2b_s34b_b79k``) and the judge (SigLIP) weights exist and load into their configs, and measures
-both models' zero-shot accuracy on the first ``clip.eval_images`` val images, so that a wrong or damaged
+both models' zero-shot accuracy on the first ``train_clip.eval_images`` val images, so that a wrong or damaged
 file shows up here as a low number rather than later as strange optimisation results.
 ``<paths.models>/clip/pretrained.json`` records which files were checked (the weights stay where
 params.yaml says; they are not copied).
 
-Both write, under ``<paths.results>/clip/``, ``details.json`` (everything: ``zero_shot_top1`` is the
+Both write, under ``<paths.results>/train_clip/``, ``details.json`` (everything: ``zero_shot_top1`` is the
 objective's, ``judge.zero_shot_top1`` the judge's), ``metrics.json`` (its headline, DVC metrics) and the
 training curves ``curve_objective.csv`` and ``curve_judge.csv`` (DVC plots: the loss every
 ``LOG_EVERY`` steps, as logged to MLflow, with images/s; header only when nothing was trained), and log to
@@ -56,12 +56,12 @@ HEADLINE_PRETRAINED = {"parameters": "objective.parameters", "zero_shot_top1": "
 
 
 def _val(params: Params):
-    return load_split(prepared_root(params), "val", limit=params.clip.eval_images)
+    return load_split(prepared_root(params), "val", limit=params.train_clip.eval_images)
 
 
 def _train_one(images: torch.Tensor, labels: torch.Tensor, captions: list[list[str]], label_texts: list[str],
                config: str, seed: int, settings: ClipTrainConfig, role: str) -> tuple[ClipModel, ClipTrainResult]:
-    """Train the open_clip config ``config`` from seed ``seed`` (``settings``: the ``clip.train`` section).
+    """Train the open_clip config ``config`` from seed ``seed`` (``settings``: the ``train_clip.train`` section).
 
     A worker of :func:`pipeline.side_by_side.run_jobs`: plain arguments in, the model and its loss curve out.
     """
@@ -73,7 +73,7 @@ def _train_one(images: torch.Tensor, labels: torch.Tensor, captions: list[list[s
 
 
 def _train(params: Params, run) -> tuple[dict, dict[str, list[dict]]]:
-    c = params.clip
+    c = params.train_clip
     train = load_split(prepared_root(params), "train")
     names = class_names(params)
     data = (torch.from_numpy(train.images), torch.from_numpy(train.labels), [caption_variants(m) for m in train.meta],
@@ -105,7 +105,7 @@ def _train(params: Params, run) -> tuple[dict, dict[str, list[dict]]]:
 
 
 def _pretrained(params: Params) -> dict:
-    c = params.clip
+    c = params.train_clip
     val = _val(params)
     names = class_names(params)
     images, labels = torch.from_numpy(val.images), torch.from_numpy(val.labels)
@@ -126,15 +126,15 @@ def _pretrained(params: Params) -> dict:
 
 def run(params: Params) -> int:
     """Train the demo CLIP (or check the pretrained ones) and write it with its zero-shot accuracy."""
-    results = results_dir(params, "clip")
+    results = results_dir(params, STAGE)
     with stage_run(STAGE, params) as run:
-        if params.clip.source == "train":
+        if params.train_clip.source == "train":
             metrics, curves = _train(params, run)
         else:
             metrics, curves = _pretrained(params), {}
         for role in ROLES:
             write_curve(results / f"curve_{role}.csv", curves.get(role, []))
-        write_metrics(results, metrics, HEADLINE if params.clip.source == "train" else HEADLINE_PRETRAINED)
+        write_metrics(results, metrics, HEADLINE if params.train_clip.source == "train" else HEADLINE_PRETRAINED)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("source", "model")})
     top1 = metrics.get("zero_shot_top1", metrics.get("objective", {}).get("zero_shot_top1"))
     print(f"train_clip: zero-shot top-1 on val: objective {top1:.3f}, judge {metrics['judge']['zero_shot_top1']:.3f} "

@@ -2,8 +2,8 @@
 
 ``TrainConfig`` (one run of :func:`pipeline.train.loop.train`) and ``ClipTrainConfig``
 (:func:`pipeline.train.clip.train_clip`) are the one definition of their fields: ``pipeline.params`` uses
-them as section types (``train_titok.stage1``, ``clip.train``, ...), so a value is range-checked the same
-way whether it comes from ``params.yaml`` (the error names its dotted key) or from a caller of the
+them as section types (``train_titok.stage1``, ``train_clip.train``, ...), so a value is range-checked the
+same way whether it comes from ``params.yaml`` (the error names its dotted key) or from a caller of the
 library. They hold what a config file sets; what a run decides (the seed, the device) is an argument of
 the loop. The defaults are neutral (the library's); the demo's values are in ``conf/demo.yaml``.
 """
