@@ -37,8 +37,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.models import count_parameters  # noqa: E402
 from pipeline.models.maskgit_vqgan import VQGAN_CONFIGS, MaskGITVQGAN  # noqa: E402
-from pipeline.models.registry import build_model, count_parameters, model_config  # noqa: E402
+from pipeline.models.registry import build_model, model_config  # noqa: E402
 from pipeline.models.titok import TITOK_CONFIGS  # noqa: E402
 from pipeline.train.loop import TrainConfig, train  # noqa: E402
 from pipeline.train.precision import autocast  # noqa: E402

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.io import atomic_dir
+from pipeline.models import count_parameters
 from pipeline.models.alit import ALIT_CONFIGS
 from pipeline.models.checkpoints import load_state_dict_strict, read_state_dict
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    count = sum(p.numel() for p in model.parameters())
+    count = count_parameters(model)
     print(f"wrote {args.dst} (config.json + model.safetensors, {count / 1e6:.1f} M parameters) from {args.src}")
     return 0
 

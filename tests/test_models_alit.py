@@ -10,6 +10,7 @@ from conftest import attention_maps
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError, MissingWeightsError
+from pipeline.models import count_parameters
 from pipeline.models.alit import ALIT, ALITConfig, latent_distillation_loss
 from pipeline.models.alit_adaptive import adaptive_tokenize
 from pipeline.models.maskgit_vqgan import VQGANConfig
@@ -53,8 +54,8 @@ def test_fixture_keys_load_strict(model):
     listing = [(e["key"], e["shape"]) for e in json.loads((FIXTURE / "state_dict_keys.json").read_text())]
     assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == listing  # same keys, same order
     model.load_state_dict(load_file(str(FIXTURE / "model.safetensors")), strict=True)
-    assert sum(p.numel() for p in model.parameters()) == 1_072_239
-    assert sum(p.numel() for p in model.base_tokenizer.parameters()) == 795_699
+    assert count_parameters(model) == 1_072_239
+    assert count_parameters(model.base_tokenizer) == 795_699
 
 
 def test_fixture_vqgan_features_and_codes(model, tensors, scenario_a):
@@ -158,7 +159,7 @@ def test_released_config_keys_match_the_official_listing(name):
     with torch.device("meta"):
         model = build_model(name)
     assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == expected
-    assert sum(p.numel() for p in model.parameters()) == listing["num_params_without_gan_losses"]
+    assert count_parameters(model) == listing["num_params_without_gan_losses"]
 
 
 # ---- loading -------------------------------------------------------------------------------------

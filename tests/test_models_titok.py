@@ -13,9 +13,10 @@ from conftest import attention_maps
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError, MissingWeightsError
+from pipeline.models import count_parameters
 from pipeline.models.maskgit_vqgan import VQGANConfig
 from pipeline.models.quantizer import VectorQuantizer
-from pipeline.models.registry import build_model, count_parameters, model_config
+from pipeline.models.registry import build_model, model_config
 from pipeline.models.titok import TiTok, TiTokConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.errors import InputError, MissingWeightsError
+from pipeline.models import count_parameters
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
-from pipeline.models.registry import build_model, count_parameters
+from pipeline.models.registry import build_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LATENT_TOL = dict(atol=1e-5, rtol=1e-4)

@@ -287,8 +287,3 @@ def save_clip(clip: ClipModel, folder: str | Path) -> None:
     _ensure_config(clip.name, None)
     cfg = {"model_cfg": open_clip.get_model_config(clip.name), "preprocess_cfg": pp}
     (folder / FOLDER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def num_parameters(module: nn.Module) -> int:
-    """Number of parameters of ``module``."""
-    return sum(p.numel() for p in module.parameters())

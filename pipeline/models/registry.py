@@ -9,7 +9,6 @@ Public API
 ``build_model(name, **overrides)``: a randomly initialised ``TiTok``, ``MaskGITVQGAN`` or ``ALIT``;
     keyword overrides replace config fields (e.g. ``build_model("titok_l32", pixel_decoder=False)``).
 ``model_config(name, **overrides)``: the config alone. ``MODEL_NAMES``: every known name.
-``count_parameters(model)``: all parameters (trainable or not) = the numbers of the state dict.
 """
 
 from __future__ import annotations
@@ -41,8 +40,3 @@ def build_model(name: str, **overrides) -> TiTok | MaskGITVQGAN | ALIT:
     """The named model, randomly initialised (weights come from ``<Model>.from_pretrained``)."""
     config = model_config(name, **overrides)
     return _MODEL_CLASSES[type(config)](config)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Every parameter of ``model``, trainable or not."""
-    return sum(p.numel() for p in model.parameters())

@@ -30,6 +30,7 @@ from pipeline.data.shards import training_images
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import alit_dir, prepared_root, results_dir, vqgan_dir
+from pipeline.models import count_parameters
 from pipeline.models.alit import ALIT
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import model_config
@@ -109,7 +110,7 @@ def _run_stage(name: str, recipe, optim: TrainConfig, params: Params, run, *key)
 def _train(params: Params, run) -> tuple[ALIT, dict, dict[str, list[dict]]]:
     cfg = params.train_alit
     alit = build_alit(params, load_base_vqgan(params))
-    out: dict = {"source": "train", "model": cfg.model, "parameters": sum(p.numel() for p in alit.parameters())}
+    out: dict = {"source": "train", "model": cfg.model, "parameters": count_parameters(alit)}
     curves: dict[str, list[dict]] = {"stage1": [], "stage2": []}
     recipe1 = LatentDistillationRecipe(alit, cfg.iteration_weights, cfg.code_weight, cfg.quantizer_weight)
     stage1_key = (cfg.stage1, cfg.iteration_weights, cfg.code_weight, cfg.quantizer_weight, cfg.hflip)
@@ -142,7 +143,7 @@ def _official(params: Params) -> tuple[ALIT, dict, dict[str, list[dict]]]:
         raise InputError(f"{folder}: the ALIT checkpoint works on {alit.config.image_size} px images but image_size "
                          f"is {params.image_size}")
     return alit, {"source": "official", "folder": str(folder),
-                  "parameters": sum(p.numel() for p in alit.parameters())}, {"stage1": [], "stage2": []}
+                  "parameters": count_parameters(alit)}, {"stage1": [], "stage2": []}
 
 
 def run(params: Params) -> int:

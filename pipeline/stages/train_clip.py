@@ -36,7 +36,8 @@ from pipeline.data.shards import load_split
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import JUDGE_SUBDIR, prepared_root, results_dir, trained_clip_dir
 from pipeline.metrics.clip_score import zero_shot_accuracy
-from pipeline.models.clip import ClipModel, create_clip, load_clip, num_parameters, save_clip
+from pipeline.models import count_parameters
+from pipeline.models.clip import ClipModel, create_clip, load_clip, save_clip
 from pipeline.params import Params
 from pipeline.side_by_side import run_jobs
 from pipeline.stages._inputs import class_names
@@ -92,7 +93,7 @@ def _train(params: Params, run) -> tuple[dict, dict[str, list[dict]]]:
         run.log_metrics({f"{role}/train_seconds": result.seconds, f"{role}/train_cpu_seconds": result.cpu_seconds,
                          f"{role}/logit_scale": clip.model.logit_scale.exp().item()})
         tail = result.losses[-min(10, len(result.losses)):]
-        metrics[role] = {"model": config, "seed": seed, "parameters": num_parameters(clip),
+        metrics[role] = {"model": config, "seed": seed, "parameters": count_parameters(clip),
                          "train_images": len(data[2]), "steps": result.steps,
                          "initial_loss": result.losses[0], "final_loss": sum(tail) / len(tail),
                          "val_images": len(labels),
@@ -114,7 +115,7 @@ def _pretrained(params: Params) -> dict:
     checked = {}
     for role, w in (("objective", c.objective), ("judge", c.judge)):
         clip = load_clip(w.model, w.weights, tag=w.tag, device=device)  # raises MissingWeightsError
-        out[role] = {"model": w.model, "tag": w.tag, "parameters": num_parameters(clip),
+        out[role] = {"model": w.model, "tag": w.tag, "parameters": count_parameters(clip),
                      "zero_shot_top1": zero_shot_accuracy(clip, images, labels, names, c.templates),
                      "zero_shot_top5": zero_shot_accuracy(clip, images, labels, names, c.templates, top_k=5)}
         checked[role] = {"model": w.model, "tag": w.tag, "weights": str(w.weights)}

@@ -23,6 +23,7 @@ from pipeline.data.shards import ImageTensors, load_split, training_images
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root, results_dir, titok_dir, vqgan_dir
 from pipeline.metrics.image_stats import psnr
+from pipeline.models import count_parameters
 from pipeline.models.batched import reconstruct
 from pipeline.models.losses import LPIPS
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
@@ -126,7 +127,7 @@ def run(params: Params) -> int:
             titok.save_pretrained(tmp)
         metrics = {"source": cfg.source, "model": cfg.model if cfg.source == "train" else str(cfg.folder),
                    "num_tokens": titok.config.num_latent_tokens,
-                   "parameters": sum(p.numel() for p in titok.parameters()),
+                   "parameters": count_parameters(titok),
                    "val_psnr_first_256": val_psnr, **train_metrics}
         run.log_metrics({"val_psnr_first_256": val_psnr})
         run.log_artifact(results / "reconstructions.png")

@@ -15,6 +15,7 @@ import torch
 from pipeline.data.shards import training_images
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root, results_dir, vqgan_dir
+from pipeline.models import count_parameters
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
 from pipeline.params import Params
@@ -90,7 +91,7 @@ def run(params: Params) -> int:
         with atomic_dir(out_dir) as tmp:
             vqgan.save_pretrained(tmp)
         metrics = {"source": cfg.source, "model": cfg.model if cfg.source == "train" else str(cfg.folder),
-                   "parameters": sum(p.numel() for p in vqgan.parameters()),
+                   "parameters": count_parameters(vqgan),
                    "val": quality, **train_metrics}
         run.log_metrics({f"val/{k}": v for k, v in quality.items()})
         run.log_artifact(results / "reconstructions.png")
