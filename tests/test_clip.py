@@ -138,7 +138,7 @@ def test_tiny_clip_trains_and_scores(tiny):
     # 8 images of each caption per batch of 16: the loss cannot go below ln 8.
     floor = torch.log(torch.tensor(8.0)).item()
     assert sum(result.losses[:5]) / 5 > floor + 0.3 and sum(result.losses[-5:]) / 5 < floor + 0.1
-    acc = zero_shot_accuracy(tiny, images, labels, ["red square", "blue square"])
+    acc = zero_shot_accuracy(tiny, images, labels, ["red square", "blue square"], ["a photo of a {}."])
     assert acc > 0.9
     scores = clip_score(tiny, images, captions)
     assert scores.shape == (n,) and (scores.abs() <= 100).all()
@@ -165,7 +165,7 @@ def test_class_prompt_term_teaches_what_captions_alone_do_not(tiny):
         cfg = ClipTrainConfig(epochs=10, batch_size=16, lr=3e-3, warmup_steps=4, augment=False,
                               label_weight=label_weight)
         train_clip(clip, images, captions, cfg, labels=labels, label_texts=prompts)
-        return zero_shot_accuracy(clip, images, labels, ["first", "second"])
+        return zero_shot_accuracy(clip, images, labels, ["first", "second"], ["a photo of a {}."])
 
     assert accuracy(1.0) > 0.9
     assert accuracy(0.0) < 0.75

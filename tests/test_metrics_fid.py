@@ -26,7 +26,7 @@ def space(tmp_path_factory):
     path.write_text(json.dumps(TINY))
     torch.manual_seed(0)
     clip = create_clip("clip_fid_tiny", config=path)
-    return fid.clip_feature_space(clip, ["red", "green", "blue"], name="clip-test-tiny")
+    return fid.clip_feature_space(clip, ["red", "green", "blue"], templates=["a photo of a {}."], name="clip-test-tiny")
 
 
 def _real(n=200, seed=0):
@@ -161,7 +161,8 @@ def test_an_extractor_is_built_once_per_space_and_layers_and_anew_for_a_re_regis
     assert len(built) == 2  # other layers: another extractor
     registered = fid.ClipFeatures.models[space.name]
     torch.manual_seed(1)
-    other = fid.clip_feature_space(create_clip("clip_fid_tiny"), ["red", "green", "blue"], name=space.name)
+    other = fid.clip_feature_space(create_clip("clip_fid_tiny"), ["red", "green", "blue"],
+                                   templates=["a photo of a {}."], name=space.name)
     try:
         changed = fid.extract_features(images, other, device="cpu")
         assert len(built) == 3 and not torch.equal(changed[space.fid_layer], first[space.fid_layer])

@@ -273,13 +273,13 @@ def test_experiment_tasks(tiny_titok, fixture_clip):
                                                                                                "a cat"]
     for association in ("random", "clip_top1", "clip_top1pct"):
         out = generate_class_images(tiny_titok, fixture_clip, ["cat", "dog"], 2, cfg, seed_images=images,
-                                    association=association, batch_size=4)
+                                    association=association, template="a photo of a {}", batch_size=4)
         assert out.images.shape == (4, 3, 32, 32)
         assert [r["prompt"] for r in out.records] == ["a photo of a cat"] * 2 + ["a photo of a dog"] * 2
         assert all(0 <= r["seed_index"] < 3 for r in out.records)
         if association == "clip_top1":  # the best seed of a class is the same for all its samples
             assert out.records[0]["seed_index"] == out.records[1]["seed_index"]
-    scratch = generate_class_images(tiny_titok, fixture_clip, ["cat"], 2, cfg)
+    scratch = generate_class_images(tiny_titok, fixture_clip, ["cat"], 2, cfg, template="a photo of a {}")
     assert scratch.images.shape == (2, 3, 32, 32) and "seed_index" not in scratch.records[0]
 
     for kind, known in (("center", 0.75), ("half", 0.5)):

@@ -6,7 +6,7 @@ JSON-ready record per image, and (inpainting) the masks. Batch ``i`` runs with t
 batches draw different noise and crops while the whole run stays reproducible.
 
 * :func:`edit_images`: text-guided editing of seed images, one prompt per image.
-* :func:`generate_class_images`: class-conditional generation with prompts ``"a photo of a {name}"``,
+* :func:`generate_class_images`: class-conditional generation with prompts ``template.format(name)``,
   initialised from a seed set (size, association ``random`` / ``clip_top1`` / ``clip_top1pct``) or from
   random tokens.
 * :func:`inpaint_images`: inpainting / outpainting with :func:`make_masks` (``center``, ``boxes``,
@@ -38,7 +38,6 @@ from pipeline.models.titok import TiTok
 
 Association = Literal["random", "clip_top1", "clip_top1pct"]
 MaskKind = Literal["center", "boxes", "half"]
-PROMPT_TEMPLATE = "a photo of a {}"
 
 
 @dataclass
@@ -120,7 +119,7 @@ def associate_seeds(clip: ClipModel, seed_images: torch.Tensor, prompts: Sequenc
 def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[str], num_per_class: int,
                           config: TokenOptConfig, *, seed_images: torch.Tensor | None = None,
                           association: Association = "random",
-                          template: str = PROMPT_TEMPLATE, batch_size: int = 16, seed: int = 0,
+                          template: str, batch_size: int = 16, seed: int = 0,
                           progress=None) -> TaskOutput:
     """Class-conditional generation: ``num_per_class`` images per class, prompt ``template.format(name)``.
 

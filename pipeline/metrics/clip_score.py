@@ -6,6 +6,9 @@ CLIPScore is ``2.5 * max(cos, 0)``). The SigLIP score is the same formula with t
 token-optimisation paper uses SigLIP as an independent judge of CLIP-optimised images. Images are in
 [0, 1] or uint8, any layout :mod:`pipeline.metrics.images` accepts; they go through the model's own
 preprocessing (resize + its mean/std).
+
+Prompt templates (``"a photo of a {}."``) come from the caller (``train_clip.templates`` in params.yaml);
+this module keeps no default.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import torch
 
 from pipeline.metrics.images import to_float
 from pipeline.models.clip import ClipModel
-
-PROMPT_TEMPLATES = ("a photo of a {}.",)
 
 
 def cosine_score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -58,14 +59,14 @@ def clip_score(clip: ClipModel, images: torch.Tensor, texts: str | Sequence[str]
     return cosine_score(img, txt)
 
 
-def class_prompts(class_names: Sequence[str], template: str = PROMPT_TEMPLATES[0]) -> list[str]:
-    """``"a photo of a {name}."`` for each class."""
+def class_prompts(class_names: Sequence[str], template: str) -> list[str]:
+    """``template.format(name)`` for each class."""
     return [template.format(name) for name in class_names]
 
 
 @torch.no_grad()
 def zero_shot_classifier(clip: ClipModel, class_names: Sequence[str],
-                         templates: Sequence[str] = PROMPT_TEMPLATES) -> torch.Tensor:
+                         templates: Sequence[str]) -> torch.Tensor:
     """Class weights (C, D): the renormalised mean of the unit text embeddings over the templates."""
     per_template = torch.stack([text_embeddings(clip, class_prompts(class_names, t)) for t in templates])
     return torch.nn.functional.normalize(per_template.mean(0), dim=-1)
@@ -80,7 +81,7 @@ def zero_shot_logits(clip: ClipModel, images: torch.Tensor, classifier: torch.Te
 
 
 def zero_shot_accuracy(clip: ClipModel, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
-                       templates: Sequence[str] = PROMPT_TEMPLATES, *, top_k: int = 1,
+                       templates: Sequence[str], *, top_k: int = 1,
                        batch_size: int = 256) -> float:
     """Top-``top_k`` zero-shot accuracy in [0, 1] of images with integer ``labels`` (N,)."""
     logits = zero_shot_logits(clip, images, zero_shot_classifier(clip, class_names, templates),

@@ -44,7 +44,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from pipeline.errors import InputError, MissingWeightsError
 from pipeline.io import atomic_file
-from pipeline.metrics.clip_score import PROMPT_TEMPLATES, zero_shot_classifier
+from pipeline.metrics.clip_score import zero_shot_classifier
 from pipeline.metrics.images import UInt8Images
 from pipeline.models.clip import ClipModel
 
@@ -142,7 +142,7 @@ def inception_feature_space(weights: str | Path | None = None) -> FeatureSpace:
                         label="inception")
 
 
-def clip_feature_space(clip: ClipModel, class_names: Sequence[str], *, templates: Sequence[str] = PROMPT_TEMPLATES,
+def clip_feature_space(clip: ClipModel, class_names: Sequence[str], *, templates: Sequence[str],
                        name: str = "clip-demo") -> FeatureSpace:
     """The space of ``clip``'s image encoder, with IS logits over ``class_names``; registers ``name``."""
     ClipFeatures.models[name] = (clip, zero_shot_classifier(clip, class_names, templates))
