@@ -39,6 +39,14 @@ def l2_error(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def ssim_error(recon: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """1 - SSIM (Gaussian window, images in [0, 1], averaged over channels and pixels)."""
+    # Deliberately not pipeline.metrics.image_stats.ssim, whose numbers differ:
+    # that metric clamps to [0, 1] (to_float) and computes in float64 with a float32-rounded window,
+    # returning float32; this criterion judges the unclamped reconstruction, as the official ALIT
+    # criterion does, in the input's dtype. 1 - image_stats.ssim differs from this in the last float32
+    # bits even on in-range images (and by ~1e-2 on out-of-range ones), which can move an image's
+    # stopping iteration across the threshold; the other way round, image_stats.ssim written as
+    # 1 - ssim_error(float64) still differs by one float32 ulp on ~2% of images (the window's rounding).
+    # Models may not import metrics either (tests/test_layering.py).
     c1, c2 = 0.01**2, 0.03**2
     coords = torch.arange(window, dtype=recon.dtype, device=recon.device) - window // 2
     g = torch.exp(-coords**2 / (2 * sigma**2))
