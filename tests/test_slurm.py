@@ -106,7 +106,9 @@ def _submit_toy(run_dir: Path, step_seconds: float) -> str:
     run_dir.mkdir(parents=True)
     # Like the Snakemake jobstep: the command runs in a job step (srun), which SLURM's signals reach.
     cmd = f"srun -n1 {sys.executable} -m pipeline.launch --module {TOY} {run_dir} {TOY_STEPS} {step_seconds}"
-    out = _run(["sbatch", "--parsable", "--requeue", "--job-name", "toy_train", "-o", str(run_dir / "slurm-%j.out"),
+    # One CPU and 1 GB: without --mem the job asks for the whole node's memory and waits for any other job.
+    out = _run(["sbatch", "--parsable", "--requeue", "--job-name", "toy_train", "-c", "1", "--mem", "1G",
+                "-o", str(run_dir / "slurm-%j.out"),
                 "-D", str(ROOT), "--export=ALL", "--wrap", cmd], ROOT, env=_toy_env())
     return out.stdout.strip().split(";")[0]
 
@@ -118,8 +120,16 @@ def _wait(predicate, timeout: float, what: str, job: str, run_dir: Path):
             return
         time.sleep(0.5)
     logs = "\n".join(p.read_text()[-2000:] for p in run_dir.glob("slurm-*.out"))
+    cluster = _cluster_state()  # before scancel, which would hide why the job waited
     subprocess.run(["scancel", job])
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (job {job}: {_job_state(job)})\n{logs}")
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (job {job})\n{cluster}\n{logs}")
+
+
+def _cluster_state() -> str:
+    """Every job with its state and reason, and the node's state and reason: why a job waits."""
+    jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %j %T %r %M"], capture_output=True, text=True)
+    node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %E"], capture_output=True, text=True)
+    return f"squeue (id name state reason time):\n{jobs.stdout}{jobs.stderr}sinfo:\n{node.stdout}{node.stderr}"
 
 
 @pytest.mark.parametrize("interrupt", ["scancel --signal=USR1", "scontrol requeue"])

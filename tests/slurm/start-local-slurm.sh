@@ -7,7 +7,8 @@
 #   tests/slurm/start-local-slurm.sh stop       # stop the daemons started here
 #
 # Needs root (the daemons run as root; this is a test cluster, not a production set-up). Idempotent:
-# running it again with the daemons up only checks that the node is idle. The node is this machine
+# running it again with the daemons up only checks that the node is idle; a (re)start clears the
+# jobs an earlier run left in its state directory. The node is this machine
 # (`slurmd -C` gives its CPUs and memory); one partition `debug`; no accounting database (poll jobs
 # with `squeue`, as profiles/slurm does); no cgroups (proctrack/linuxproc), so it also runs in
 # containers. Jobs requeue on `scontrol requeue` and keep their job id. Environment:
@@ -127,7 +128,10 @@ start_daemons() {
         munge -n | unmunge >/dev/null || die "munge does not work (see /var/log/munge/munged.log)"
 
         log "starting slurmctld and slurmd (logs in $STATE/log)"
-        slurmctld -f "$SLURM_CONF"
+        # -c: a fresh cluster. Without it slurmctld restores the jobs saved in $STATE by an earlier run
+        # (a machine image taken while jobs were queued brings them back), and a restored job that runs
+        # holds a CPU and memory that the tests' jobs then wait for.
+        slurmctld -c -f "$SLURM_CONF"
         for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.1; done
         slurmd -f "$SLURM_CONF"
     fi
