@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.metrics import image_stats as st
-from pipeline.metrics.images import UInt8Images, to_float, to_uint8
+from pipeline.metrics.images import UInt8Images, to_float, to_uint8, to_uint8_hwc
 
 
 def _images(n=4, size=32, seed=0):
@@ -28,6 +28,12 @@ def test_layouts_and_dtypes_agree():
     assert len(ds) == 4 and ds[1].dtype == torch.uint8 and torch.equal(ds[1], u8[1])
     with pytest.raises(ValueError, match="expected images"):
         to_float(torch.zeros(2, 5, 8, 8))
+    # the stages' PNG / npz layout: out-of-range floats clamp, tensors that need grad are accepted
+    shifted = (x * 1.4 - 0.2).requires_grad_()
+    hwc = to_uint8_hwc(shifted)
+    assert isinstance(hwc, np.ndarray) and hwc.dtype == np.uint8 and hwc.shape == (4, 32, 32, 3)
+    assert hwc.min() == 0 and hwc.max() == 255
+    assert np.array_equal(hwc, to_uint8(shifted.detach()).permute(0, 2, 3, 1).numpy())
 
 
 def test_psnr_known_values():

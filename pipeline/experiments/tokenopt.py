@@ -22,7 +22,7 @@ one draw shared by the batch as in the official code, or one per image). :class:
 :class:`MaskedReconstructionObjective` (L1 on known pixels) and :class:`WeightedSum` of these.
 
 Tokens and images convert with :func:`pipeline.models.batched.images_to_tokens` /
-:func:`~pipeline.models.batched.tokens_to_images` (re-exported here), shared with the stages' batched loops.
+:func:`~pipeline.models.batched.tokens_to_images`, shared with the stages' batched loops.
 
 Departures from the official loop, all of which leave its results unchanged: the frozen networks get
 ``requires_grad_(False)`` (the official loop lets their ``.grad`` buffers fill up every step), the

@@ -29,6 +29,11 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (x.float().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
 
 
+def to_uint8_hwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Images -> uint8 numpy (N, H, W, 3), as PNGs, matplotlib and the stages' ``.npz`` samples hold them."""
+    return to_uint8(torch.as_tensor(images).detach().cpu()).permute(0, 2, 3, 1).numpy()
+
+
 def to_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Images -> float32 (N, 3, H, W) in [0, 1]."""
     x = _nchw(images)

@@ -9,23 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic_core import to_jsonable_python
 
 from pipeline.data.shards import read_manifest
 from pipeline.layout import checkpoints_root, prepared_root, titok_dir
+from pipeline.metrics.images import to_uint8_hwc
 from pipeline.params import Params
-
-
-def to_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float (N, 3, H, W), any range -> uint8 (N, H, W, 3), clamped to [0, 1] first."""
-    return (images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
 
 
 def load_chosen_titok(params: Params, choice: Any, key: str) -> tuple[Any, Path]:
@@ -108,7 +98,7 @@ def save_image_grid(rows: Sequence[torch.Tensor], path: Path, labels: Sequence[s
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.1 * n_cols + 0.8, 1.1 * n_rows + 0.4), squeeze=False)
     for r, row in enumerate(rows):
-        imgs = to_uint8(row)
+        imgs = to_uint8_hwc(row)
         for c in range(n_cols):
             ax = axes[r][c]
             ax.axis("off")

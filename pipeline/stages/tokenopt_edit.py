@@ -23,9 +23,10 @@ from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt_tasks import edit_images
 from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
+from pipeline.metrics.images import to_uint8_hwc
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import save_image_grid, to_uint8
+from pipeline.stages._common import save_image_grid
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
@@ -61,7 +62,7 @@ def run(params: Params) -> int:
                         "class_index": int(sample.labels[r["index"] % n]),
                         "class_name": names[int(sample.labels[r["index"] % n])]} for r in out.records]
         with atomic_dir(samples_dir(params, STAGE)) as tmp:
-            common.save_samples(tmp, {"source": to_uint8(source), "edited": to_uint8(out.images)}, records)
+            common.save_samples(tmp, {"source": to_uint8_hwc(source), "edited": to_uint8_hwc(out.images)}, records)
         k = min(GRID_IMAGES, n)
         rows = [source[:k]] + [out.images[i * n:i * n + k] for i in range(len(e.prompts))]
         grid = results_dir(params, STAGE) / "grid.png"

@@ -33,12 +33,13 @@ from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt_tasks import TaskOutput, associate_seeds, generate_class_images
 from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
+from pipeline.metrics.images import to_uint8_hwc
 from pipeline.models.batched import decode_batched, roundtrip_batched
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.side_by_side import in_parallel, run_jobs
 from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import save_image_grid, to_uint8
+from pipeline.stages._common import save_image_grid
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
@@ -105,7 +106,7 @@ def run(params: Params) -> int:
             out = results[0]
             prompts = [r["prompt"] for r in out.records]
             if random_too:
-                arrays["images_random_init"].append(to_uint8(results[1].images))
+                arrays["images_random_init"].append(to_uint8_hwc(results[1].images))
             if g.init == "seed":
                 chosen = torch.tensor([r["seed_index"] for r in out.records])
             else:  # the seed the association would have picked: the seeds baseline
@@ -114,11 +115,11 @@ def run(params: Params) -> int:
             seeds = seed_images[chosen]
             random_images = decode_batched(titok, _random_tokens(titok, len(prompts), chunk_seed, post),
                                            cfg.batch_size, post_quantization=post)
-            arrays["images"].append(to_uint8(out.images))
-            arrays["seeds"].append(to_uint8(seeds))
-            arrays["seed_reconstructions"].append(to_uint8(roundtrip_batched(titok, seeds, cfg.batch_size,
+            arrays["images"].append(to_uint8_hwc(out.images))
+            arrays["seeds"].append(to_uint8_hwc(seeds))
+            arrays["seed_reconstructions"].append(to_uint8_hwc(roundtrip_batched(titok, seeds, cfg.batch_size,
                                                                                  post_quantization=post)))
-            arrays["random_tokens"].append(to_uint8(random_images))
+            arrays["random_tokens"].append(to_uint8_hwc(random_images))
             for r, j in zip(out.records, chosen.tolist(), strict=True):
                 records.append({"index": len(records), "class_index": chunk[r["class_index"]],
                                 "class_name": r["class_name"], "prompt": r["prompt"], "init": g.init,

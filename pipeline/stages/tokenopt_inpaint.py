@@ -25,10 +25,11 @@ from pipeline.data.transforms import to_model_input
 from pipeline.experiments.tokenopt_tasks import inpaint_images
 from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
+from pipeline.metrics.images import to_uint8_hwc
 from pipeline.models.batched import roundtrip_batched
 from pipeline.params import Params
 from pipeline.stages import _tokenopt as common
-from pipeline.stages._common import save_image_grid, to_uint8
+from pipeline.stages._common import save_image_grid
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
 
@@ -70,8 +71,9 @@ def run(params: Params) -> int:
                 records.append(r | {"index": len(records), "image_index": i, "split": p.split,
                                     "split_index": int(sample.indices[i]), "class_index": int(sample.labels[i]),
                                     "class_name": names[int(sample.labels[i])]})
-        arrays = {"original": to_uint8(original), "inpainted": to_uint8(torch.cat(inpainted)),
-                  "start": to_uint8(torch.cat(starts)), "masks": torch.cat(masks)[:, 0].round().to(torch.uint8).numpy()}
+        arrays = {"original": to_uint8_hwc(original), "inpainted": to_uint8_hwc(torch.cat(inpainted)),
+                  "start": to_uint8_hwc(torch.cat(starts)),
+                  "masks": torch.cat(masks)[:, 0].round().to(torch.uint8).numpy()}
         with atomic_dir(samples_dir(params, STAGE)) as tmp:
             common.save_samples(tmp, arrays, records)
 

@@ -23,6 +23,7 @@ from pipeline.data.shards import ImageTensors, load_split, training_images
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root, results_dir, titok_dir, vqgan_dir
 from pipeline.metrics.image_stats import psnr
+from pipeline.metrics.images import to_float
 from pipeline.models import count_parameters
 from pipeline.models.batched import reconstruct
 from pipeline.models.losses import LPIPS
@@ -36,7 +37,6 @@ from pipeline.stages._common import (
     prefixed_logger,
     remove_checkpoints,
     save_image_grid,
-    to_float,
 )
 from pipeline.tracking import stage_run
 from pipeline.train.loop import train

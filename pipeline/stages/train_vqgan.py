@@ -15,6 +15,7 @@ import torch
 from pipeline.data.shards import training_images
 from pipeline.io import atomic_dir, write_curve, write_metrics
 from pipeline.layout import prepared_root, results_dir, vqgan_dir
+from pipeline.metrics.images import to_float
 from pipeline.models import count_parameters
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN
 from pipeline.models.registry import build_model
@@ -24,7 +25,6 @@ from pipeline.stages._common import (
     final_metrics,
     remove_checkpoints,
     save_image_grid,
-    to_float,
 )
 from pipeline.tracking import stage_run
 
