@@ -228,6 +228,10 @@ class TrainTitok(Section):
     ``source: official`` imports a released checkpoint from ``folder`` instead of training one.
     Stage 2 (L2 + perceptual + GAN on pixels) runs when ``stage2.steps > 0``; its perceptual loss
     needs ``perceptual_vgg`` and ``perceptual_lin`` (local LPIPS files) and is off without them.
+    A single-stage ``model`` (RGB head: ``*_vq8k``, ``*_vae``) trains those pixel losses in ``stage1``
+    (+ ``quantizer_weight`` x VQ loss, or a VAE's KL) and must have ``stage2.steps: 0``; the official
+    single-stage runs weight their perceptual term (LPIPS + 0.1 x ConvNeXt; here LPIPS only) by 1.1 and
+    the GAN by 0.1 from step 200000.
 
     Stage 1's loss is ``CE(proxy codes) + quantizer_weight * VQ loss + pixel_weight * L2(pixels)``, the
     pixels being the soft code mix decoded by the frozen VQGAN (the defaults: the paper's 1 and 0; the
