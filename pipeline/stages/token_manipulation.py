@@ -77,9 +77,13 @@ def run(params: Params) -> int:
     torch.manual_seed(params.seed)
     model, folder = load_tokenizer(params)
     n = model.config.num_latent_tokens
-    if n != cfg.num_tokens:
-        raise InputError(f"token_manipulation.num_tokens is {cfg.num_tokens} but the tokenizer at {folder} has {n} "
-                         f"token positions: set num_tokens: {n} (positions_to_edit must lie in 0..{n - 1})")
+    bad = [p for p in cfg.positions_to_edit if p >= n]
+    if bad:
+        raise InputError(f"token_manipulation.positions_to_edit: {bad} out of range: the tokenizer at {folder} has "
+                         f"{n} token positions, 0..{n - 1}")
+    if cfg.top_k * 2 > n:
+        raise InputError(f"token_manipulation.top_k: {cfg.top_k} leaves too few of the {n} positions of the "
+                         f"tokenizer at {folder} to draw {cfg.top_k} random ones from: expected at most {n // 2}")
     if cfg.rank_by == "mutual_information" and model.config.quantize_mode != "vq":
         raise InputError("token_manipulation.rank_by: mutual_information needs code indices, but the tokenizer at "
                          f"{folder} is a VAE (continuous tokens): use f_ratio")

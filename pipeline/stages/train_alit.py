@@ -110,6 +110,10 @@ def _run_stage(name: str, recipe, optim: TrainConfig, params: Params, run, *key)
 def _train(params: Params, run) -> tuple[ALIT, dict, dict[str, list[dict]]]:
     cfg = params.train_alit
     alit = build_alit(params, load_base_vqgan(params))
+    iters = alit.config.max_rollout_iters
+    if len(cfg.iteration_weights) != iters:
+        raise InputError(f"train_alit.iteration_weights: {len(cfg.iteration_weights)} weights, but {cfg.model} runs "
+                         f"{iters} iterations: give one weight per iteration ({iters})")
     out: dict = {"source": "train", "model": cfg.model, "parameters": count_parameters(alit)}
     curves: dict[str, list[dict]] = {"stage1": [], "stage2": []}
     recipe1 = LatentDistillationRecipe(alit, cfg.iteration_weights, cfg.code_weight, cfg.quantizer_weight)
