@@ -10,7 +10,7 @@ from conftest import demo_params
 
 from pipeline import params as P
 from pipeline import profiles
-from pipeline.experiments import alit_analysis as aa
+from pipeline.experiments import alit_analysis
 from pipeline.models.alit import ALIT, ALITConfig
 from pipeline.models.maskgit_vqgan import MaskGITVQGAN, VQGANConfig
 from pipeline.train.alit_recipes import CyclingReconstructionRecipe, LatentDistillationRecipe
@@ -99,9 +99,9 @@ def test_schema_accepts_the_profiles_alit_sections():
 
 def test_spearman_of_a_monotone_relation_is_one_and_undefined_for_constants():
     x = np.linspace(0, 1, 50)
-    assert aa.spearman(x, np.exp(3 * x)) == pytest.approx(1.0)
-    assert aa.spearman(x, -x**3) == pytest.approx(-1.0)
-    assert aa.spearman(x, np.full(50, 64)) is None
+    assert alit_analysis.spearman(x, np.exp(3 * x)) == pytest.approx(1.0)
+    assert alit_analysis.spearman(x, -x**3) == pytest.approx(-1.0)
+    assert alit_analysis.spearman(x, np.full(50, 64)) is None
 
 
 def test_linear_probe_separates_separable_tokens():
@@ -109,26 +109,26 @@ def test_linear_probe_separates_separable_tokens():
     centres = 4 * torch.randn(5, 24, generator=g)
     labels = torch.arange(200) % 5
     x = centres[labels] + 0.3 * torch.randn(200, 24, generator=g)
-    acc = aa.linear_probe(x[:150], labels[:150], x[150:], labels[150:], 5, max_iter=50)
+    acc = alit_analysis.linear_probe(x[:150], labels[:150], x[150:], labels[150:], 5, max_iter=50)
     assert acc == 1.0
     noise = torch.randn(200, 24, generator=g)  # no signal: near chance
-    assert aa.linear_probe(noise[:150], labels[:150], noise[150:], labels[150:], 5, max_iter=50) < 0.6
+    assert alit_analysis.linear_probe(noise[:150], labels[:150], noise[150:], labels[150:], 5, max_iter=50) < 0.6
 
 
 def test_rollout_attention_and_groups_have_the_documented_shapes():
     alit = _tiny_alit().eval()
     images = (_images(3) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    r = aa.rollout(alit, images, [32, 256], batch_size=2)
+    r = alit_analysis.rollout(alit, images, [32, 256], batch_size=2)
     assert r.recon[32].shape == (3, 3, 32, 32) and r.recon[32].dtype == torch.uint8
     assert r.latents[256].shape == (3, 256 * 4)
-    attn = aa.decoder_attention(alit, _images(2))
+    attn = alit_analysis.decoder_attention(alit, _images(2))
     assert attn.shape == (2, 64, 256)
     assert torch.all(attn.sum(-1) <= 1 + 1e-5)  # a part of each softmax row
-    groups = aa.attention_per_group(attn, 32)
+    groups = alit_analysis.attention_per_group(attn, 32)
     assert groups.shape == (2, 8, 64)
     torch.testing.assert_close(groups.sum(1), attn.sum(-1))
     with pytest.raises(ValueError, match="multiple of 32"):
-        aa.iteration_of(alit, 48)
+        alit_analysis.iteration_of(alit, 48)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from conftest import demo_params
 from torch import nn
 
 from pipeline import params as P
-from pipeline.experiments import token_manipulation as tm
+from pipeline.experiments import token_manipulation
 from pipeline.models.quantizer import VectorQuantizer
 from pipeline.models.titok import TiTok, TiTokConfig
 
@@ -60,28 +60,29 @@ def _planted_images(m: int = 300, size: int = 16) -> tuple[torch.Tensor, list[di
 def test_analysis_recovers_a_planted_position():
     images, meta = _planted_images()
     model = PlantedTokenizer()
-    encoded = tm.encode(model, images, batch_size=64)
+    encoded = token_manipulation.encode(model, images, batch_size=64)
     assert encoded.latents.shape == (300, 4, 8) and encoded.codes.shape == (300, 8)
-    attrs = tm.attribute_table(["brightness", "unrelated"], images, np.zeros(300), meta, wnids=None)
+    attrs = token_manipulation.attribute_table(["brightness", "unrelated"], images, np.zeros(300), meta, wnids=None)
     assert [a.source for a in attrs] == ["image", "recorded"]
-    scores = tm.position_scores(encoded, attrs, bins=4)
-    assert tm.rank_positions(scores["brightness"]["f_ratio"])[0] == PLANTED
-    assert tm.rank_positions(scores["brightness"]["mutual_information"])[0] == PLANTED
+    scores = token_manipulation.position_scores(encoded, attrs, bins=4)
+    assert token_manipulation.rank_positions(scores["brightness"]["f_ratio"])[0] == PLANTED
+    assert token_manipulation.rank_positions(scores["brightness"]["mutual_information"])[0] == PLANTED
     unrelated = scores["unrelated"]["f_ratio"]
-    assert tm.rank_positions(unrelated)[0] != PLANTED
+    assert token_manipulation.rank_positions(unrelated)[0] != PLANTED
     assert unrelated[PLANTED] < 4 < scores["brightness"]["f_ratio"][PLANTED] / 10  # null F is about 1
 
 
 def test_copying_the_planted_position_moves_the_attribute_more_than_random_ones():
     images, meta = _planted_images()
     model = PlantedTokenizer()
-    encoded = tm.encode(model, images)
-    (attr,) = tm.attribute_table(["brightness"], images, np.zeros(300), meta, wnids=None)
-    groups = tm.group_labels(attr, 4)
-    ranking = tm.rank_positions(tm.position_scores(encoded, [attr], 4)["brightness"]["f_ratio"])
-    recon = tm.measure("brightness", tm.decode(model, encoded.codes))
-    result = tm.edit_effects(model, encoded, attr, ranking, top_k=1, groups=groups, recon_measure=recon,
-                             num_pairs=100, bootstrap_samples=500, seed=0)
+    encoded = token_manipulation.encode(model, images)
+    (attr,) = token_manipulation.attribute_table(["brightness"], images, np.zeros(300), meta, wnids=None)
+    groups = token_manipulation.group_labels(attr, 4)
+    scores = token_manipulation.position_scores(encoded, [attr], 4)
+    ranking = token_manipulation.rank_positions(scores["brightness"]["f_ratio"])
+    recon = token_manipulation.measure("brightness", token_manipulation.decode(model, encoded.codes))
+    result = token_manipulation.edit_effects(model, encoded, attr, ranking, top_k=1, groups=groups,
+                                             recon_measure=recon, num_pairs=100, bootstrap_samples=500, seed=0)
     assert result["positions"] == [PLANTED] and result["top_beats_random"]
     assert result["top"]["mean"] > 1 and abs(result["random"]["mean"]) < 0.1  # in sd of the measure
     assert PLANTED not in result["random_positions"]
@@ -93,31 +94,31 @@ def test_f_ratio_matches_a_one_way_anova_on_one_channel():
 
     rng = np.random.default_rng(0)
     latents, groups = rng.normal(size=(60, 1, 3)), rng.integers(0, 3, 60)
-    ours = tm.f_ratio(latents, groups)
+    ours = token_manipulation.f_ratio(latents, groups)
     for n in range(3):
         expected = f_oneway(*(latents[groups == g, 0, n] for g in range(3))).statistic
         assert ours[n] == pytest.approx(expected)
 
 
 def test_group_labels_bins_continuous_by_quantile_and_categorical_by_value():
-    cont = tm.Attribute("x", np.arange(100.0), False, "recorded")
-    assert np.bincount(tm.group_labels(cont, 4)).tolist() == [25, 25, 25, 25]
-    cat = tm.Attribute("color_index", np.array([7.0, 2, 2, 5, 7, 1, 3]), True, "recorded")
-    assert tm.group_labels(cat, 2).tolist() == [4, 1, 1, 3, 4, 0, 2]
+    cont = token_manipulation.Attribute("x", np.arange(100.0), False, "recorded")
+    assert np.bincount(token_manipulation.group_labels(cont, 4)).tolist() == [25, 25, 25, 25]
+    cat = token_manipulation.Attribute("color_index", np.array([7.0, 2, 2, 5, 7, 1, 3]), True, "recorded")
+    assert token_manipulation.group_labels(cat, 2).tolist() == [4, 1, 1, 3, 4, 0, 2]
 
 
 def test_unknown_attribute_names_the_available_ones():
     with pytest.raises(ValueError, match="unknown attribute 'animal'.*available: blur, .*brightness"):
-        tm.attribute_table(["animal"], torch.zeros(2, 8, 8, 3, dtype=torch.uint8), np.zeros(2),
-                           [{"blur": 0.1}, {"blur": 0.2}], wnids=None)
+        token_manipulation.attribute_table(["animal"], torch.zeros(2, 8, 8, 3, dtype=torch.uint8), np.zeros(2),
+                                           [{"blur": 0.1}, {"blur": 0.2}], wnids=None)
     # from the synset ids, not the labels: tench (ImageNet label 0), puffer (397), abacus (398), chain saw (491)
     wnids = ["n01440764", "n02655020", "n02666196", "n03000684"]
-    attr = tm.attribute_table(["animal"], torch.zeros(3, 8, 8, 3, dtype=torch.uint8), np.array([0, 1, 2]), [],
-                              wnids=wnids)[0]
+    attr = token_manipulation.attribute_table(["animal"], torch.zeros(3, 8, 8, 3, dtype=torch.uint8),
+                                              np.array([0, 1, 2]), [], wnids=wnids)[0]
     assert attr.values.tolist() == [1, 1, 0] and attr.categorical
     # a class subset: label 1 is the chain saw here, not goldfish (which it is in the 1000-class order)
-    attr = tm.attribute_table(["animal"], torch.zeros(2, 8, 8, 3, dtype=torch.uint8), np.array([0, 1]), [],
-                              wnids=["n01440764", "n03000684"])[0]
+    attr = token_manipulation.attribute_table(["animal"], torch.zeros(2, 8, 8, 3, dtype=torch.uint8),
+                                              np.array([0, 1]), [], wnids=["n01440764", "n03000684"])[0]
     assert attr.values.tolist() == [1, 0]
 
 
@@ -132,22 +133,22 @@ def _tiny_titok(n: int = 8) -> TiTok:
 def test_copy_paste_of_all_positions_reproduces_the_reference_reconstruction():
     model = _tiny_titok()
     images = torch.rand(6, 3, 32, 32)
-    encoded = tm.encode(model, images)
+    encoded = token_manipulation.encode(model, images)
     target, reference = encoded.codes[:3], encoded.codes[3:]
-    edited = tm.copy_positions(target, reference, range(8))
+    edited = token_manipulation.copy_positions(target, reference, range(8))
     assert torch.equal(edited, reference)
-    assert torch.equal(tm.decode(model, edited), tm.decode(model, reference))
-    one = tm.copy_positions(target, reference, [2])
+    assert torch.equal(token_manipulation.decode(model, edited), token_manipulation.decode(model, reference))
+    one = token_manipulation.copy_positions(target, reference, [2])
     assert torch.equal(one[:, 2], reference[:, 2])
     assert torch.equal(one[:, [0, 1, 3, 4, 5, 6, 7]], target[:, [0, 1, 3, 4, 5, 6, 7]])
 
 
 def test_substitution_changes_only_the_chosen_position():
     codes = torch.randint(0, 16, (4, 8))
-    out = tm.substitute(codes, 3, 11)
+    out = token_manipulation.substitute(codes, 3, 11)
     assert (out[:, 3] == 11).all()
     assert torch.equal(out[:, [0, 1, 2, 4, 5, 6, 7]], codes[:, [0, 1, 2, 4, 5, 6, 7]])
-    per_image = tm.substitute(codes, 0, torch.tensor([1, 2, 3, 4]))
+    per_image = token_manipulation.substitute(codes, 0, torch.tensor([1, 2, 3, 4]))
     assert per_image[:, 0].tolist() == [1, 2, 3, 4] and torch.equal(per_image[:, 1:], codes[:, 1:])
     assert torch.equal(codes, codes.clone())  # the input is left alone
 
@@ -159,7 +160,7 @@ def test_substitution_changes_only_the_chosen_position():
 def test_bad_positions_are_rejected_by_the_library(positions, match):
     codes = torch.zeros(2, 32, dtype=torch.long)
     with pytest.raises(ValueError, match=match):
-        tm.copy_positions(codes, codes, positions)
+        token_manipulation.copy_positions(codes, codes, positions)
 
 
 def test_bad_positions_are_rejected_by_the_schema():
@@ -182,15 +183,16 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_n():
     small, large = rng.normal(1.0, 1.0, 40), rng.normal(1.0, 1.0, 4000)
     widths = []
     for values in (small, large):
-        ci = tm.bootstrap_ci(values, 1000, seed=0)
+        ci = token_manipulation.bootstrap_ci(values, 1000, seed=0)
         assert ci.low < ci.mean < ci.high and ci.mean == pytest.approx(values.mean())
         widths.append(ci.high - ci.low)
     assert widths[1] < widths[0] / 5  # ~ 1/sqrt(n): 10x narrower for 100x the values
     half = 1.96 * large.std() / np.sqrt(len(large))  # the normal interval the bootstrap approaches at large n
-    ci = tm.bootstrap_ci(large, 2000, seed=0)
+    ci = token_manipulation.bootstrap_ci(large, 2000, seed=0)
     assert ci.low == pytest.approx(large.mean() - half, abs=0.15 * half)
     assert ci.high == pytest.approx(large.mean() + half, abs=0.15 * half)
-    assert tm.bootstrap_ci(np.array([0.3]), 100).as_dict() == {"mean": 0.3, "ci_low": 0.3, "ci_high": 0.3}
+    single = token_manipulation.bootstrap_ci(np.array([0.3]), 100)
+    assert single.as_dict() == {"mean": 0.3, "ci_low": 0.3, "ci_high": 0.3}
 
 
 def test_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatch):
@@ -257,8 +259,8 @@ def test_stage_stops_early_on_an_attribute_with_one_value(tmp_path, monkeypatch)
         "num_images": 4, "bins": 2, "attributes": ["brightness", "class"]}})
     prepare(params, Path(params.paths.data) / "prepared", progress=False)
     # as when every image of a class subset is an animal: the class attribute takes one value here
-    table = stage.tm.attribute_table
-    monkeypatch.setattr(stage.tm, "attribute_table", lambda names, images, labels, *a: table(
+    table = stage.token_manipulation.attribute_table
+    monkeypatch.setattr(stage.token_manipulation, "attribute_table", lambda names, images, labels, *a: table(
         names, images, np.zeros_like(labels), *a))
     with pytest.raises(InputError, match=r"attributes: class take\(s\) a single value on the 4 images of split 'val'"):
         stage.run(params)

@@ -37,7 +37,7 @@ import torch
 
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
-from pipeline.experiments import alit_analysis as aa
+from pipeline.experiments import alit_analysis
 from pipeline.io import atomic_dir, write_metrics
 from pipeline.layout import alit_dir, prepared_root, results_dir
 from pipeline.metrics.fid import FeatureSpace, fidelity_metrics, fidelity_protocol, reference_stats
@@ -75,13 +75,13 @@ def _generator(model: ALIT, seed: int) -> torch.Generator:
 def _evaluate_split(model, images, counts, cfg, space, fid_batch, seed) -> dict:
     """Fixed-length and adaptive reconstruction metrics of one split."""
     gen = _generator(model, seed)
-    fixed = aa.rollout(model, images, counts, batch_size=cfg.batch_size, generator=gen)
-    tokens, adaptive_recon = aa.adaptive(model, images, cfg.threshold, cfg.criterion, batch_size=cfg.batch_size,
-                                         generator=gen)
+    fixed = alit_analysis.rollout(model, images, counts, batch_size=cfg.batch_size, generator=gen)
+    tokens, adaptive_recon = alit_analysis.adaptive(model, images, cfg.threshold, cfg.criterion,
+                                                    batch_size=cfg.batch_size, generator=gen)
     reference = reference_stats(space, images=images, batch_size=fid_batch)
 
     def score(recon: torch.Tensor) -> dict[str, float]:
-        errors = aa.reconstruction_errors(recon, images)
+        errors = alit_analysis.reconstruction_errors(recon, images)
         fid = fidelity_metrics(recon, reference, space, isc=False, prc=False, batch_size=fid_batch)["fid"]
         return {"l1": float(errors["l1"].mean()), "psnr": float(errors["psnr"].mean()), "rfid": fid}
 
@@ -140,27 +140,28 @@ def run(params: Params) -> int:
         far = _evaluate_split(model, ood.images, counts, cfg, space, fid_batch, params.seed + 1) if ood else None
 
         # task: a linear probe per token count
-        train_latents = aa.rollout(model, probe_train.images, counts, batch_size=cfg.batch_size, pixels=False,
-                                   generator=_generator(model, params.seed + 2)).latents
-        probe = {n: aa.linear_probe(train_latents[n], torch.from_numpy(probe_train.labels), ind["latents"][n],
-                                    torch.from_numpy(val.labels), num_classes, max_iter=cfg.probe.max_iter,
-                                    weight_decay=cfg.probe.weight_decay) for n in counts}
+        train_latents = alit_analysis.rollout(model, probe_train.images, counts, batch_size=cfg.batch_size,
+                                              pixels=False, generator=_generator(model, params.seed + 2)).latents
+        probe = {n: alit_analysis.linear_probe(train_latents[n], torch.from_numpy(probe_train.labels),
+                                               ind["latents"][n], torch.from_numpy(val.labels), num_classes,
+                                               max_iter=cfg.probe.max_iter, weight_decay=cfg.probe.weight_decay)
+                 for n in counts}
 
         # complexity
         tokens = ind["tokens"].numpy()
         measures = {"PNG bits per pixel": png_bits_per_pixel(torch.from_numpy(val.images)).numpy()}
         if val.meta and "complexity" in val.meta[0]:
             measures["demo complexity (edge density)"] = np.array([m["complexity"] for m in val.meta])
-        rho = {name: aa.spearman(tokens, values) for name, values in measures.items()}
+        rho = {name: alit_analysis.spearman(tokens, values) for name, values in measures.items()}
 
         # token specialisation
         shown = to_float(torch.from_numpy(val.images[:cfg.attention_images]))
-        attn = aa.decoder_attention(model, shown.to(next(model.parameters()).device), cfg.attention_layer,
-                                    generator=_generator(model, params.seed + 3)).cpu()
+        attn = alit_analysis.decoder_attention(model, shown.to(next(model.parameters()).device), cfg.attention_layer,
+                                               generator=_generator(model, params.seed + 3)).cpu()
         per = model.config.num_init_latent_tokens
-        groups = aa.attention_per_group(attn, per)  # (B, G, N)
-        aa.plot_attention(shown, ind["recon_last"][:cfg.attention_images], groups, per, tmp / "attention.png",
-                          recon_title=f"{max(counts)} tokens")
+        groups = alit_analysis.attention_per_group(attn, per)  # (B, G, N)
+        alit_analysis.plot_attention(shown, ind["recon_last"][:cfg.attention_images], groups, per,
+                                     tmp / "attention.png", recon_title=f"{max(counts)} tokens")
 
         # outputs
         series = {cfg.split: {m: [ind["per_tokens"][n][m] for n in counts] for m in ("rfid", "l1", "psnr")}}
@@ -168,8 +169,8 @@ def run(params: Params) -> int:
         if far:
             series[cfg.ood_split] = {m: [far["per_tokens"][n][m] for n in counts] for m in ("rfid", "l1", "psnr")}
             points[cfg.ood_split] = far["adaptive"]
-        aa.plot_tokens_curve(counts, series, points, tmp / "rfid_vs_tokens.png")
-        aa.plot_complexity(tokens, measures, rho, tmp / "complexity.png")
+        alit_analysis.plot_tokens_curve(counts, series, points, tmp / "rfid_vs_tokens.png")
+        alit_analysis.plot_complexity(tokens, measures, rho, tmp / "complexity.png")
         header = ["tokens", "l1", "psnr", "rfid", "probe_accuracy"]
         header += ["ood_l1", "ood_psnr", "ood_rfid"] if far else []
         lines = [",".join(header)]

@@ -49,7 +49,7 @@ from pipeline.layout import fid_reference_cache, results_dir
 from pipeline.metrics.fid import fidelity_protocol
 from pipeline.metrics.tokenopt_scores import Scorer, editing_scores, inpainting_scores
 from pipeline.params import Params
-from pipeline.stages import _tokenopt as common
+from pipeline.stages import _tokenopt
 from pipeline.stages._inputs import (
     class_names,
     data_protocol,
@@ -68,7 +68,7 @@ GENERATION_COLUMNS = ("fid", "isc_mean", "precision", "recall", "clip_score", "j
 
 
 def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
-    arrays, records = common.load_samples(params, "tokenopt_generate")
+    arrays, records = _tokenopt.load_samples(params, "tokenopt_generate")
     protocol = fid_num_samples(params)
     n = min(len(records), protocol)
     keep = np.arange(len(records))
@@ -83,7 +83,7 @@ def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
         if key in arrays:
             out["methods"][method] = scorer.generation_row(arrays[key][keep], labels, prompts)
     try:
-        real = common.sample_split(params, REAL_SPLIT, n, params.seed, "the real_val baseline")
+        real = _tokenopt.sample_split(params, REAL_SPLIT, n, params.seed, "the real_val baseline")
     except InputError as err:  # no val split, or a smaller one: the real row is left out, and why is recorded
         out["methods"]["real_val"] = {"skipped": str(err)}
     else:
@@ -93,11 +93,11 @@ def _generation(params: Params, scorer: Scorer, names: list[str]) -> dict:
 
 
 def _editing(params: Params, scorer: Scorer) -> dict:
-    return editing_scores(scorer, *common.load_samples(params, "tokenopt_edit"))
+    return editing_scores(scorer, *_tokenopt.load_samples(params, "tokenopt_edit"))
 
 
 def _inpainting(params: Params, scorer: Scorer) -> dict:
-    return inpainting_scores(scorer, *common.load_samples(params, "tokenopt_inpaint"))
+    return inpainting_scores(scorer, *_tokenopt.load_samples(params, "tokenopt_inpaint"))
 
 
 def _protocols(params: Params, scorer: Scorer, generate: dict, inpaint: dict) -> dict[str, dict]:
@@ -149,8 +149,8 @@ def _fmt(v) -> str:
 def run(params: Params) -> int:
     """Score the token-optimisation outputs (FID, IS, precision/recall, CLIP, judge) against baselines."""
     for stage in ("tokenopt_generate", "tokenopt_edit", "tokenopt_inpaint"):
-        common.check_samples(params, stage)
-    dev = str(common.device())
+        _tokenopt.check_samples(params, stage)
+    dev = str(_tokenopt.device())
     names = class_names(params)
     objective = objective_clip(params, dev)
     judge = judge_clip(params, dev)

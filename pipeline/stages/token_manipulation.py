@@ -26,7 +26,7 @@ import torch
 
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
-from pipeline.experiments import token_manipulation as tm
+from pipeline.experiments import token_manipulation
 from pipeline.io import atomic_dir, write_json, write_metrics
 from pipeline.layout import prepared_root, results_dir
 from pipeline.models.titok import TiTok
@@ -43,32 +43,35 @@ def load_tokenizer(params: Params) -> tuple[TiTok, Path]:
     return load_chosen_titok(params, params.token_manipulation.tokenizer, "token_manipulation.tokenizer")
 
 
-def _edit_grid(model: TiTok, images: torch.Tensor, encoded: tm.Encoded, recon: torch.Tensor, attr: tm.Attribute,
-               groups: np.ndarray, ranking: list[int], cfg, seed: int, path: Path) -> None:
+def _edit_grid(model: TiTok, images: torch.Tensor, encoded: token_manipulation.Encoded, recon: torch.Tensor,
+               attr: token_manipulation.Attribute, groups: np.ndarray, ranking: list[int], cfg, seed: int,
+               path: Path) -> None:
     """Rows: contrasting pairs; columns: target, reconstructions, copy-paste and substitution edits."""
     n = encoded.num_tokens
     rng = np.random.default_rng(seed)
-    pairs = tm.contrast_pairs(groups, cfg.grid_pairs, rng)
+    pairs = token_manipulation.contrast_pairs(groups, cfg.grid_pairs, rng)
     top = ranking[:cfg.top_k]
     singles = list(dict.fromkeys([*ranking[:GRID_SINGLE_POSITIONS], *cfg.positions_to_edit]))
     random_position = int(rng.choice(np.setdiff1d(np.arange(n), singles)))
     target, reference = encoded.codes[pairs[:, 0]], encoded.codes[pairs[:, 1]]
-    edits = [tm.copy_positions(target, reference, top)]
+    edits = [token_manipulation.copy_positions(target, reference, top)]
     titles = ["target", "target recon", "reference recon", f"copy top-{len(top)} {top}"]
     for p in [*singles, random_position]:
-        edits.append(tm.copy_positions(target, reference, [p]))
+        edits.append(token_manipulation.copy_positions(target, reference, [p]))
         titles.append(f"copy {p}" + (" (random)" if p == random_position else f" (rank {ranking.index(p)})"))
     if encoded.is_vq:
         codebook = model.config.codebook_size
-        edits.append(tm.substitute(target, top[0], torch.as_tensor(rng.integers(0, codebook, len(target)))))
+        random_codes = torch.as_tensor(rng.integers(0, codebook, len(target)))
+        edits.append(token_manipulation.substitute(target, top[0], random_codes))
         titles.append(f"substitute {top[0]}: random code")
-    decoded = tm.decode(model, torch.cat(edits), cfg.batch_size).split(len(pairs))  # each (P, 3, H, W)
-    originals = tm.to_model_input(images[pairs[:, 0]], recon.shape[-1])
+    decoded = token_manipulation.decode(model, torch.cat(edits), cfg.batch_size).split(len(pairs))  # each (P, 3, H, W)
+    originals = token_manipulation.to_model_input(images[pairs[:, 0]], recon.shape[-1])
     rows = [[originals[i], recon[pairs[i, 0]], recon[pairs[i, 1]], *(d[i] for d in decoded)]
             for i in range(len(pairs))]
     labels = [f"{attr.values[t]:.3g} -> {attr.values[r]:.3g}" for t, r in pairs]
-    tm.plot_edit_grid(rows, titles, labels, path, f"{attr.name}: edits of the target toward the reference "
-                      f"(row label: {attr.name} of target -> reference)")
+    token_manipulation.plot_edit_grid(rows, titles, labels, path,
+                                      f"{attr.name}: edits of the target toward the reference "
+                                      f"(row label: {attr.name} of target -> reference)")
 
 
 def run(params: Params) -> int:
@@ -102,11 +105,11 @@ def run(params: Params) -> int:
                          f"{cfg.num_images}), too few for token_manipulation.bins={cfg.bins}: at least "
                          f"{2 * cfg.bins} are needed")
     try:
-        attributes = tm.attribute_table(cfg.attributes, images, data.labels, data.meta, wnids)
+        attributes = token_manipulation.attribute_table(cfg.attributes, images, data.labels, data.meta, wnids)
     except ValueError as err:
         raise InputError(f"token_manipulation.attributes: {err}") from None
     # an attribute with one value here has no contrasting pairs: say so now, not after encoding every image
-    flat = [a.name for a in attributes if len(np.unique(tm.group_labels(a, cfg.bins))) < 2]
+    flat = [a.name for a in attributes if len(np.unique(token_manipulation.group_labels(a, cfg.bins))) < 2]
     if flat:
         raise InputError(f"token_manipulation.attributes: {', '.join(flat)} take(s) a single value on the "
                          f"{len(images)} images of split {cfg.split!r} in {root}; remove it from the list or use "
@@ -115,17 +118,18 @@ def run(params: Params) -> int:
     out = results_dir(params, STAGE)
     with stage_run(STAGE, params) as mlrun, atomic_dir(out) as tmp:
         mlrun.set_tags({"tokenizer": str(folder), "tokenizer.source": cfg.tokenizer.source})
-        encoded = tm.encode(model, images, cfg.batch_size)
-        scores = tm.position_scores(encoded, attributes, cfg.bins)
-        recon = tm.decode(model, encoded.codes, cfg.batch_size)  # (M, 3, H, W)
-        recon_measures = {name: tm.measure(name, recon) for name in {a.measure for a in attributes} if name}
+        encoded = token_manipulation.encode(model, images, cfg.batch_size)
+        scores = token_manipulation.position_scores(encoded, attributes, cfg.bins)
+        recon = token_manipulation.decode(model, encoded.codes, cfg.batch_size)  # (M, 3, H, W)
+        recon_measures = {name: token_manipulation.measure(name, recon)
+                          for name in {a.measure for a in attributes} if name}
 
         figures = tmp / "figures"
         figures.mkdir()
         positions, effects = {}, {}
         for i, attr in enumerate(attributes):
-            groups = tm.group_labels(attr, cfg.bins)
-            ranking = tm.rank_positions(scores[attr.name][cfg.rank_by])
+            groups = token_manipulation.group_labels(attr, cfg.bins)
+            ranking = token_manipulation.rank_positions(scores[attr.name][cfg.rank_by])
             positions[attr.name] = {
                 "ranking": ranking, "rank_by": cfg.rank_by, "source": attr.source, "categorical": attr.categorical,
                 "groups": int(len(np.unique(groups))),
@@ -133,15 +137,15 @@ def run(params: Params) -> int:
             }
             seed = params.seed + 1000 * i
             if attr.measure is not None:
-                result = tm.edit_effects(model, encoded, attr, ranking, top_k=cfg.top_k, groups=groups,
-                                         recon_measure=recon_measures[attr.measure], num_pairs=cfg.num_pairs,
-                                         bootstrap_samples=cfg.bootstrap_samples, seed=seed,
-                                         batch_size=cfg.batch_size)
+                result = token_manipulation.edit_effects(
+                    model, encoded, attr, ranking, top_k=cfg.top_k, groups=groups,
+                    recon_measure=recon_measures[attr.measure], num_pairs=cfg.num_pairs,
+                    bootstrap_samples=cfg.bootstrap_samples, seed=seed, batch_size=cfg.batch_size)
                 effects[attr.name] = {k: v for k, v in result.items() if k not in ("pairs", "random_positions")}
             _edit_grid(model, images, encoded, recon, attr, groups, ranking, cfg, seed,
                        figures / f"edits_{attr.name}.png")
 
-        tm.plot_heatmap(scores, figures / "heatmap.png", cfg.rank_by)
+        token_manipulation.plot_heatmap(scores, figures / "heatmap.png", cfg.rank_by)
         metrics = {"tokenizer": {"source": cfg.tokenizer.source, "folder": str(folder)},
                    "num_images": len(images), "num_tokens": n, "effect_units": "sd of the measure over reconstructions",
                    "attributes": effects}

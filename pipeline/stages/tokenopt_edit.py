@@ -25,7 +25,7 @@ from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
 from pipeline.metrics.images import to_uint8_hwc
 from pipeline.params import Params
-from pipeline.stages import _tokenopt as common
+from pipeline.stages import _tokenopt
 from pipeline.stages._common import save_image_grid
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
@@ -39,14 +39,14 @@ def run(params: Params) -> int:
     cfg = params.tokenopt
     e = cfg.edit
     torch.manual_seed(params.seed)
-    titok, folder, dev = common.load_tokenizer(params)
+    titok, folder, dev = _tokenopt.load_tokenizer(params)
     clip = objective_clip(params, str(dev))
     names = class_names(params)
-    sample = common.sample_split(params, e.split, e.num_images, params.seed, "tokenopt.edit.num_images")
+    sample = _tokenopt.sample_split(params, e.split, e.num_images, params.seed, "tokenopt.edit.num_images")
     source = to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
     n = len(source)
-    prompts = [common.fill_class(p, names[int(c)]) for p in e.prompts for c in sample.labels]  # prompt-major
-    negatives = None if e.negative_prompts is None else [common.fill_class(p, names[int(c)])
+    prompts = [_tokenopt.fill_class(p, names[int(c)]) for p in e.prompts for c in sample.labels]  # prompt-major
+    negatives = None if e.negative_prompts is None else [_tokenopt.fill_class(p, names[int(c)])
                                                          for p in e.negative_prompts for c in sample.labels]
     config = cfg.optim
 
@@ -62,7 +62,7 @@ def run(params: Params) -> int:
                         "class_index": int(sample.labels[r["index"] % n]),
                         "class_name": names[int(sample.labels[r["index"] % n])]} for r in out.records]
         with atomic_dir(samples_dir(params, STAGE)) as tmp:
-            common.save_samples(tmp, {"source": to_uint8_hwc(source), "edited": to_uint8_hwc(out.images)}, records)
+            _tokenopt.save_samples(tmp, {"source": to_uint8_hwc(source), "edited": to_uint8_hwc(out.images)}, records)
         k = min(GRID_IMAGES, n)
         rows = [source[:k]] + [out.images[i * n:i * n + k] for i in range(len(e.prompts))]
         grid = results_dir(params, STAGE) / "grid.png"

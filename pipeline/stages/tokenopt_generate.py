@@ -38,7 +38,7 @@ from pipeline.models.batched import decode_batched, roundtrip_batched
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
 from pipeline.side_by_side import in_parallel, run_jobs
-from pipeline.stages import _tokenopt as common
+from pipeline.stages import _tokenopt
 from pipeline.stages._common import save_image_grid
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
@@ -71,12 +71,12 @@ def run(params: Params) -> int:
     cfg = params.tokenopt
     g = cfg.generate
     torch.manual_seed(params.seed)
-    titok, folder, dev = common.load_tokenizer(params)
+    titok, folder, dev = _tokenopt.load_tokenizer(params)
     clip = objective_clip(params, str(dev))
     names = class_names(params)
     per_class = g.num_per_class or params.fid.samples_per_class
     size = titok.config.image_size
-    seed_set = common.sample_split(params, g.seed_split, g.seed_set_size, params.seed,
+    seed_set = _tokenopt.sample_split(params, g.seed_split, g.seed_set_size, params.seed,
                                    "tokenopt.generate.seed_set_size")
     seed_images = to_model_input(seed_set.images, size)  # (M, 3, S, S)
     config = cfg.optim
@@ -128,7 +128,7 @@ def run(params: Params) -> int:
         stacked = {k: np.concatenate(v) for k, v in arrays.items()}
         stacked["labels"] = np.array([r["class_index"] for r in records], dtype=np.int64)
         with atomic_dir(samples_dir(params, STAGE)) as tmp:
-            common.save_samples(tmp, stacked, records)
+            _tokenopt.save_samples(tmp, stacked, records)
 
         first = [c * per_class for c in range(min(GRID_CLASSES, len(names)))]  # records are class-major
         shown = {"seeds": "seed", "seed_reconstructions": "seed recon", "images": f"optimised ({g.init})",

@@ -28,7 +28,7 @@ from pipeline.layout import results_dir, samples_dir
 from pipeline.metrics.images import to_uint8_hwc
 from pipeline.models.batched import roundtrip_batched
 from pipeline.params import Params
-from pipeline.stages import _tokenopt as common
+from pipeline.stages import _tokenopt
 from pipeline.stages._common import save_image_grid
 from pipeline.stages._inputs import class_names, objective_clip
 from pipeline.tracking import stage_run
@@ -42,15 +42,15 @@ def run(params: Params) -> int:
     cfg = params.tokenopt
     p = cfg.inpaint
     torch.manual_seed(params.seed)
-    titok, folder, dev = common.load_tokenizer(params)
+    titok, folder, dev = _tokenopt.load_tokenizer(params)
     names = class_names(params)
-    sample = common.sample_split(params, p.split, p.num_images, params.seed, "tokenopt.inpaint.num_images")
+    sample = _tokenopt.sample_split(params, p.split, p.num_images, params.seed, "tokenopt.inpaint.num_images")
     original = to_model_input(sample.images, titok.config.image_size)  # (N, 3, S, S)
     n = len(original)
     clip = prompts = None
     if p.prompt is not None:
         clip = objective_clip(params, str(dev))
-        prompts = [common.fill_class(p.prompt, names[int(c)]) for c in sample.labels]
+        prompts = [_tokenopt.fill_class(p.prompt, names[int(c)]) for c in sample.labels]
     config = p.optim
 
     inpainted, starts, masks, records = [], [], [], []
@@ -75,7 +75,7 @@ def run(params: Params) -> int:
                   "start": to_uint8_hwc(torch.cat(starts)),
                   "masks": torch.cat(masks)[:, 0].round().to(torch.uint8).numpy()}
         with atomic_dir(samples_dir(params, STAGE)) as tmp:
-            common.save_samples(tmp, arrays, records)
+            _tokenopt.save_samples(tmp, arrays, records)
 
         k = min(GRID_IMAGES, n)
         rows, labels = [original[:k]], ["original"]
