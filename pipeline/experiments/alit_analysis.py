@@ -10,6 +10,9 @@ Public API
     1-D latents at each token count, from one rollout per batch.
 ``adaptive(model, images, threshold, criterion, ...)`` -> ``(num_tokens (N,), reconstructions)``.
 ``reconstruction_errors(recon, images)`` -> per-image ``l1`` and ``psnr``.
+``evaluate_split(model, images, token_counts, ...)``: L1, PSNR and rFID at each count and at the adaptive
+    length, the adaptive counts, the latents and the reconstructions at the largest count.
+``halting_generator(model, seed)``: the seeded generator of the halting draws.
 ``spearman(x, y)``: rank correlation (None where a side is constant).
 ``linear_probe(train_x, train_y, test_x, test_y, num_classes, ...)``: test accuracy of a multinomial
     logistic regression (L-BFGS, L2 penalty) on standardised features.
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from pipeline.metrics import image_stats
+from pipeline.metrics.fid import FeatureSpace, fidelity_metrics, reference_stats
 from pipeline.metrics.images import to_float, to_uint8
 from pipeline.models.alit import ALIT
 from pipeline.models.alit_adaptive import adaptive_tokenize
@@ -97,6 +101,37 @@ def reconstruction_errors(recon: torch.Tensor, images: np.ndarray | torch.Tensor
     """Per-image L1 (mean absolute error in [0, 1]) and PSNR (dB, peak 1)."""
     ref = torch.as_tensor(images)
     return {"l1": image_stats.l1(recon, ref), "psnr": image_stats.psnr(recon, ref)}
+
+
+def halting_generator(model: ALIT, seed: int) -> torch.Generator:
+    """A seeded generator for the halting draws, on the model's device (torch.bernoulli needs that)."""
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+
+
+def evaluate_split(model: ALIT, images: np.ndarray, token_counts: Sequence[int], *, threshold: float, criterion: str,
+                   space: FeatureSpace, seed: int, batch_size: int = 32, fid_batch_size: int = 64) -> dict:
+    """Fixed-length and adaptive reconstruction of one split: ``per_tokens`` (count -> ``l1``, ``psnr``,
+    ``rfid``), ``adaptive`` (mean / median count, its scores, the count histogram), and for the analyses
+    ``tokens`` (each image's adaptive count), ``latents`` (count -> flattened 1-D latents) and ``recon_last``
+    (uint8 reconstructions at the largest count). rFID is against the same images, in ``space``."""
+    gen = halting_generator(model, seed)
+    fixed = rollout(model, images, token_counts, batch_size=batch_size, generator=gen)
+    tokens, adaptive_recon = adaptive(model, images, threshold, criterion, batch_size=batch_size, generator=gen)
+    reference = reference_stats(space, images=images, batch_size=fid_batch_size)
+
+    def score(recon: torch.Tensor) -> dict[str, float]:
+        errors = reconstruction_errors(recon, images)
+        fid = fidelity_metrics(recon, reference, space, isc=False, prc=False, batch_size=fid_batch_size)["fid"]
+        return {"l1": float(errors["l1"].mean()), "psnr": float(errors["psnr"].mean()), "rfid": fid}
+
+    adaptive_scores = score(adaptive_recon)
+    return {
+        "per_tokens": {n: score(fixed.recon[n]) for n in token_counts},
+        "adaptive": {"mean_tokens": float(tokens.float().mean()), "median_tokens": float(tokens.float().median()),
+                     **adaptive_scores,
+                     "histogram": {int(n): int((tokens == n).sum()) for n in torch.unique(tokens)}},
+        "tokens": tokens, "latents": fixed.latents, "recon_last": fixed.recon[max(token_counts)],
+    }
 
 
 def spearman(x: Sequence[float] | np.ndarray | torch.Tensor, y: Sequence[float] | np.ndarray | torch.Tensor,

@@ -38,9 +38,9 @@ import torch
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.errors import InputError
 from pipeline.experiments import alit_analysis
-from pipeline.io import atomic_dir, write_metrics
+from pipeline.io import atomic_dir, write_csv, write_metrics
 from pipeline.layout import alit_dir, prepared_root, results_dir
-from pipeline.metrics.fid import FeatureSpace, fidelity_metrics, fidelity_protocol, reference_stats
+from pipeline.metrics.fid import FeatureSpace, fidelity_protocol
 from pipeline.metrics.image_stats import png_bits_per_pixel
 from pipeline.metrics.images import to_float
 from pipeline.models.alit import ALIT
@@ -65,34 +65,6 @@ def _check_counts(model: ALIT, counts: list[int], folder: Path) -> None:
     if bad:
         raise InputError(f"eval_alit.token_counts: {bad} not reachable by the ALIT at {folder}: expected multiples "
                          f"of {per} up to {per * iters}")
-
-
-def _generator(model: ALIT, seed: int) -> torch.Generator:
-    """A seeded generator for the halting draws, on the model's device (torch.bernoulli needs that)."""
-    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-
-
-def _evaluate_split(model, images, counts, cfg, space, fid_batch, seed) -> dict:
-    """Fixed-length and adaptive reconstruction metrics of one split."""
-    gen = _generator(model, seed)
-    fixed = alit_analysis.rollout(model, images, counts, batch_size=cfg.batch_size, generator=gen)
-    tokens, adaptive_recon = alit_analysis.adaptive(model, images, cfg.threshold, cfg.criterion,
-                                                    batch_size=cfg.batch_size, generator=gen)
-    reference = reference_stats(space, images=images, batch_size=fid_batch)
-
-    def score(recon: torch.Tensor) -> dict[str, float]:
-        errors = alit_analysis.reconstruction_errors(recon, images)
-        fid = fidelity_metrics(recon, reference, space, isc=False, prc=False, batch_size=fid_batch)["fid"]
-        return {"l1": float(errors["l1"].mean()), "psnr": float(errors["psnr"].mean()), "rfid": fid}
-
-    adaptive_scores = score(adaptive_recon)
-    return {
-        "per_tokens": {n: score(fixed.recon[n]) for n in counts},
-        "adaptive": {"mean_tokens": float(tokens.float().mean()), "median_tokens": float(tokens.float().median()),
-                     **adaptive_scores,
-                     "histogram": {int(n): int((tokens == n).sum()) for n in torch.unique(tokens)}},
-        "tokens": tokens, "latents": fixed.latents, "recon_last": fixed.recon[max(counts)],
-    }
 
 
 def _protocols(params: Params, space: FeatureSpace, num_val: int, num_probe_train: int) -> dict[str, dict]:
@@ -136,12 +108,15 @@ def run(params: Params) -> int:
     out_dir = results_dir(params, STAGE)
     with stage_run(STAGE, params) as mlrun, atomic_dir(out_dir) as tmp:
         mlrun.set_tags({"alit": str(folder)})
-        ind = _evaluate_split(model, val.images, counts, cfg, space, fid_batch, params.seed)
-        far = _evaluate_split(model, ood.images, counts, cfg, space, fid_batch, params.seed + 1) if ood else None
+        evaluate = dict(threshold=cfg.threshold, criterion=cfg.criterion, space=space, batch_size=cfg.batch_size,
+                        fid_batch_size=fid_batch)
+        ind = alit_analysis.evaluate_split(model, val.images, counts, seed=params.seed, **evaluate)
+        far = alit_analysis.evaluate_split(model, ood.images, counts, seed=params.seed + 1, **evaluate) if ood else None
 
         # task: a linear probe per token count
         train_latents = alit_analysis.rollout(model, probe_train.images, counts, batch_size=cfg.batch_size,
-                                              pixels=False, generator=_generator(model, params.seed + 2)).latents
+                                              pixels=False,
+                                              generator=alit_analysis.halting_generator(model, params.seed + 2)).latents
         probe = {n: alit_analysis.linear_probe(train_latents[n], torch.from_numpy(probe_train.labels),
                                                ind["latents"][n], torch.from_numpy(val.labels), num_classes,
                                                max_iter=cfg.probe.max_iter, weight_decay=cfg.probe.weight_decay)
@@ -157,7 +132,7 @@ def run(params: Params) -> int:
         # token specialisation
         shown = to_float(torch.from_numpy(val.images[:cfg.attention_images]))
         attn = alit_analysis.decoder_attention(model, shown.to(next(model.parameters()).device), cfg.attention_layer,
-                                               generator=_generator(model, params.seed + 3)).cpu()
+                                               generator=alit_analysis.halting_generator(model, params.seed + 3)).cpu()
         per = model.config.num_init_latent_tokens
         groups = alit_analysis.attention_per_group(attn, per)  # (B, G, N)
         alit_analysis.plot_attention(shown, ind["recon_last"][:cfg.attention_images], groups, per,
@@ -171,19 +146,17 @@ def run(params: Params) -> int:
             points[cfg.ood_split] = far["adaptive"]
         alit_analysis.plot_tokens_curve(counts, series, points, tmp / "rfid_vs_tokens.png")
         alit_analysis.plot_complexity(tokens, measures, rho, tmp / "complexity.png")
-        header = ["tokens", "l1", "psnr", "rfid", "probe_accuracy"]
-        header += ["ood_l1", "ood_psnr", "ood_rfid"] if far else []
-        lines = [",".join(header)]
-        for n in counts:
-            row = [n, *(ind["per_tokens"][n][m] for m in ("l1", "psnr", "rfid")), probe[n]]
-            row += [far["per_tokens"][n][m] for m in ("l1", "psnr", "rfid")] if far else []
-            lines.append(",".join(str(v) if isinstance(v, int) else f"{v:.6g}" for v in row))
-        (tmp / "rfid_vs_tokens.csv").write_text("\n".join(lines) + "\n")
+        scores = ("l1", "psnr", "rfid")
+        write_csv(tmp / "rfid_vs_tokens.csv", [
+            {"tokens": n, **ind["per_tokens"][n], "probe_accuracy": probe[n],
+             **({f"ood_{m}": far["per_tokens"][n][m] for m in scores} if far else {})} for n in counts],
+            ["tokens", *scores, "probe_accuracy", *([f"ood_{m}" for m in scores] if far else [])])
         names = list(measures)
-        per_image = ["index,label,adaptive_tokens," + ",".join(n.split(" (")[0].replace(" ", "_") for n in names)]
-        per_image += [f"{i},{val.labels[i]},{tokens[i]}," + ",".join(f"{measures[n][i]:.6g}" for n in names)
-                      for i in range(len(tokens))]
-        (tmp / "per_image.csv").write_text("\n".join(per_image) + "\n")
+        columns = {n: n.split(" (")[0].replace(" ", "_") for n in names}  # "PNG bits per pixel" -> PNG_bits_per_pixel
+        write_csv(tmp / "per_image.csv", [
+            {"index": i, "label": int(val.labels[i]), "adaptive_tokens": int(tokens[i]),
+             **{columns[n]: float(measures[n][i]) for n in names}} for i in range(len(tokens))],
+            ["index", "label", "adaptive_tokens", *columns.values()])
 
         def public(split: dict) -> dict:
             return {"per_tokens": {str(n): v for n, v in split["per_tokens"].items()},
