@@ -49,7 +49,7 @@ Public API: ``IMAGE_MEASURES``, ``MEASURED_BY``, ``FIRST_NON_ANIMAL_WNID``, ``At
 ``encode``, ``decode``, ``group_labels``, ``f_ratio``, ``code_mutual_information``,
 ``position_scores``, ``rank_positions``, ``check_positions``, ``copy_positions``, ``substitute``,
 ``contrast_pairs``, ``bootstrap_ci``, ``Interval``, ``edit_effects``, ``plot_heatmap``,
-``plot_edit_grid``.
+``edit_grid`` (the edit figure of one attribute), ``plot_edit_grid``.
 """
 
 from __future__ import annotations
@@ -420,6 +420,40 @@ def plot_heatmap(scores: dict[str, dict], path: Any, rank_by: str = "f_ratio") -
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+GRID_SINGLE_POSITIONS = 3  # top-ranked positions shown one by one in an edit grid
+
+
+def edit_grid(model: Any, images: np.ndarray, encoded: Encoded, recon: torch.Tensor, attr: Attribute,
+              groups: np.ndarray, ranking: list[int], path: Any, *, top_k: int, pairs: int,
+              positions: Sequence[int] = (), batch_size: int = 128, seed: int = 0) -> None:
+    """The edit figure of one attribute: rows are ``pairs`` contrasting (target, reference) pairs; columns the
+    target, both reconstructions, the copy of the ``top_k`` ranked positions, copies of single positions (the
+    top-ranked ones, ``positions``, one random) and, for VQ tokens, the top position set to a random code."""
+    n = encoded.num_tokens
+    rng = np.random.default_rng(seed)
+    chosen = contrast_pairs(groups, pairs, rng)
+    top = ranking[:top_k]
+    singles = list(dict.fromkeys([*ranking[:GRID_SINGLE_POSITIONS], *positions]))
+    random_position = int(rng.choice(np.setdiff1d(np.arange(n), singles)))
+    target, reference = encoded.codes[chosen[:, 0]], encoded.codes[chosen[:, 1]]
+    edits = [copy_positions(target, reference, top)]
+    titles = ["target", "target recon", "reference recon", f"copy top-{len(top)} {top}"]
+    for p in [*singles, random_position]:
+        edits.append(copy_positions(target, reference, [p]))
+        titles.append(f"copy {p}" + (" (random)" if p == random_position else f" (rank {ranking.index(p)})"))
+    if encoded.is_vq:
+        random_codes = torch.as_tensor(rng.integers(0, model.config.codebook_size, len(target)))
+        edits.append(substitute(target, top[0], random_codes))
+        titles.append(f"substitute {top[0]}: random code")
+    decoded = decode(model, torch.cat(edits), batch_size).split(len(chosen))  # each (P, 3, H, W)
+    originals = to_model_input(images[chosen[:, 0]], recon.shape[-1])
+    rows = [[originals[i], recon[chosen[i, 0]], recon[chosen[i, 1]], *(d[i] for d in decoded)]
+            for i in range(len(chosen))]
+    labels = [f"{attr.values[t]:.3g} -> {attr.values[r]:.3g}" for t, r in chosen]
+    plot_edit_grid(rows, titles, labels, path, f"{attr.name}: edits of the target toward the reference "
+                                               f"(row label: {attr.name} of target -> reference)")
 
 
 def plot_edit_grid(rows: list[list[torch.Tensor]], titles: list[str], row_labels: list[str], path: Any,

@@ -35,43 +35,11 @@ from pipeline.stages._common import load_chosen_titok
 from pipeline.tracking import stage_run
 
 STAGE = "token_manipulation"
-GRID_SINGLE_POSITIONS = 3  # top-ranked positions shown one by one in an edit grid
 
 
 def load_tokenizer(params: Params) -> tuple[TiTok, Path]:
     """The TiTok chosen in ``token_manipulation.tokenizer``, in eval mode."""
     return load_chosen_titok(params, params.token_manipulation.tokenizer, "token_manipulation.tokenizer")
-
-
-def _edit_grid(model: TiTok, images: torch.Tensor, encoded: token_manipulation.Encoded, recon: torch.Tensor,
-               attr: token_manipulation.Attribute, groups: np.ndarray, ranking: list[int], cfg, seed: int,
-               path: Path) -> None:
-    """Rows: contrasting pairs; columns: target, reconstructions, copy-paste and substitution edits."""
-    n = encoded.num_tokens
-    rng = np.random.default_rng(seed)
-    pairs = token_manipulation.contrast_pairs(groups, cfg.grid_pairs, rng)
-    top = ranking[:cfg.top_k]
-    singles = list(dict.fromkeys([*ranking[:GRID_SINGLE_POSITIONS], *cfg.positions_to_edit]))
-    random_position = int(rng.choice(np.setdiff1d(np.arange(n), singles)))
-    target, reference = encoded.codes[pairs[:, 0]], encoded.codes[pairs[:, 1]]
-    edits = [token_manipulation.copy_positions(target, reference, top)]
-    titles = ["target", "target recon", "reference recon", f"copy top-{len(top)} {top}"]
-    for p in [*singles, random_position]:
-        edits.append(token_manipulation.copy_positions(target, reference, [p]))
-        titles.append(f"copy {p}" + (" (random)" if p == random_position else f" (rank {ranking.index(p)})"))
-    if encoded.is_vq:
-        codebook = model.config.codebook_size
-        random_codes = torch.as_tensor(rng.integers(0, codebook, len(target)))
-        edits.append(token_manipulation.substitute(target, top[0], random_codes))
-        titles.append(f"substitute {top[0]}: random code")
-    decoded = token_manipulation.decode(model, torch.cat(edits), cfg.batch_size).split(len(pairs))  # each (P, 3, H, W)
-    originals = token_manipulation.to_model_input(images[pairs[:, 0]], recon.shape[-1])
-    rows = [[originals[i], recon[pairs[i, 0]], recon[pairs[i, 1]], *(d[i] for d in decoded)]
-            for i in range(len(pairs))]
-    labels = [f"{attr.values[t]:.3g} -> {attr.values[r]:.3g}" for t, r in pairs]
-    token_manipulation.plot_edit_grid(rows, titles, labels, path,
-                                      f"{attr.name}: edits of the target toward the reference "
-                                      f"(row label: {attr.name} of target -> reference)")
 
 
 def run(params: Params) -> int:
@@ -142,8 +110,10 @@ def run(params: Params) -> int:
                     recon_measure=recon_measures[attr.measure], num_pairs=cfg.num_pairs,
                     bootstrap_samples=cfg.bootstrap_samples, seed=seed, batch_size=cfg.batch_size)
                 effects[attr.name] = {k: v for k, v in result.items() if k not in ("pairs", "random_positions")}
-            _edit_grid(model, images, encoded, recon, attr, groups, ranking, cfg, seed,
-                       figures / f"edits_{attr.name}.png")
+            token_manipulation.edit_grid(model, images, encoded, recon, attr, groups, ranking,
+                                         figures / f"edits_{attr.name}.png", top_k=cfg.top_k,
+                                         pairs=cfg.grid_pairs, positions=cfg.positions_to_edit,
+                                         batch_size=cfg.batch_size, seed=seed)
 
         token_manipulation.plot_heatmap(scores, figures / "heatmap.png", cfg.rank_by)
         metrics = {"tokenizer": {"source": cfg.tokenizer.source, "folder": str(folder)},
