@@ -8,7 +8,7 @@ batches draw different noise and crops while the whole run stays reproducible.
 * :func:`edit_images`: text-guided editing of seed images, one prompt per image.
 * :func:`generate_class_images`: class-conditional generation with prompts ``template.format(name)``,
   initialised from a seed set (size, association ``random`` / ``clip_top1`` / ``clip_top1pct``) or from
-  random tokens.
+  random tokens (:func:`random_start_tokens`, which the generation stage also decodes as a baseline).
 * :func:`inpaint_images`: inpainting / outpainting with :func:`make_masks` (``center``, ``boxes``,
   ``half``): masked L1 on the known pixels (plus an optional CLIP prompt), seeded with the masked image,
   the known region re-encoded every ``config.reset_period`` steps.
@@ -116,6 +116,14 @@ def associate_seeds(clip: ClipModel, seed_images: torch.Tensor, prompts: Sequenc
     return top[rows, pick]
 
 
+def random_start_tokens(titok: TiTok, n: int, generator: torch.Generator, post_quantization: bool) -> torch.Tensor:
+    """``n`` N(0, I) token sets (n, C, 1, N) on the CPU: where generation without seed images starts (a VAE's
+    pre-quantisation tokens hold mean and log-variance, twice the channels)."""
+    c = titok.config
+    channels = c.token_size * (2 if c.quantize_mode == "vae" and not post_quantization else 1)
+    return torch.randn(n, channels, 1, c.num_latent_tokens, generator=generator)
+
+
 def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[str], num_per_class: int,
                           config: TokenOptConfig, *, seed_images: torch.Tensor | None = None,
                           association: Association = "random",
@@ -138,10 +146,8 @@ def generate_class_images(titok: TiTok, clip: ClipModel, class_names: Sequence[s
                for i, (c, p) in enumerate(zip(labels, prompts, strict=True))]
 
     if seed_images is None:
-        c = titok.config
-        channels = c.token_size * (2 if c.quantize_mode == "vae" and not config.optimize_post_quantization else 1)
-        tokens = torch.randn(len(prompts), channels, 1, c.num_latent_tokens, generator=generator).to(device)
-        init = {"tokens": tokens}
+        tokens = random_start_tokens(titok, len(prompts), generator, config.optimize_post_quantization)
+        init = {"tokens": tokens.to(device)}
     else:
         # a permutation of the seed set: it changes no choice's distribution, but keeps the draws (and so the
         # images) of the runs made when this function could also draw a subset

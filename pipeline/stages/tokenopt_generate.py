@@ -30,7 +30,12 @@ import torch
 from tqdm import tqdm
 
 from pipeline.data.transforms import to_model_input
-from pipeline.experiments.tokenopt_tasks import TaskOutput, associate_seeds, generate_class_images
+from pipeline.experiments.tokenopt_tasks import (
+    TaskOutput,
+    associate_seeds,
+    generate_class_images,
+    random_start_tokens,
+)
 from pipeline.io import atomic_dir
 from pipeline.layout import results_dir, samples_dir
 from pipeline.metrics.images import to_uint8_hwc
@@ -57,13 +62,6 @@ def _generate(titok: TiTok, clip, names: list[str], per_class: int, config, seed
         return generate_class_images(titok, clip, names, per_class, config, seed_images=seed_images,
                                      association=association, template=template, batch_size=batch_size,
                                      seed=seed, progress=bar if bar is not None else own)
-
-
-def _random_tokens(titok: TiTok, n: int, seed: int, post: bool) -> torch.Tensor:
-    """The N(0, I) tokens ``generate_class_images`` starts from with seed ``seed`` (its first draw)."""
-    c = titok.config
-    channels = c.token_size * (2 if c.quantize_mode == "vae" and not post else 1)
-    return torch.randn(n, channels, 1, c.num_latent_tokens, generator=torch.Generator().manual_seed(seed))
 
 
 def run(params: Params) -> int:
@@ -113,8 +111,9 @@ def run(params: Params) -> int:
                 generator = torch.Generator().manual_seed(chunk_seed)
                 chosen = associate_seeds(clip, seed_images, prompts, g.association, generator)
             seeds = seed_images[chosen]
-            random_images = decode_batched(titok, _random_tokens(titok, len(prompts), chunk_seed, post),
-                                           cfg.batch_size, post_quantization=post)
+            # the tokens generation from N(0, I) starts from with this chunk's seed (its first draw), decoded
+            start = random_start_tokens(titok, len(prompts), torch.Generator().manual_seed(chunk_seed), post)
+            random_images = decode_batched(titok, start, cfg.batch_size, post_quantization=post)
             arrays["images"].append(to_uint8_hwc(out.images))
             arrays["seeds"].append(to_uint8_hwc(seeds))
             arrays["seed_reconstructions"].append(to_uint8_hwc(roundtrip_batched(titok, seeds, cfg.batch_size,
