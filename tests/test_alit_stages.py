@@ -104,6 +104,12 @@ def test_spearman_of_a_monotone_relation_is_one_and_undefined_for_constants():
     assert alit_analysis.spearman(x, np.full(50, 64)) is None
 
 
+def test_mean_ci95_is_the_normal_interval_of_the_mean():
+    mean, half = alit_analysis.mean_ci95(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert alit_analysis.mean_ci95(torch.tensor([0.3])) == (pytest.approx(0.3), 0.0)
+
+
 def test_linear_probe_separates_separable_tokens():
     g = torch.Generator().manual_seed(0)
     centres = 4 * torch.randn(5, 24, generator=g)
@@ -169,6 +175,9 @@ def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatc
     assert set(m["val"]["per_tokens"]) == {"32", "64", "256"}
     for s in m["val"]["per_tokens"].values():
         assert 0 <= s["l1"] <= 1 and s["psnr"] > 0 and s["rfid"] >= 0
+        assert s["l1_ci95"] > 0 and s["psnr_ci95"] > 0  # 95% intervals over the 20 images
+        assert s["judge_top1"] * 20 == pytest.approx(round(s["judge_top1"] * 20)) and s["judge_top1_ci95"] >= 0
+    assert 0 <= m["val"]["originals"]["judge_top1"] <= 1 and "judge_top1" in m["familiarity"]["per_tokens"]["32"]
     a = m["val"]["adaptive"]
     assert 32 <= a["mean_tokens"] <= 256 and sum(a["histogram"].values()) == 20
     assert set(m["complexity"]) == {"spearman_png_bpp", "spearman_demo_complexity"}
@@ -185,7 +194,8 @@ def test_eval_stage_runs_end_to_end_and_writes_every_output(tmp_path, monkeypatc
     assert m["protocol"]["errors"]["uint8"] == "none" and m["protocol"]["errors"]["samples"] == 20
     assert m["protocol"]["probe"]["train_samples"] == m["num_images"]["probe_train"]
     rows = (out / "rfid_vs_tokens.csv").read_text().splitlines()
-    assert rows[0] == "tokens,l1,psnr,rfid,probe_accuracy,ood_l1,ood_psnr,ood_rfid" and len(rows) == 4
+    assert rows[0] == "tokens,l1,psnr,rfid,judge_top1,probe_accuracy,ood_l1,ood_psnr,ood_rfid,ood_judge_top1"
+    assert len(rows) == 4
     assert len((out / "per_image.csv").read_text().splitlines()) == 21
     headline = json.loads((out / "metrics.json").read_text())
     curve = m["val"]["per_tokens"]

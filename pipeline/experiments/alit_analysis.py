@@ -11,7 +11,9 @@ Public API
 ``adaptive(model, images, threshold, criterion, ...)`` -> ``(num_tokens (N,), reconstructions)``.
 ``reconstruction_errors(recon, images)`` -> per-image ``l1`` and ``psnr``.
 ``evaluate_split(model, images, token_counts, ...)``: L1, PSNR and rFID at each count and at the adaptive
-    length, the adaptive counts, the latents and the reconstructions at the largest count.
+    length (with 95% intervals over images, and a classifier's top-1 when given one), the adaptive counts,
+    the latents and the reconstructions at the largest count.
+``mean_ci95(values)``: the mean and the half-width of its 95% interval (normal approximation).
 ``halting_generator(model, seed)``: the seeded generator of the halting draws.
 ``spearman(x, y)``: rank correlation (None where a side is constant).
 ``linear_probe(train_x, train_y, test_x, test_y, num_classes, ...)``: test accuracy of a multinomial
@@ -27,7 +29,7 @@ Plots: ``plot_tokens_curve``, ``plot_complexity``, ``plot_attention``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,24 +110,43 @@ def halting_generator(model: ALIT, seed: int) -> torch.Generator:
     return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
 
 
+def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of per-image values and the half-width of its 95% interval (normal approximation)."""
+    v = values.double()
+    return float(v.mean()), float(1.96 * v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
 def evaluate_split(model: ALIT, images: np.ndarray, token_counts: Sequence[int], *, threshold: float, criterion: str,
-                   space: FeatureSpace, seed: int, batch_size: int = 32, fid_batch_size: int = 64) -> dict:
+                   space: FeatureSpace, seed: int, batch_size: int = 32, fid_batch_size: int = 64,
+                   classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Fixed-length and adaptive reconstruction of one split: ``per_tokens`` (count -> ``l1``, ``psnr``,
-    ``rfid``), ``adaptive`` (mean / median count, its scores, the count histogram), and for the analyses
-    ``tokens`` (each image's adaptive count), ``latents`` (count -> flattened 1-D latents) and ``recon_last``
-    (uint8 reconstructions at the largest count). rFID is against the same images, in ``space``."""
+    ``rfid``, the 95% half-widths ``l1_ci95`` and ``psnr_ci95``, and with ``classify`` (uint8 images ->
+    per-image bool, right class) ``judge_top1`` and ``judge_top1_ci95``), ``adaptive`` (mean / median count,
+    its scores, the count histogram), ``originals`` (``judge_top1`` of the images themselves, with
+    ``classify``), and for the analyses ``tokens`` (each image's adaptive count), ``latents`` (count ->
+    flattened 1-D latents) and ``recon_last`` (uint8 reconstructions at the largest count). rFID is
+    against the same images, in ``space``."""
     gen = halting_generator(model, seed)
     fixed = rollout(model, images, token_counts, batch_size=batch_size, generator=gen)
     tokens, adaptive_recon = adaptive(model, images, threshold, criterion, batch_size=batch_size, generator=gen)
     reference = reference_stats(space, images=images, batch_size=fid_batch_size)
 
+    def judged(x: torch.Tensor) -> dict[str, float]:
+        if classify is None:
+            return {}
+        top1, ci = mean_ci95(classify(x).double())
+        return {"judge_top1": top1, "judge_top1_ci95": ci}
+
     def score(recon: torch.Tensor) -> dict[str, float]:
         errors = reconstruction_errors(recon, images)
         fid = fidelity_metrics(recon, reference, space, isc=False, prc=False, batch_size=fid_batch_size)["fid"]
-        return {"l1": float(errors["l1"].mean()), "psnr": float(errors["psnr"].mean()), "rfid": fid}
+        intervals = {f"{k}_ci95": mean_ci95(errors[k])[1] for k in ("l1", "psnr")}
+        return {"l1": float(errors["l1"].mean()), "psnr": float(errors["psnr"].mean()), "rfid": fid, **intervals,
+                **judged(recon)}
 
     adaptive_scores = score(adaptive_recon)
     return {
+        "originals": judged(to_uint8(images)),
         "per_tokens": {n: score(fixed.recon[n]) for n in token_counts},
         "adaptive": {"mean_tokens": float(tokens.float().mean()), "median_tokens": float(tokens.float().median()),
                      **adaptive_scores,

@@ -7,7 +7,10 @@ Reads ``<paths.models>/alit`` (from ``train_alit``) and the prepared splits. On 
 - L1, PSNR and rFID at each of ``token_counts`` (one rollout per batch gives all of them) and at the
   adaptive length (per image: the fewest tokens whose ``criterion`` error is under ``threshold``,
   :mod:`pipeline.models.alit_adaptive`). rFID is the FID between the reconstructions and the same real
-  images in the ``fid.feature_space`` (the demo CLIP; ADM's Inception at paper scale);
+  images in the ``fid.feature_space`` (the demo judge CLIP; ADM's Inception at paper scale); L1 and PSNR
+  carry 95% intervals over images, and the judge (``train_clip``'s: the demo judge CLIP, SigLIP at
+  paper scale) classifies every reconstruction (``judge_top1`` with its interval; ``originals``: the
+  judge on the images themselves);
 - complexity: Spearman correlation of the adaptive count with the PNG bits per pixel of the input and,
   on the demo, with the generator's ``complexity`` score (edge density);
 - familiarity: the same adaptive count, L1 and rFID on ``ood_split`` (demo: unseen colours and
@@ -22,7 +25,7 @@ Reads ``<paths.models>/alit`` (from ``train_alit``) and the prepared splits. On 
 The halting draws are seeded with ``seed``. Writes ``<paths.results>/eval_alit/`` atomically:
 ``details.json`` (all of the above), ``metrics.json`` (its headline, DVC metrics: rFID at the fewest
 and the most tokens, the adaptive count and its rFID, the complexity correlation, the adaptive count out
-of distribution), ``rfid_vs_tokens.csv`` (DVC plot: tokens, l1, psnr, rfid,
+of distribution), ``rfid_vs_tokens.csv`` (DVC plot: tokens, l1, psnr, rfid, judge_top1,
 probe_accuracy and the same on the OOD split), ``per_image.csv`` (adaptive count and complexity per
 image), ``rfid_vs_tokens.png``, ``complexity.png``, ``attention.png``; logs everything to MLflow.
 """
@@ -40,12 +43,13 @@ from pipeline.errors import InputError
 from pipeline.experiments import alit_analysis
 from pipeline.io import atomic_dir, write_csv, write_metrics
 from pipeline.layout import alit_dir, prepared_root, results_dir
+from pipeline.metrics.clip_score import zero_shot_classifier, zero_shot_logits
 from pipeline.metrics.fid import FeatureSpace, fidelity_protocol
 from pipeline.metrics.image_stats import png_bits_per_pixel
 from pipeline.metrics.images import to_float
 from pipeline.models.alit import ALIT
 from pipeline.params import Params
-from pipeline.stages._inputs import data_protocol, feature_space
+from pipeline.stages._inputs import class_names, data_protocol, feature_space, judge_clip
 from pipeline.tracking import stage_run
 
 STAGE = "eval_alit"
@@ -103,15 +107,25 @@ def run(params: Params) -> int:
     ood = load_split(root, cfg.ood_split, limit=cfg.num_images) if cfg.ood_split else None
     probe_train = load_split(root, "train", limit=cfg.probe.train_images)
 
-    space = feature_space(params)
+    judge = judge_clip(params)  # grades the reconstructions; the demo's FID space too
+    space = feature_space(params, judge)
+    names = class_names(params)
     fid_batch = params.fid.batch_size
     out_dir = results_dir(params, STAGE)
     with stage_run(STAGE, params) as mlrun, atomic_dir(out_dir) as tmp:
         mlrun.set_tags({"alit": str(folder)})
         evaluate = dict(threshold=cfg.threshold, criterion=cfg.criterion, space=space, batch_size=cfg.batch_size,
                         fid_batch_size=fid_batch)
-        ind = alit_analysis.evaluate_split(model, val.images, counts, seed=params.seed, **evaluate)
-        far = alit_analysis.evaluate_split(model, ood.images, counts, seed=params.seed + 1, **evaluate) if ood else None
+
+        classifier = zero_shot_classifier(judge, names, params.train_clip.templates)
+
+        def classify(labels: np.ndarray):  # uint8 images -> (N,) bool: the judge's top-1 is the label
+            return lambda x: zero_shot_logits(judge, x, classifier).argmax(dim=1) == torch.from_numpy(labels)
+
+        ind = alit_analysis.evaluate_split(model, val.images, counts, seed=params.seed, classify=classify(val.labels),
+                                           **evaluate)
+        far = alit_analysis.evaluate_split(model, ood.images, counts, seed=params.seed + 1,
+                                           classify=classify(ood.labels), **evaluate) if ood else None
 
         # task: a linear probe per token count
         train_latents = alit_analysis.rollout(model, probe_train.images, counts, batch_size=cfg.batch_size,
@@ -146,7 +160,7 @@ def run(params: Params) -> int:
             points[cfg.ood_split] = far["adaptive"]
         alit_analysis.plot_tokens_curve(counts, series, points, tmp / "rfid_vs_tokens.png")
         alit_analysis.plot_complexity(tokens, measures, rho, tmp / "complexity.png")
-        scores = ("l1", "psnr", "rfid")
+        scores = ("l1", "psnr", "rfid", "judge_top1")
         write_csv(tmp / "rfid_vs_tokens.csv", [
             {"tokens": n, **ind["per_tokens"][n], "probe_accuracy": probe[n],
              **({f"ood_{m}": far["per_tokens"][n][m] for m in scores} if far else {})} for n in counts],
@@ -159,7 +173,7 @@ def run(params: Params) -> int:
             ["index", "label", "adaptive_tokens", *columns.values()])
 
         def public(split: dict) -> dict:
-            return {"per_tokens": {str(n): v for n, v in split["per_tokens"].items()},
+            return {"originals": split["originals"], "per_tokens": {str(n): v for n, v in split["per_tokens"].items()},
                     "adaptive": {k: ({str(t): c for t, c in v.items()} if k == "histogram" else v)
                                  for k, v in split["adaptive"].items()}}
 
@@ -193,10 +207,12 @@ def run(params: Params) -> int:
         for f in sorted(tmp.iterdir()):
             mlrun.log_artifact(f)
 
-    print(f"eval_alit ({seconds:.1f} s): tokens / L1 / PSNR / rFID / probe on {cfg.split}")
+    print(f"eval_alit ({seconds:.1f} s): tokens / L1 (95% interval) / PSNR / rFID / judge top-1 / probe on "
+          f"{cfg.split} (judge on the originals {ind['originals']['judge_top1']:.3f})")
     for n in counts:
         s = ind["per_tokens"][n]
-        print(f"  {n:4d}  {s['l1']:.4f}  {s['psnr']:.2f}  {s['rfid']:.3f}  {probe[n]:.3f}")
+        print(f"  {n:4d}  {s['l1']:.4f} +-{s['l1_ci95']:.4f}  {s['psnr']:.2f}  {s['rfid']:.3f}  "
+              f"{s['judge_top1']:.3f}  {probe[n]:.3f}")
     a = ind["adaptive"]
     print(f"  adaptive (mean {a['mean_tokens']:.1f} tokens)  {a['l1']:.4f}  {a['psnr']:.2f}  {a['rfid']:.3f}")
     print(f"  Spearman: {metrics['complexity']}")
