@@ -134,7 +134,7 @@ def evaluate_split(model: ALIT, images: np.ndarray, token_counts: Sequence[int],
     def judged(x: torch.Tensor) -> dict[str, float]:
         if classify is None:
             return {}
-        top1, ci = mean_ci95(classify(x).double())
+        top1, ci = mean_ci95(classify(x))
         return {"judge_top1": top1, "judge_top1_ci95": ci}
 
     def score(recon: torch.Tensor) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.io import write_metrics
 from pipeline.layout import prepared_root, results_dir, titok_dir
-from pipeline.metrics.images import to_float, to_uint8_hwc
+from pipeline.metrics.images import to_float, to_uint8
 from pipeline.models.batched import reconstruct
 from pipeline.models.titok import TiTok
 from pipeline.params import Params
@@ -68,7 +68,7 @@ def run(params: Params) -> int:
                                                                                     1e-9)
         reference = reference_stats(space, images=data.images, batch_size=params.fid.batch_size,
                                     prc_images=params.fid.prc_images)
-        fidelity = fidelity_metrics(to_uint8_hwc(recon), reference, space, isc_splits=params.fid.isc_splits,
+        fidelity = fidelity_metrics(to_uint8(recon), reference, space, isc_splits=params.fid.isc_splits,
                                     batch_size=params.fid.batch_size)
         # num_tokens, quantize_mode and legacy (two-stage proxy-code head) tell the released tokenizers apart:
         # the report's rows are about one of them each
